@@ -1,0 +1,1 @@
+//! Shop, MES and CRM stand-ins, the load driver and the truth file.

@@ -1,0 +1,156 @@
+//! Types shared by the eBPF programs and the agent.
+//!
+//! Every type here is `#[repr(C)]` with explicit padding so both sides agree byte for byte;
+//! the compile-time size checks at the bottom fail the build if a field is added carelessly.
+#![no_std]
+
+/// Ring buffer entry classes. `bpf_ringbuf_reserve` needs a constant size, so the kernel
+/// picks the smallest class that fits the bytes it will copy; small requests then cost a
+/// small reservation instead of a full one.
+pub const PAYLOAD_SMALL: usize = 512;
+pub const PAYLOAD_MEDIUM: usize = 4096;
+/// Upper bound of one captured chunk. The configurable cap (`Config::payload_cap`) may be
+/// lower, never higher.
+pub const PAYLOAD_MAX: usize = 16384;
+
+/// How many iovec entries of one `readv`/`writev`/`sendmsg`/`recvmsg` are captured; each
+/// becomes its own data event so every copy starts at offset 0 (verifier-friendly).
+pub const MAX_IOVECS: usize = 8;
+
+/// `EventHeader::kind`.
+pub mod kind {
+    pub const OPEN: u8 = 1;
+    pub const DATA: u8 = 2;
+    pub const CLOSE: u8 = 3;
+}
+
+/// `EventHeader::direction`.
+pub mod direction {
+    pub const NONE: u8 = 0;
+    pub const SEND: u8 = 1;
+    pub const RECV: u8 = 2;
+}
+
+/// `EventHeader::role` and `SockInfo::role`.
+pub mod role {
+    /// A TCP socket whose role is not known yet (created by `socket()`, not yet connected).
+    pub const UNKNOWN: u8 = 0;
+    /// Returned by `accept`: this process is the server of the connection.
+    pub const SERVER: u8 = 1;
+    /// Passed to `connect`: this process is the client.
+    pub const CLIENT: u8 = 2;
+}
+
+/// Indexes into the per-CPU `COUNTERS` array. The agent sums the CPUs.
+pub mod counter {
+    /// Events the kernel could not reserve ring-buffer space for (ring full).
+    pub const RING_FULL: u32 = 0;
+    /// Data chunks whose bytes exceeded the payload cap (prefix kept, rest dropped).
+    pub const TRUNCATED: u32 = 1;
+    /// Data events written.
+    pub const DATA_EVENTS: u32 = 2;
+    /// Open/close events written.
+    pub const CONN_EVENTS: u32 = 3;
+    /// `bpf_probe_read_user` failures (page not present, bad pointer).
+    pub const READ_FAILED: u32 = 4;
+    /// Socket table full: a new connection could not be tracked.
+    pub const SOCKETS_FULL: u32 = 5;
+    pub const COUNT: u32 = 8;
+}
+
+/// Indexes into the `CONFIG` array the agent writes before attaching.
+pub mod config {
+    /// Bytes of each syscall's payload to copy (≤ `PAYLOAD_MAX`).
+    pub const PAYLOAD_CAP: u32 = 0;
+    /// Non-zero: emit aya-log diagnostics on the per-event path.
+    pub const VERBOSE: u32 = 1;
+    pub const COUNT: u32 = 4;
+}
+
+/// A socket address as the kernel saw it: IPv4 lives in the first 4 bytes of `addr`, IPv6
+/// fills all 16. `family` is `AF_INET` (2), `AF_INET6` (10) or 0 when unknown.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockAddr {
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    pub family: u16,
+    pub _pad: u32,
+}
+
+/// The head of every ring-buffer entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventHeader {
+    /// One of `kind::*`.
+    pub kind: u8,
+    /// One of `direction::*` (data events).
+    pub direction: u8,
+    /// One of `role::*`.
+    pub role: u8,
+    pub _pad0: u8,
+    /// Bytes of payload that follow the header (data events; ≤ the entry's class size).
+    pub captured: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    /// Which iovec of a vectored call this chunk is (0 for plain calls).
+    pub iov_index: u32,
+    /// Bytes the syscall moved for this chunk (data) — may exceed `captured`.
+    pub len: u64,
+    /// Unique for the socket's life in this process: a reused fd number gets a new id.
+    pub conn_id: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) at syscall entry.
+    pub ts_ns: u64,
+    /// Peer address, when the kernel saw it (open events from accept/connect).
+    pub peer: SockAddr,
+}
+
+/// A data event: header plus a payload prefix. `N` is one of the `PAYLOAD_*` classes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DataEvent<const N: usize> {
+    pub header: EventHeader,
+    pub payload: [u8; N],
+}
+
+/// What the kernel remembers per traced TCP socket, keyed by `sock_key(tgid, fd)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockInfo {
+    pub conn_id: u64,
+    pub role: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Per-process target entry, keyed by tgid. `service` indexes the agent's service table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Target {
+    pub service: u32,
+    pub _pad: u32,
+}
+
+/// Key of the socket table: one u64 so the kernel does one lookup per syscall.
+#[inline(always)]
+pub const fn sock_key(tgid: u32, fd: u32) -> u64 {
+    ((tgid as u64) << 32) | fd as u64
+}
+
+const _: () = assert!(core::mem::size_of::<SockAddr>() == 24);
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 72);
+const _: () = assert!(core::mem::size_of::<DataEvent<PAYLOAD_MAX>>() == 72 + PAYLOAD_MAX);
+const _: () = assert!(core::mem::size_of::<SockInfo>() == 16);
+const _: () = assert!(core::mem::size_of::<Target>() == 8);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), contain only integers and arrays of integers, and have
+    // their padding spelled out as fields, so every bit pattern is valid.
+    unsafe impl aya::Pod for SockAddr {}
+    unsafe impl aya::Pod for EventHeader {}
+    unsafe impl aya::Pod for SockInfo {}
+    unsafe impl aya::Pod for Target {}
+}

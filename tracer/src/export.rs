@@ -1,0 +1,12 @@
+//! TODO(stage owner): export
+
+/// Configuration section of this stage (placeholder until the stage lands).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportConfig {}
+
+impl ExportConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
