@@ -1,1 +1,79 @@
-//! TODO(stage owner): http
+//! HTTP/1.x: push parsing of reassembled streams into messages, and pairing of each request
+//! with its response into an [`Exchange`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::capture::{ConnKey, Role};
+
+/// One request and (when it came) its response, on one connection, from one side.
+///
+/// Bodies are kept only as a bounded prefix, in memory, for the order rules to read JSON
+/// fields from; they never leave the agent.
+#[derive(Clone, Debug)]
+pub struct Exchange {
+    pub conn: ConnKey,
+    pub service: Arc<str>,
+    /// `Server`: the traced process answered; `Client`: it called.
+    pub role: Role,
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+    pub request: Message<RequestHead>,
+    pub response: Option<Message<ResponseHead>>,
+    /// CLOCK_MONOTONIC ns of the first byte of the request.
+    pub start_ns: u64,
+    /// CLOCK_MONOTONIC ns of the last byte of the response (or when the exchange was given up).
+    pub end_ns: u64,
+    pub outcome: Outcome,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Response complete.
+    Complete,
+    /// The connection closed before a (complete) response.
+    Reset,
+    /// No response within the configured limit.
+    Timeout,
+}
+
+#[derive(Clone, Debug)]
+pub struct RequestHead {
+    pub method: String,
+    /// Request target as sent: path and query.
+    pub target: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct ResponseHead {
+    pub status: u16,
+}
+
+/// A parsed message: head, headers, and a bounded body prefix.
+#[derive(Clone, Debug)]
+pub struct Message<H> {
+    pub head: H,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub version: u8,
+    /// Header names lower-cased; values as sent. Bounded in count and size by the parser.
+    pub headers: Vec<(String, Bytes)>,
+    /// The first bytes of the decoded body (chunked framing removed), up to the configured
+    /// limit.
+    pub body: Bytes,
+    /// The body's full decoded length.
+    pub body_len: u64,
+    /// Some body bytes were not captured (payload cap) or not kept (body limit).
+    pub body_truncated: bool,
+}
+
+impl<H> Message<H> {
+    /// The first value of a header, by lower-case name.
+    pub fn header(&self, name: &str) -> Option<&Bytes> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, value)| value)
+    }
+}
