@@ -3,6 +3,7 @@
 //! Every command installs what it needs first (idempotent, quick when already there), so a
 //! fresh machine needs nothing but this repository and the Rust toolchains it came with.
 
+mod bench;
 mod prereqs;
 mod process;
 
@@ -28,6 +29,8 @@ enum Command {
         #[arg(long)]
         release: bool,
     },
+    /// Measure overhead on the traced service, agent cost, pipeline throughput, completeness.
+    Bench(bench::BenchArgs),
     /// Run every test, the kernel ones included (needs root).
     Test {
         /// Extra arguments passed to `cargo test` (after `--`).
@@ -45,6 +48,7 @@ fn main() -> Result<()> {
             build(release)
         }
         Command::Test { cargo_args } => test(&cargo_args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

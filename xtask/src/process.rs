@@ -32,8 +32,13 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Whether a program runs at all (`PROGRAM ARG` exits 0).
 pub fn works(program: &str, arg: &str) -> bool {
+    works_args(program, &[arg])
+}
+
+/// Whether `PROGRAM ARGS…` exits 0.
+pub fn works_args(program: &str, args: &[&str]) -> bool {
     Command::new(program)
-        .arg(arg)
+        .args(args)
         .output()
         .map(|out| out.status.success())
         .unwrap_or(false)
