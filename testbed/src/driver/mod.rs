@@ -1,0 +1,1 @@
+//! The load driver: `testbed serve` and `testbed run`.

@@ -1,0 +1,98 @@
+//! The truth file: what the driver really did to every order (JSON lines).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::faults::{Detection, FaultKind};
+use crate::service::Service;
+use crate::status::Status;
+
+/// One order of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TruthRecord {
+    pub order_id: String,
+    /// The furthest status the systems really reached.
+    pub final_status: Option<Status>,
+    /// Faults injected into this order (at most one).
+    pub faults: Vec<FaultRecord>,
+}
+
+/// One injected fault.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultRecord {
+    pub kind: FaultKind,
+    /// What the monitor should raise.
+    pub detection: Detection,
+    /// The canonical status the order failed to reach.
+    pub step: Status,
+    /// The service the fault is charged to.
+    pub service: Service,
+    /// When the fault was played.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+impl FaultRecord {
+    /// A fault of `kind` played at `at`, with the fault table's columns.
+    pub fn new(kind: FaultKind, at: OffsetDateTime) -> Self {
+        let (detection, step, service) = kind.table_row();
+        FaultRecord { kind, detection, step, service, at }
+    }
+}
+
+/// A truth file that cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum TruthError {
+    #[error("truth file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("truth file {path}, line {line}: not a truth record ({source}); was it written by `testbed run --truth`?")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Reads a truth file (blank lines are skipped).
+pub fn read_truth(path: impl AsRef<Path>) -> Result<Vec<TruthRecord>, TruthError> {
+    let path = path.as_ref();
+    let io = |source| TruthError::Io { path: path.to_owned(), source };
+    let reader = BufReader::new(File::open(path).map_err(io)?);
+    let mut records = Vec::new();
+    for (i, line) in reader.lines().enumerate() {
+        let line = line.map_err(io)?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record = serde_json::from_str(&line).map_err(|source| TruthError::Parse {
+            path: path.to_owned(),
+            line: i + 1,
+            source,
+        })?;
+        records.push(record);
+    }
+    Ok(records)
+}
+
+/// Writes a truth file, replacing any file at `path`.
+pub fn write_truth(path: impl AsRef<Path>, records: &[TruthRecord]) -> Result<(), TruthError> {
+    let path = path.as_ref();
+    let io = |source| TruthError::Io { path: path.to_owned(), source };
+    let mut out = BufWriter::new(File::create(path).map_err(io)?);
+    for record in records {
+        let line = serde_json::to_string(record).expect("a truth record always serializes");
+        writeln!(out, "{line}").map_err(io)?;
+    }
+    out.flush().map_err(io)
+}
