@@ -28,6 +28,7 @@ pub enum FaultKind {
     PricedOrderDropped,
     WorkOrderDropped,
     OperatorNeverStarted,
+    #[serde(rename = "completion_500")]
     Completion500,
     CompletionLost,
     PackagingNotRecorded,

@@ -96,3 +96,40 @@ pub fn write_truth(path: impl AsRef<Path>, records: &[TruthRecord]) -> Result<()
     }
     out.flush().map_err(io)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truth_round_trips_through_the_file() {
+        let at = OffsetDateTime::from_unix_timestamp_nanos(1_795_000_000_123_456_789).unwrap();
+        let records = vec![
+            TruthRecord {
+                order_id: "SO-000001".into(),
+                final_status: Some(Status::Shipped),
+                faults: vec![FaultRecord::new(FaultKind::CarrierWebhookLost, at)],
+            },
+            TruthRecord { order_id: "SO-000002".into(), final_status: Some(Status::Closed), faults: vec![] },
+        ];
+        let path = std::env::temp_dir().join(format!("truth-{}.jsonl", std::process::id()));
+        write_truth(&path, &records).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let back = read_truth(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(back, records);
+        let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(first["faults"][0]["detection"], "stuck");
+        assert_eq!(first["faults"][0]["service"], "crm-api");
+        assert_eq!(first["faults"][0]["at"], "2026-11-18T11:06:40.123456789Z");
+    }
+
+    #[test]
+    fn a_bad_line_names_its_number() {
+        let path = std::env::temp_dir().join(format!("truth-bad-{}.jsonl", std::process::id()));
+        std::fs::write(&path, "{\"order_id\":\"SO-1\",\"final_status\":\"CLOSED\",\"faults\":[]}\n\n{\"order_id\":1}\n").unwrap();
+        let err = read_truth(&path).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(err, TruthError::Parse { line: 3, .. }), "{err}");
+    }
+}
