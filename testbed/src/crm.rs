@@ -1,7 +1,6 @@
 //! `crm-api`: the CRM (nested JSON; the queue hands it the order id in a header).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -14,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::faults::FAULT_HEADER;
-use crate::net::{ApiError, Ctx, JsonBody, MAX_ORDERS, OrderSlot, fault_of};
+use crate::net::{ApiError, Ctx, JsonBody, OrderSlot, Store, ensure_room, fault_of};
 use crate::service::Service;
 use crate::status::Status;
 
@@ -74,20 +73,17 @@ struct Shipment {
 
 struct Crm {
     ctx: Arc<Ctx>,
-    deals: Mutex<HashMap<String, Deal>>,
+    deals: Store<Deal>,
 }
 
 type Shared = Arc<Crm>;
 
-impl Crm {
-    fn deals(&self) -> std::sync::MutexGuard<'_, HashMap<String, Deal>> {
-        self.deals.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 /// The CRM's routes.
 pub fn router(ctx: Arc<Ctx>) -> Router {
-    let crm = Arc::new(Crm { ctx, deals: Mutex::new(HashMap::new()) });
+    let crm = Arc::new(Crm {
+        ctx,
+        deals: Store::default(),
+    });
     Router::new()
         .route("/crm/v1/deals", post(receive_deal))
         .route("/crm/v1/deals/{order_id}", get(lookup))
@@ -114,14 +110,20 @@ async fn receive_deal(
     if req.deal.source.is_empty() {
         return Err(ApiError::bad_request("a deal needs a source"));
     }
-    let mut deals = crm.deals();
+    let mut deals = crm.deals.lock();
     if deals.contains_key(id) {
-        return Err(ApiError::conflict(format!("deal for order {id} already exists")));
+        return Err(ApiError::conflict(format!(
+            "deal for order {id} already exists"
+        )));
     }
-    if deals.len() >= MAX_ORDERS {
-        return Err(ApiError::store_full());
-    }
-    deals.insert(id.to_owned(), Deal { stage: Stage::AwaitingApproval, price: req.deal.price });
+    ensure_room(&deals)?;
+    deals.insert(
+        id.to_owned(),
+        Deal {
+            stage: Stage::AwaitingApproval,
+            price: req.deal.price,
+        },
+    );
     let body = json!({ "deal": { "order": { "id": id }, "stage": Stage::AwaitingApproval } });
     Ok((StatusCode::CREATED, Json(body)))
 }
@@ -129,7 +131,7 @@ async fn receive_deal(
 /// The deal screen's lookup. Sent chunked, as the CRM's streaming serializer does.
 async fn lookup(State(crm): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let body = {
-        let deals = crm.deals();
+        let deals = crm.deals.lock();
         let deal = deals.get(&id).ok_or_else(|| ApiError::unknown_order(&id))?;
         let (stage, price) = (deal.stage, &deal.price);
         json!({ "deal": { "order": { "id": id, "status": stage.status() }, "stage": stage, "price": price } })
@@ -141,7 +143,11 @@ async fn lookup(State(crm): State<Shared>, Path(id): Path<String>) -> Result<Res
         Ok(Bytes::copy_from_slice(&bytes[half..])),
     ];
     let stream = futures_util::stream::iter(chunks);
-    Ok(([(header::CONTENT_TYPE, "application/json")], Body::from_stream(stream)).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 async fn approve(
@@ -150,15 +156,24 @@ async fn approve(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     {
-        let mut deals = crm.deals();
-        let stage = &mut deals.get_mut(&id).ok_or_else(|| ApiError::unknown_order(&id))?.stage;
+        let mut deals = crm.deals.lock();
+        let stage = &mut deals
+            .get_mut(&id)
+            .ok_or_else(|| ApiError::unknown_order(&id))?
+            .stage;
         if *stage != Stage::AwaitingApproval {
-            return Err(ApiError::conflict(format!("deal {id} is not awaiting approval")));
+            return Err(ApiError::conflict(format!(
+                "deal {id} is not awaiting approval"
+            )));
         }
         *stage = Stage::Approved;
     }
     // The work order goes out after the seller has the answer, as an outbox would send it.
-    tokio::spawn(publish_work_order(crm.clone(), id.clone(), fault_of(&headers)));
+    tokio::spawn(publish_work_order(
+        crm.clone(),
+        id.clone(),
+        fault_of(&headers),
+    ));
     Ok(order_answer(&id, Status::ManufacturingApproved))
 }
 
@@ -172,20 +187,29 @@ async fn publish_work_order(crm: Shared, id: String, fault: Option<crate::faults
     if let Some(fault) = fault {
         req = req.header(FAULT_HEADER, fault.as_str());
     }
-    ctx.call("/queue/v1/topics/{topic}/messages", &id, req).await;
+    ctx.call("/queue/v1/topics/{topic}/messages", &id, req)
+        .await;
 }
 
 fn close_deal(crm: &Crm, id: &str) -> Result<Json<serde_json::Value>, ApiError> {
-    let mut deals = crm.deals();
-    let stage = &mut deals.get_mut(id).ok_or_else(|| ApiError::unknown_order(id))?.stage;
+    let mut deals = crm.deals.lock();
+    let stage = &mut deals
+        .get_mut(id)
+        .ok_or_else(|| ApiError::unknown_order(id))?
+        .stage;
     if *stage != Stage::Approved {
-        return Err(ApiError::conflict(format!("deal {id} cannot be closed before approval")));
+        return Err(ApiError::conflict(format!(
+            "deal {id} cannot be closed before approval"
+        )));
     }
     *stage = Stage::Closed;
     Ok(order_answer(id, Status::Closed))
 }
 
-async fn close(State(crm): State<Shared>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn close(
+    State(crm): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     close_deal(&crm, &id)
 }
 
@@ -198,7 +222,7 @@ async fn carrier_webhook(
     slot.set(&id);
     if req.shipment.event != "DELIVERED" {
         // Other carrier events (IN_TRANSIT, …) change nothing in the CRM.
-        let deals = crm.deals();
+        let deals = crm.deals.lock();
         let deal = deals.get(&id).ok_or_else(|| ApiError::unknown_order(&id))?;
         return Ok(order_answer(&id, deal.stage.status()));
     }

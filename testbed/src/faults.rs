@@ -155,9 +155,7 @@ pub enum FaultSpecError {
     Syntax(String),
     #[error("fault rate {0:?} must be a number from 0 to 1")]
     Rate(String),
-    #[error(
-        "duplicate_order cannot be asked for: it is the second order of a session_hung pair"
-    )]
+    #[error("duplicate_order cannot be asked for: it is the second order of a session_hung pair")]
     NotInjectable,
     #[error("fault rates add up to {0}, more than 1 (an order gets at most one fault)")]
     Total(f64),
@@ -274,10 +272,22 @@ mod tests {
 
     #[test]
     fn bad_specs_are_refused() {
-        assert!(matches!("all=0.1".parse::<FaultSpec>(), Err(FaultSpecError::Total(_))));
-        assert!(matches!("foo=0.1".parse::<FaultSpec>(), Err(FaultSpecError::UnknownKind(_))));
-        assert!(matches!("upload_timeout".parse::<FaultSpec>(), Err(FaultSpecError::Syntax(_))));
-        assert!(matches!("upload_timeout=2".parse::<FaultSpec>(), Err(FaultSpecError::Rate(_))));
+        assert!(matches!(
+            "all=0.1".parse::<FaultSpec>(),
+            Err(FaultSpecError::Total(_))
+        ));
+        assert!(matches!(
+            "foo=0.1".parse::<FaultSpec>(),
+            Err(FaultSpecError::UnknownKind(_))
+        ));
+        assert!(matches!(
+            "upload_timeout".parse::<FaultSpec>(),
+            Err(FaultSpecError::Syntax(_))
+        ));
+        assert!(matches!(
+            "upload_timeout=2".parse::<FaultSpec>(),
+            Err(FaultSpecError::Rate(_))
+        ));
         assert_eq!(
             "duplicate_order=0.1".parse::<FaultSpec>(),
             Err(FaultSpecError::NotInjectable)

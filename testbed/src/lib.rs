@@ -8,6 +8,7 @@
 pub mod crm;
 pub mod driver;
 pub mod faults;
+pub mod jsonl;
 pub mod mes;
 pub mod net;
 pub mod queue;
@@ -19,6 +20,7 @@ pub mod timings;
 pub mod truth;
 
 pub use faults::{Detection, FaultKind, FaultSpec};
+pub use jsonl::JsonLinesError;
 pub use requestlog::{RequestLogRecord, Side, read_request_log};
 pub use service::Service;
 pub use status::Status;
@@ -37,7 +39,9 @@ pub fn service_main(service: Service) -> anyhow::Result<()> {
         Service::Crm => crm::router(ctx.clone()),
         Service::Queue => queue::router(ctx.clone()),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(net::serve(ctx, routes))?;
     Ok(())
 }

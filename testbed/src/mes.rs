@@ -1,7 +1,6 @@
 //! `mes-api`: the vendor MES (camelCase JSON, its own state names, `orderRef`).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -11,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::faults::{FAULT_HEADER, FaultKind};
-use crate::net::{ApiError, Ctx, JsonBody, MAX_ORDERS, OrderSlot, fault_of};
+use crate::net::{ApiError, Ctx, JsonBody, OrderSlot, Store, ensure_room, fault_of};
 use crate::service::Service;
 
 /// The MES's own state names.
@@ -45,7 +44,11 @@ impl MesState {
         use MesState::*;
         matches!(
             (self, to),
-            (Queued, InWork) | (InWork, Done) | (Done, Packing) | (Done, Dispatched) | (Packing, Dispatched)
+            (Queued, InWork)
+                | (InWork, Done)
+                | (Done, Packing)
+                | (Done, Dispatched)
+                | (Packing, Dispatched)
         )
     }
 }
@@ -88,25 +91,25 @@ struct WorkOrder {
 
 struct Mes {
     ctx: Arc<Ctx>,
-    orders: Mutex<HashMap<String, WorkOrder>>,
+    orders: Store<WorkOrder>,
 }
 
 type Shared = Arc<Mes>;
 
-impl Mes {
-    fn orders(&self) -> std::sync::MutexGuard<'_, HashMap<String, WorkOrder>> {
-        self.orders.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 /// The MES's routes.
 pub fn router(ctx: Arc<Ctx>) -> Router {
-    let mes = Arc::new(Mes { ctx, orders: Mutex::new(HashMap::new()) });
+    let mes = Arc::new(Mes {
+        ctx,
+        orders: Store::default(),
+    });
     Router::new()
         .route("/mes/api/pricing-requests", post(price))
         .route("/mes/api/work-orders", post(receive_work_order))
         .route("/mes/api/work-orders/{orderRef}", get(lookup))
-        .route("/mes/api/work-orders/{orderRef}/transitions", post(transition))
+        .route(
+            "/mes/api/work-orders/{orderRef}/transitions",
+            post(transition),
+        )
         .with_state(mes)
 }
 
@@ -128,32 +131,56 @@ async fn price(
             // Held until the shop's client gives up and closes (this future is dropped
             // then); the bound only matters for a client that never gives up.
             tokio::time::sleep(mes.ctx.timings.pricing_hang()).await;
-            return Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "pricing engine overloaded"));
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "pricing engine overloaded",
+            ));
         }
         Some(FaultKind::PricingAfterChange) => {
-            return Err(ApiError::conflict(format!("order {id} changed since it was submitted")));
+            return Err(ApiError::conflict(format!(
+                "order {id} changed since it was submitted"
+            )));
         }
         _ => {}
     }
     {
-        let mut orders = mes.orders();
+        let mut orders = mes.orders.lock();
         if let Some(order) = orders.get(&id) {
             if order.state != MesState::Priced {
-                return Err(ApiError::conflict(format!("order {id} is already in production")));
+                return Err(ApiError::conflict(format!(
+                    "order {id} is already in production"
+                )));
             }
-        } else if orders.len() >= MAX_ORDERS {
-            return Err(ApiError::store_full());
+        } else {
+            ensure_room(&orders)?;
         }
-        orders.insert(id.clone(), WorkOrder { state: MesState::Priced });
+        orders.insert(
+            id.clone(),
+            WorkOrder {
+                state: MesState::Priced,
+            },
+        );
     }
     // 80.00 plus 1.00 per 64 KiB of model, in cents.
     let cents = 8_000 + req.model.size_bytes / (64 << 10) * 100;
     let price = json!({ "amount": cents as f64 / 100.0, "currency": "EUR" });
-    tokio::spawn(publish_priced(mes.clone(), id.clone(), price.clone(), fault));
-    Ok(Json(json!({ "orderRef": id, "state": MesState::Priced, "price": price })))
+    tokio::spawn(publish_priced(
+        mes.clone(),
+        id.clone(),
+        price.clone(),
+        fault,
+    ));
+    Ok(Json(
+        json!({ "orderRef": id, "state": MesState::Priced, "price": price }),
+    ))
 }
 
-async fn publish_priced(mes: Shared, id: String, price: serde_json::Value, fault: Option<FaultKind>) {
+async fn publish_priced(
+    mes: Shared,
+    id: String,
+    price: serde_json::Value,
+    fault: Option<FaultKind>,
+) {
     let ctx = &mes.ctx;
     let route = "/queue/v1/topics/{topic}/messages";
     let mut req = ctx
@@ -174,8 +201,10 @@ async fn receive_work_order(
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let id = req.work_order.order_ref;
     slot.set(&id);
-    let mut orders = mes.orders();
-    let order = orders.get_mut(&id).ok_or_else(|| ApiError::unknown_order(&id))?;
+    let mut orders = mes.orders.lock();
+    let order = orders
+        .get_mut(&id)
+        .ok_or_else(|| ApiError::unknown_order(&id))?;
     if order.state != MesState::Priced {
         return Err(ApiError::conflict(format!(
             "work order {id} already exists in state {}",
@@ -190,8 +219,10 @@ async fn lookup(
     State(mes): State<Shared>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let orders = mes.orders();
-    let order = orders.get(&id).ok_or_else(|| ApiError::unknown_order(&id))?;
+    let orders = mes.orders.lock();
+    let order = orders
+        .get(&id)
+        .ok_or_else(|| ApiError::unknown_order(&id))?;
     Ok(answer(&id, order.state))
 }
 
@@ -204,8 +235,10 @@ async fn transition(
     if req.to == MesState::Dispatched && req.carrier.as_deref().is_none_or(str::is_empty) {
         return Err(ApiError::bad_request("DISPATCHED needs a carrier"));
     }
-    let mut orders = mes.orders();
-    let order = orders.get_mut(&id).ok_or_else(|| ApiError::unknown_order(&id))?;
+    let mut orders = mes.orders.lock();
+    let order = orders
+        .get_mut(&id)
+        .ok_or_else(|| ApiError::unknown_order(&id))?;
     if !order.state.may_go_to(req.to) {
         return Err(ApiError::conflict(format!(
             "work order {id} cannot go from {} to {}",
@@ -215,12 +248,20 @@ async fn transition(
     }
     match (fault_of(&headers), req.to) {
         (Some(FaultKind::Completion500), MesState::Done) => {
-            return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "MES database error"));
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "MES database error",
+            ));
         }
         // Answered as done, but the write is lost.
-        (Some(FaultKind::CompletionLost), MesState::Done) => return Ok(answer(&id, MesState::Done)),
+        (Some(FaultKind::CompletionLost), MesState::Done) => {
+            return Ok(answer(&id, MesState::Done));
+        }
         (Some(FaultKind::ShippingUnavailable), MesState::Dispatched) => {
-            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shipping service unavailable"));
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shipping service unavailable",
+            ));
         }
         _ => {}
     }

@@ -1,8 +1,9 @@
 //! What every testbed service shares: its arguments, JSON errors, the request log on the
 //! server and client side, pooled clients, and serving on loopback.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Router;
 use axum::extract::{FromRequest, MatchedPath, RawPathParams, Request, State};
@@ -21,6 +22,34 @@ use crate::timings::Timings;
 
 /// Most orders a service keeps; past it, new orders get `503` instead of growing memory.
 pub const MAX_ORDERS: usize = 500_000;
+
+/// A service's records by order id, at most [`MAX_ORDERS`] of them.
+#[derive(Debug)]
+pub struct Store<V>(Mutex<HashMap<String, V>>);
+
+impl<V> Default for Store<V> {
+    fn default() -> Self {
+        Store(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<V> Store<V> {
+    /// The map; a handler that panicked while holding it left it usable.
+    pub fn lock(&self) -> MutexGuard<'_, HashMap<String, V>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// `503` when a store cannot take one more order.
+pub fn ensure_room<V>(map: &HashMap<String, V>) -> Result<(), ApiError> {
+    if map.len() >= MAX_ORDERS {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "order store is full",
+        ));
+    }
+    Ok(())
+}
 
 /// Command line of every service process.
 #[derive(Debug, Clone, clap::Parser)]
@@ -45,7 +74,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into() }
+        ApiError {
+            status,
+            message: message.into(),
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -59,15 +91,15 @@ impl ApiError {
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, message)
     }
-
-    pub fn store_full() -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "order store is full")
-    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(serde_json::json!({ "error": self.message }))).into_response()
+        (
+            self.status,
+            axum::Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
     }
 }
 
@@ -118,7 +150,10 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(service: Service, args: &ServiceArgs) -> Result<Arc<Self>, crate::requestlog::RequestLogError> {
+    pub fn new(
+        service: Service,
+        args: &ServiceArgs,
+    ) -> Result<Arc<Self>, crate::jsonl::JsonLinesError> {
         let log = match &args.request_log {
             Some(path) => RequestLog::open(path)?,
             None => RequestLog::disabled(),
@@ -276,7 +311,10 @@ pub async fn serve(ctx: Arc<Ctx>, routes: Router) -> std::io::Result<()> {
     }
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], ctx.service.port(ctx.base_port)));
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("{}: cannot listen on {addr}: {e}", ctx.service))
+        std::io::Error::new(
+            e.kind(),
+            format!("{}: cannot listen on {addr}: {e}", ctx.service),
+        )
     })?;
     axum::serve(listener, app).await
 }

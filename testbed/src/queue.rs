@@ -2,9 +2,8 @@
 //! and is not traced, like real infrastructure. The driver (also untraced) asks it whether
 //! a message was delivered, so waiting for the relay adds nothing to the traced wire.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -15,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::faults::FaultKind;
-use crate::net::{ApiError, Ctx, JsonBody, MAX_ORDERS, fault_of};
+use crate::net::{ApiError, Ctx, JsonBody, Store, ensure_room, fault_of};
 use crate::service::Service;
 
 /// Topic of priced orders (MES → CRM).
@@ -41,7 +40,8 @@ pub enum Delivery {
 
 struct Queue {
     ctx: Arc<Ctx>,
-    deliveries: Mutex<HashMap<(&'static str, String), Delivery>>,
+    /// By `topic/order_id`.
+    deliveries: Store<Delivery>,
     next_message: AtomicU64,
 }
 
@@ -49,8 +49,9 @@ type Shared = Arc<Queue>;
 
 impl Queue {
     fn set(&self, topic: &'static str, id: &str, state: Delivery) {
-        let mut deliveries = self.deliveries.lock().unwrap_or_else(|e| e.into_inner());
-        deliveries.insert((topic, id.to_owned()), state);
+        self.deliveries
+            .lock()
+            .insert(format!("{topic}/{id}"), state);
     }
 }
 
@@ -58,12 +59,15 @@ impl Queue {
 pub fn router(ctx: Arc<Ctx>) -> Router {
     let queue = Arc::new(Queue {
         ctx,
-        deliveries: Mutex::new(HashMap::new()),
+        deliveries: Store::default(),
         next_message: AtomicU64::new(1),
     });
     Router::new()
         .route("/queue/v1/topics/{topic}/messages", post(publish))
-        .route("/queue/v1/topics/{topic}/deliveries/{order_id}", get(delivery))
+        .route(
+            "/queue/v1/topics/{topic}/deliveries/{order_id}",
+            get(delivery),
+        )
         .with_state(queue)
 }
 
@@ -80,7 +84,9 @@ fn message_order(topic: &str, msg: &Value) -> Option<String> {
         PRICED_ORDERS => msg.get("orderRef"),
         _ => msg.get("order").and_then(|o| o.get("id")),
     };
-    id.and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned)
+    id.and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
 }
 
 async fn publish(
@@ -92,9 +98,7 @@ async fn publish(
     let topic = topic_name(&topic)?;
     let id = message_order(topic, &msg)
         .ok_or_else(|| ApiError::bad_request(format!("a {topic} message names no order")))?;
-    if queue.deliveries.lock().unwrap_or_else(|e| e.into_inner()).len() >= MAX_ORDERS * 2 {
-        return Err(ApiError::store_full());
-    }
+    ensure_room(&queue.deliveries.lock())?;
     let dropped = matches!(
         (topic, fault_of(&headers)),
         (PRICED_ORDERS, Some(FaultKind::PricedOrderDropped))
@@ -107,7 +111,10 @@ async fn publish(
         tokio::spawn(deliver(queue.clone(), topic, id, msg));
     }
     let n = queue.next_message.fetch_add(1, Ordering::Relaxed);
-    Ok((StatusCode::ACCEPTED, Json(json!({ "messageId": format!("msg-{n:08}") }))))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "messageId": format!("msg-{n:08}") })),
+    ))
 }
 
 async fn deliver(queue: Shared, topic: &'static str, id: String, msg: Value) {
@@ -127,7 +134,11 @@ async fn deliver(queue: Shared, topic: &'static str, id: String, msg: Value) {
         };
         match req.timeout(ctx.timings.request_timeout()).send().await {
             Ok(resp) => {
-                outcome = if resp.status().is_success() { Delivery::Delivered } else { Delivery::Failed };
+                outcome = if resp.status().is_success() {
+                    Delivery::Delivered
+                } else {
+                    Delivery::Failed
+                };
                 break;
             }
             // Only a consumer that could not be reached is retried: a refusal is final.
@@ -145,9 +156,9 @@ async fn delivery(
     Path((topic, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let topic = topic_name(&topic)?;
-    let deliveries = queue.deliveries.lock().unwrap_or_else(|e| e.into_inner());
+    let deliveries = queue.deliveries.lock();
     let state = deliveries
-        .get(&(topic, id.clone()))
+        .get(&format!("{topic}/{id}"))
         .ok_or_else(|| ApiError::unknown_order(&id))?;
     Ok(Json(json!({ "order_id": id, "state": state })))
 }

@@ -1,13 +1,14 @@
 //! The request log: one JSON line per side of every HTTP exchange a traced service took part in.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::Path;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::jsonl::{self, JsonLinesError};
 use crate::service::Service;
 
 /// Which side of the exchange the logging service was on.
@@ -40,42 +41,9 @@ pub struct RequestLogRecord {
     pub end: OffsetDateTime,
 }
 
-/// A request log that cannot be read or opened.
-#[derive(Debug, thiserror::Error)]
-pub enum RequestLogError {
-    #[error("request log {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("request log {path}, line {line}: not a request-log record ({source})")]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        #[source]
-        source: serde_json::Error,
-    },
-}
-
 /// Reads a request log (blank lines are skipped).
-pub fn read_request_log(path: impl AsRef<Path>) -> Result<Vec<RequestLogRecord>, RequestLogError> {
-    let path = path.as_ref();
-    let io = |source| RequestLogError::Io { path: path.to_owned(), source };
-    let reader = BufReader::new(File::open(path).map_err(io)?);
-    let mut records = Vec::new();
-    for (i, line) in reader.lines().enumerate() {
-        let line = line.map_err(io)?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        records.push(serde_json::from_str(&line).map_err(|source| RequestLogError::Parse {
-            path: path.to_owned(),
-            line: i + 1,
-            source,
-        })?);
-    }
-    Ok(records)
+pub fn read_request_log(path: impl AsRef<Path>) -> Result<Vec<RequestLogRecord>, JsonLinesError> {
+    jsonl::read(path.as_ref(), "request-log")
 }
 
 /// Appends records to a request log shared by several processes. Each record is one
@@ -92,13 +60,15 @@ impl RequestLog {
     }
 
     /// Opens (creating if needed) the log at `path` for appending.
-    pub fn open(path: &Path) -> Result<Self, RequestLogError> {
+    pub fn open(path: &Path) -> Result<Self, JsonLinesError> {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|source| RequestLogError::Io { path: path.to_owned(), source })?;
-        Ok(Self { file: Some(Mutex::new(file)) })
+            .map_err(JsonLinesError::io(path))?;
+        Ok(Self {
+            file: Some(Mutex::new(file)),
+        })
     }
 
     /// Appends one record. A failed write is reported on stderr and otherwise ignored: the

@@ -1,8 +1,7 @@
 //! `shop-api`: the online shop (snake_case JSON, ids born in the create answer).
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -13,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::faults::{FAULT_HEADER, FaultKind};
-use crate::net::{ApiError, Ctx, JsonBody, MAX_ORDERS, OrderSlot, fault_of};
+use crate::net::{ApiError, Ctx, JsonBody, OrderSlot, Store, ensure_room, fault_of};
 use crate::service::Service;
 use crate::status::Status;
 
@@ -45,7 +44,7 @@ struct Order {
 
 struct Shop {
     ctx: Arc<Ctx>,
-    orders: Mutex<HashMap<String, Order>>,
+    orders: Store<Order>,
     next_id: AtomicU64,
     /// Distinguishes this process's ids from an earlier run's.
     id_prefix: String,
@@ -53,20 +52,17 @@ struct Shop {
 
 type Shared = Arc<Shop>;
 
-impl Shop {
-    fn orders(&self) -> std::sync::MutexGuard<'_, HashMap<String, Order>> {
-        self.orders.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 /// The shop's routes.
 pub fn router(ctx: Arc<Ctx>) -> Router {
     let started = time::OffsetDateTime::now_utc().unix_timestamp() as u64;
     let shop = Arc::new(Shop {
         ctx,
-        orders: Mutex::new(HashMap::new()),
+        orders: Store::default(),
         next_id: AtomicU64::new(1),
-        id_prefix: format!("SO-{:06x}", (started ^ u64::from(std::process::id())) & 0xff_ffff),
+        id_prefix: format!(
+            "SO-{:06x}",
+            (started ^ u64::from(std::process::id())) & 0xff_ffff
+        ),
     });
     Router::new()
         .route("/api/v1/orders", post(create))
@@ -93,25 +89,32 @@ async fn create(
     slot.set(&id);
     let fault = fault_of(&headers);
     if fault != Some(FaultKind::CreatedNotSaved) {
-        let mut orders = shop.orders();
-        if orders.len() >= MAX_ORDERS {
-            return Err(ApiError::store_full());
-        }
-        let order = Order { status: Status::Initiated, size_bytes: 0, downstream_fault: None };
+        let mut orders = shop.orders.lock();
+        ensure_room(&orders)?;
+        let order = Order {
+            status: Status::Initiated,
+            size_bytes: 0,
+            downstream_fault: None,
+        };
         orders.insert(id.clone(), order);
     }
     if fault == Some(FaultKind::SessionHung) {
         tokio::time::sleep(shop.ctx.timings.session_hung_delay()).await;
     }
-    Ok((StatusCode::CREATED, Json(json!({ "order_id": id, "status": Status::Initiated }))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "order_id": id, "status": Status::Initiated })),
+    ))
 }
 
 async fn lookup(
     State(shop): State<Shared>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let orders = shop.orders();
-    let order = orders.get(&id).ok_or_else(|| ApiError::unknown_order(&id))?;
+    let orders = shop.orders.lock();
+    let order = orders
+        .get(&id)
+        .ok_or_else(|| ApiError::unknown_order(&id))?;
     Ok(Json(json!({ "order_id": id, "status": order.status })))
 }
 
@@ -124,11 +127,17 @@ async fn upload(
     check_status(&shop, &id, Status::Initiated, "upload a model")?;
     match fault_of(&headers) {
         Some(FaultKind::UploadStorageFull) => {
-            return Err(ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "object storage is full"));
+            return Err(ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "object storage is full",
+            ));
         }
         Some(FaultKind::UploadTimeout) => {
             tokio::time::sleep(shop.ctx.timings.storage_timeout()).await;
-            return Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "object storage timed out"));
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "object storage timed out",
+            ));
         }
         _ => {}
     }
@@ -136,11 +145,15 @@ async fn upload(
         return Err(ApiError::bad_request("the model file is empty"));
     }
     let size = model.len() as u64;
-    let mut orders = shop.orders();
-    let order = orders.get_mut(&id).ok_or_else(|| ApiError::unknown_order(&id))?;
+    let mut orders = shop.orders.lock();
+    let order = orders
+        .get_mut(&id)
+        .ok_or_else(|| ApiError::unknown_order(&id))?;
     order.status = Status::FileUploaded;
     order.size_bytes = size;
-    Ok(Json(json!({ "order_id": id, "status": order.status, "size_bytes": size })))
+    Ok(Json(
+        json!({ "order_id": id, "status": order.status, "size_bytes": size }),
+    ))
 }
 
 async fn submit(
@@ -151,11 +164,16 @@ async fn submit(
     check_status(&shop, &id, Status::FileUploaded, "submit")?;
     let fault = fault_of(&headers);
     if fault == Some(FaultKind::SubmitDbError) {
-        return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "database error"));
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "database error",
+        ));
     }
     let size = {
-        let mut orders = shop.orders();
-        let order = orders.get_mut(&id).ok_or_else(|| ApiError::unknown_order(&id))?;
+        let mut orders = shop.orders.lock();
+        let order = orders
+            .get_mut(&id)
+            .ok_or_else(|| ApiError::unknown_order(&id))?;
         order.status = Status::Submitted;
         order.downstream_fault = fault;
         order.size_bytes
@@ -166,7 +184,7 @@ async fn submit(
 }
 
 fn check_status(shop: &Shop, id: &str, expected: Status, action: &str) -> Result<(), ApiError> {
-    let orders = shop.orders();
+    let orders = shop.orders.lock();
     let order = orders.get(id).ok_or_else(|| ApiError::unknown_order(id))?;
     if order.status != expected {
         return Err(ApiError::conflict(format!(
@@ -185,7 +203,7 @@ struct PriceAnswer {
 
 async fn request_price(shop: Shared, id: String, size: u64) {
     let ctx = &shop.ctx;
-    let fault = shop.orders().get(&id).and_then(|o| o.downstream_fault);
+    let fault = shop.orders.lock().get(&id).and_then(|o| o.downstream_fault);
     let route = "/mes/api/pricing-requests";
     let mut req = ctx
         .client
@@ -198,7 +216,7 @@ async fn request_price(shop: Shared, id: String, size: u64) {
     let (status, body) = ctx.call(route, &id, req).await;
     let priced = status == Some(StatusCode::OK)
         && serde_json::from_slice::<PriceAnswer>(&body).is_ok_and(|a| a.state == "PRICED");
-    if priced && let Some(order) = shop.orders().get_mut(&id) {
+    if priced && let Some(order) = shop.orders.lock().get_mut(&id) {
         order.status = Status::PriceCalculated;
     }
 }

@@ -106,7 +106,10 @@ mod tests {
     #[test]
     fn lifecycle_order_is_the_walk() {
         assert!(Status::ALL.windows(2).all(|w| w[0] < w[1]));
-        assert_eq!(Status::from_mes_state("DONE"), Some(Status::ManufacturingCompleted));
+        assert_eq!(
+            Status::from_mes_state("DONE"),
+            Some(Status::ManufacturingCompleted)
+        );
         assert_eq!(Status::from_mes_state("QUEUED"), None);
     }
 }

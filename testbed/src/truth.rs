@@ -1,13 +1,14 @@
 //! The truth file: what the driver really did to every order (JSON lines).
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::io::{BufWriter, Write};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::faults::{Detection, FaultKind};
+use crate::jsonl::{self, JsonLinesError};
 use crate::service::Service;
 use crate::status::Status;
 
@@ -42,57 +43,29 @@ impl FaultRecord {
     /// A fault of `kind` played at `at`, with the fault table's columns.
     pub fn new(kind: FaultKind, at: OffsetDateTime) -> Self {
         let (detection, step, service) = kind.table_row();
-        FaultRecord { kind, detection, step, service, at }
+        FaultRecord {
+            kind,
+            detection,
+            step,
+            service,
+            at,
+        }
     }
-}
-
-/// A truth file that cannot be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum TruthError {
-    #[error("truth file {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("truth file {path}, line {line}: not a truth record ({source}); was it written by `testbed run --truth`?")]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        #[source]
-        source: serde_json::Error,
-    },
 }
 
 /// Reads a truth file (blank lines are skipped).
-pub fn read_truth(path: impl AsRef<Path>) -> Result<Vec<TruthRecord>, TruthError> {
-    let path = path.as_ref();
-    let io = |source| TruthError::Io { path: path.to_owned(), source };
-    let reader = BufReader::new(File::open(path).map_err(io)?);
-    let mut records = Vec::new();
-    for (i, line) in reader.lines().enumerate() {
-        let line = line.map_err(io)?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let record = serde_json::from_str(&line).map_err(|source| TruthError::Parse {
-            path: path.to_owned(),
-            line: i + 1,
-            source,
-        })?;
-        records.push(record);
-    }
-    Ok(records)
+pub fn read_truth(path: impl AsRef<Path>) -> Result<Vec<TruthRecord>, JsonLinesError> {
+    jsonl::read(path.as_ref(), "truth")
 }
 
 /// Writes a truth file, replacing any file at `path`.
-pub fn write_truth(path: impl AsRef<Path>, records: &[TruthRecord]) -> Result<(), TruthError> {
+pub fn write_truth(path: impl AsRef<Path>, records: &[TruthRecord]) -> Result<(), JsonLinesError> {
     let path = path.as_ref();
-    let io = |source| TruthError::Io { path: path.to_owned(), source };
-    let mut out = BufWriter::new(File::create(path).map_err(io)?);
+    let io = JsonLinesError::io(path);
+    let mut out = BufWriter::new(File::create(path).map_err(JsonLinesError::io(path))?);
     for record in records {
         let line = serde_json::to_string(record).expect("a truth record always serializes");
-        writeln!(out, "{line}").map_err(io)?;
+        writeln!(out, "{line}").map_err(JsonLinesError::io(path))?;
     }
     out.flush().map_err(io)
 }
@@ -110,7 +83,11 @@ mod tests {
                 final_status: Some(Status::Shipped),
                 faults: vec![FaultRecord::new(FaultKind::CarrierWebhookLost, at)],
             },
-            TruthRecord { order_id: "SO-000002".into(), final_status: Some(Status::Closed), faults: vec![] },
+            TruthRecord {
+                order_id: "SO-000002".into(),
+                final_status: Some(Status::Closed),
+                faults: vec![],
+            },
         ];
         let path = std::env::temp_dir().join(format!("truth-{}.jsonl", std::process::id()));
         write_truth(&path, &records).unwrap();
@@ -130,6 +107,9 @@ mod tests {
         std::fs::write(&path, "{\"order_id\":\"SO-1\",\"final_status\":\"CLOSED\",\"faults\":[]}\n\n{\"order_id\":1}\n").unwrap();
         let err = read_truth(&path).unwrap_err();
         std::fs::remove_file(&path).unwrap();
-        assert!(matches!(err, TruthError::Parse { line: 3, .. }), "{err}");
+        assert!(
+            matches!(err, JsonLinesError::Parse { line: 3, .. }),
+            "{err}"
+        );
     }
 }

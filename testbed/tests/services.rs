@@ -24,7 +24,9 @@ async fn without_faults_every_order_is_closed_in_every_service() {
         assert_eq!(record.final_status, Some(Status::Closed), "{record:?}");
         assert!(record.faults.is_empty());
         // Each system holds the last state of its own part of the walk.
-        let seen = observe(&client, bed.base_port, &record.order_id).await.unwrap();
+        let seen = observe(&client, bed.base_port, &record.order_id)
+            .await
+            .unwrap();
         let closed = ServiceStates {
             shop: Some(Status::PriceCalculated),
             mes: Some(MesState::Dispatched),
@@ -40,7 +42,9 @@ fn stops_at(kind: FaultKind) -> Status {
     use FaultKind as K;
     use Status as S;
     match kind {
-        K::SessionHung | K::CreatedNotSaved | K::UploadStorageFull | K::UploadTimeout => S::Initiated,
+        K::SessionHung | K::CreatedNotSaved | K::UploadStorageFull | K::UploadTimeout => {
+            S::Initiated
+        }
         K::SubmitDbError => S::FileUploaded,
         K::PricingNoAnswer | K::PricingAfterChange => S::Submitted,
         K::PricedOrderDropped => S::PriceCalculated,
@@ -58,7 +62,16 @@ async fn every_faulted_order_stops_where_the_truth_says() {
     let bed = Testbed::serve("faults");
     let truth = bed.path("truth.jsonl");
     // 16 injectable kinds at 1/16 each: every order gets a fault.
-    let args = ["--orders", "160", "--rate", "40", "--seed", "5", "--faults", "all=0.0625"];
+    let args = [
+        "--orders",
+        "160",
+        "--rate",
+        "40",
+        "--seed",
+        "5",
+        "--faults",
+        "all=0.0625",
+    ];
     let out = bed.run(&args, &truth);
     assert!(out.status.success());
     let records = read_truth(&truth).unwrap();
@@ -68,15 +81,27 @@ async fn every_faulted_order_stops_where_the_truth_says() {
         assert_eq!(record.faults.len(), 1, "{record:?}");
         let fault = &record.faults[0];
         *kinds.entry(fault.kind).or_insert(0) += 1;
-        assert_eq!(record.final_status, Some(stops_at(fault.kind)), "{record:?}");
-        assert_eq!((fault.detection, fault.step, fault.service), fault.kind.table_row());
-        let seen = observe(&client, bed.base_port, &record.order_id).await.unwrap();
+        assert_eq!(
+            record.final_status,
+            Some(stops_at(fault.kind)),
+            "{record:?}"
+        );
+        assert_eq!(
+            (fault.detection, fault.step, fault.service),
+            fault.kind.table_row()
+        );
+        let seen = observe(&client, bed.base_port, &record.order_id)
+            .await
+            .unwrap();
         assert_eq!(seen, expected_states(record), "{record:?}");
     }
     for kind in FaultKind::ALL {
         assert!(kinds.contains_key(&kind), "no order with {kind}");
     }
-    let hung = records.iter().filter(|r| r.faults[0].kind == FaultKind::SessionHung).count();
+    let hung = records
+        .iter()
+        .filter(|r| r.faults[0].kind == FaultKind::SessionHung)
+        .count();
     assert_eq!(hung, kinds[&FaultKind::DuplicateOrder]);
 
     // Every call between services is in the log from both sides, with the same outcome
@@ -100,7 +125,10 @@ async fn malformed_json_is_400_and_unknown_orders_are_404() {
     let bed = Testbed::serve("api");
     let client = testbed::net::pooled_client();
     let post = |service, path: &str, body: &'static str| {
-        client.post(bed.url(service, path)).header("content-type", "application/json").body(body)
+        client
+            .post(bed.url(service, path))
+            .header("content-type", "application/json")
+            .body(body)
     };
     let malformed = [
         (Service::Shop, "/api/v1/orders"),
@@ -112,7 +140,11 @@ async fn malformed_json_is_400_and_unknown_orders_are_404() {
     ];
     for (service, path) in malformed {
         for body in ["{\"customer_id\":", "[1,2", "{}", "not json"] {
-            let resp = post(service, path, body).header("x-order-id", "SO-1").send().await.unwrap();
+            let resp = post(service, path, body)
+                .header("x-order-id", "SO-1")
+                .send()
+                .await
+                .unwrap();
             assert_eq!(resp.status(), 400, "{service} {path} {body}");
             let err: serde_json::Value = resp.json().await.unwrap();
             assert!(err["error"].is_string());
@@ -130,16 +162,26 @@ async fn malformed_json_is_400_and_unknown_orders_are_404() {
     }
     let actions = [
         (Service::Shop, "/api/v1/orders/SO-nope/submit", ""),
-        (Service::Mes, "/mes/api/work-orders/SO-nope/transitions", "{\"to\":\"IN_WORK\"}"),
+        (
+            Service::Mes,
+            "/mes/api/work-orders/SO-nope/transitions",
+            "{\"to\":\"IN_WORK\"}",
+        ),
         (Service::Crm, "/crm/v1/deals/SO-nope/approve", ""),
         (Service::Crm, "/crm/v1/deals/SO-nope/close", ""),
-        (Service::Crm, "/crm/v1/webhooks/carrier", "{\"shipment\":{\"order_ref\":\"SO-nope\",\"event\":\"DELIVERED\"}}"),
+        (
+            Service::Crm,
+            "/crm/v1/webhooks/carrier",
+            "{\"shipment\":{\"order_ref\":\"SO-nope\",\"event\":\"DELIVERED\"}}",
+        ),
     ];
     for (service, path, body) in actions {
         let resp = post(service, path, body).send().await.unwrap();
         assert_eq!(resp.status(), 404, "{service} {path}");
     }
-    let upload = client.put(bed.url(Service::Shop, "/api/v1/orders/SO-nope/model")).body(vec![1u8; 1024]);
+    let upload = client
+        .put(bed.url(Service::Shop, "/api/v1/orders/SO-nope/model"))
+        .body(vec![1u8; 1024]);
     assert_eq!(upload.send().await.unwrap().status(), 404);
 
     // An order in the wrong state is a conflict, not a success.

@@ -24,13 +24,22 @@ pub struct ServiceStates {
 pub fn expected_states(record: &TruthRecord) -> ServiceStates {
     use Status as S;
     let kind = record.faults.first().map(|f| f.kind);
-    let Some(reached) = record.final_status.filter(|_| kind != Some(FaultKind::CreatedNotSaved)) else {
-        return ServiceStates { shop: None, mes: None, crm: None };
+    let Some(reached) = record
+        .final_status
+        .filter(|_| kind != Some(FaultKind::CreatedNotSaved))
+    else {
+        return ServiceStates {
+            shop: None,
+            mes: None,
+            crm: None,
+        };
     };
     let mes = match reached {
         S::Initiated | S::FileUploaded | S::Submitted => None,
         S::PriceCalculated => Some(MesState::Priced),
-        S::ManufacturingApproved if kind == Some(FaultKind::OperatorNeverStarted) => Some(MesState::Queued),
+        S::ManufacturingApproved if kind == Some(FaultKind::OperatorNeverStarted) => {
+            Some(MesState::Queued)
+        }
         S::ManufacturingApproved => Some(MesState::Priced),
         S::ManufacturingStarted => Some(MesState::InWork),
         S::ManufacturingCompleted => Some(MesState::Done),
@@ -42,7 +51,11 @@ pub fn expected_states(record: &TruthRecord) -> ServiceStates {
         r if r >= S::ManufacturingApproved => Some(S::ManufacturingApproved),
         _ => None,
     };
-    ServiceStates { shop: Some(reached.min(S::PriceCalculated)), mes, crm }
+    ServiceStates {
+        shop: Some(reached.min(S::PriceCalculated)),
+        mes,
+        crm,
+    }
 }
 
 #[derive(Deserialize)]
@@ -74,22 +87,46 @@ async fn lookup<T: serde::de::DeserializeOwned>(
     client: &reqwest::Client,
     url: String,
 ) -> Result<Option<T>, String> {
-    let resp = client.get(&url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
+    let resp = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
     match resp.status() {
         StatusCode::NOT_FOUND => Ok(None),
-        StatusCode::OK => resp.json().await.map(Some).map_err(|e| format!("GET {url}: {e}")),
+        StatusCode::OK => resp
+            .json()
+            .await
+            .map(Some)
+            .map_err(|e| format!("GET {url}: {e}")),
         other => Err(format!("GET {url}: {other}")),
     }
 }
 
 /// Asks the three services about one order.
-pub async fn observe(client: &reqwest::Client, base_port: u16, id: &str) -> Result<ServiceStates, String> {
-    let shop: Option<ShopAnswer> =
-        lookup(client, format!("{}/api/v1/orders/{id}", Service::Shop.base_url(base_port))).await?;
-    let mes: Option<MesAnswer> =
-        lookup(client, format!("{}/mes/api/work-orders/{id}", Service::Mes.base_url(base_port))).await?;
-    let crm: Option<CrmAnswer> =
-        lookup(client, format!("{}/crm/v1/deals/{id}", Service::Crm.base_url(base_port))).await?;
+pub async fn observe(
+    client: &reqwest::Client,
+    base_port: u16,
+    id: &str,
+) -> Result<ServiceStates, String> {
+    let shop: Option<ShopAnswer> = lookup(
+        client,
+        format!("{}/api/v1/orders/{id}", Service::Shop.base_url(base_port)),
+    )
+    .await?;
+    let mes: Option<MesAnswer> = lookup(
+        client,
+        format!(
+            "{}/mes/api/work-orders/{id}",
+            Service::Mes.base_url(base_port)
+        ),
+    )
+    .await?;
+    let crm: Option<CrmAnswer> = lookup(
+        client,
+        format!("{}/crm/v1/deals/{id}", Service::Crm.base_url(base_port)),
+    )
+    .await?;
     Ok(ServiceStates {
         shop: shop.map(|a| a.status),
         mes: mes.map(|a| a.state),
@@ -98,7 +135,11 @@ pub async fn observe(client: &reqwest::Client, base_port: u16, id: &str) -> Resu
 }
 
 /// Compares every order's truth with the services' answers; returns one line per mismatch.
-pub async fn check(client: &reqwest::Client, base_port: u16, records: &[TruthRecord]) -> Vec<String> {
+pub async fn check(
+    client: &reqwest::Client,
+    base_port: u16,
+    records: &[TruthRecord],
+) -> Vec<String> {
     let mut mismatches = Vec::new();
     for record in records {
         let want = expected_states(record);

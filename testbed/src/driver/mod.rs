@@ -29,7 +29,10 @@ use procs::{Launch, Services, wait_ready};
 const STARTUP: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Parser)]
-#[command(name = "testbed", about = "Shop, MES and CRM on loopback, with a load driver and fault injection")]
+#[command(
+    name = "testbed",
+    about = "Shop, MES and CRM on loopback, with a load driver and fault injection"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -86,13 +89,23 @@ struct RunArgs {
 
 impl Common {
     fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.time_factor > 0.0 && self.time_factor.is_finite(), "--time-factor must be a positive number");
-        anyhow::ensure!(self.base_port <= u16::MAX - 3, "--base-port leaves no room for the four ports");
+        anyhow::ensure!(
+            self.time_factor > 0.0 && self.time_factor.is_finite(),
+            "--time-factor must be a positive number"
+        );
+        anyhow::ensure!(
+            self.base_port <= u16::MAX - 3,
+            "--base-port leaves no room for the four ports"
+        );
         Ok(())
     }
 
     fn launch(&self) -> Launch<'_> {
-        Launch { base_port: self.base_port, request_log: self.request_log.as_deref(), time_factor: self.time_factor }
+        Launch {
+            base_port: self.base_port,
+            request_log: self.request_log.as_deref(),
+            time_factor: self.time_factor,
+        }
     }
 }
 
@@ -105,14 +118,19 @@ pub fn main() -> anyhow::Result<ExitCode> {
     };
     common.validate()?;
     if let Some(run) = &run {
-        anyhow::ensure!(run.rate > 0.0 && run.rate.is_finite(), "--rate must be a positive number");
+        anyhow::ensure!(
+            run.rate > 0.0 && run.rate.is_finite(),
+            "--rate must be a positive number"
+        );
     }
     // Spawned here, on the main thread, which lives until the children are reaped.
     let mut services = match &run {
         Some(run) if run.use_running => None,
         _ => Some(Services::spawn(&common.launch())?),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let result = runtime.block_on(async {
         let client = pooled_client();
         wait_ready(&client, common.base_port, services.as_mut(), STARTUP).await?;
@@ -120,7 +138,11 @@ pub fn main() -> anyhow::Result<ExitCode> {
             match &run {
                 Some(run) => drive(&client, run).await,
                 None => {
-                    println!("testbed: services up on 127.0.0.1:{}..{}", common.base_port, common.base_port + 3);
+                    println!(
+                        "testbed: services up on 127.0.0.1:{}..{}",
+                        common.base_port,
+                        common.base_port + 3
+                    );
                     std::future::pending().await
                 }
             }
@@ -156,7 +178,13 @@ async fn interrupted() -> &'static str {
 async fn drive(client: &reqwest::Client, run: &RunArgs) -> anyhow::Result<ExitCode> {
     let seed = run.seed.unwrap_or_else(rand::random);
     let timings = Timings::new(run.common.time_factor);
-    let walker = Arc::new(Walker::new(client.clone(), run.common.base_port, timings, seed, run.faults.clone()));
+    let walker = Arc::new(Walker::new(
+        client.clone(),
+        run.common.base_port,
+        timings,
+        seed,
+        run.faults.clone(),
+    ));
     let started = Instant::now();
     let t0 = tokio::time::Instant::now();
     let mut walks = Vec::new();
@@ -188,10 +216,18 @@ async fn drive(client: &reqwest::Client, run: &RunArgs) -> anyhow::Result<ExitCo
         for m in &mismatches {
             eprintln!("check: {m}");
         }
-        println!("check: {} of {} orders match all three services", records.len() - mismatches.len(), records.len());
+        println!(
+            "check: {} of {} orders match all three services",
+            records.len() - mismatches.len(),
+            records.len()
+        );
         ok &= mismatches.is_empty();
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn print_summary(run: &RunArgs, seed: u64, records: &[TruthRecord], elapsed: Duration) {

@@ -25,7 +25,11 @@ fn sibling_exe(name: &str) -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe().context("cannot find the testbed executable")?;
     let path = me.with_file_name(name);
     if !path.is_file() {
-        bail!("{} not found next to {}: build all testbed binaries (cargo build -p testbed)", name, me.display());
+        bail!(
+            "{} not found next to {}: build all testbed binaries (cargo build -p testbed)",
+            name,
+            me.display()
+        );
     }
     Ok(path)
 }
@@ -36,9 +40,12 @@ impl Services {
     pub fn spawn(launch: &Launch) -> anyhow::Result<Self> {
         if let Some(log) = launch.request_log {
             // A fresh log per run: the tracer's tests compare it with one run's spans.
-            std::fs::File::create(log).with_context(|| format!("cannot create request log {}", log.display()))?;
+            std::fs::File::create(log)
+                .with_context(|| format!("cannot create request log {}", log.display()))?;
         }
-        let mut services = Services { children: Vec::new() };
+        let mut services = Services {
+            children: Vec::new(),
+        };
         for service in Service::ALL {
             let mut cmd = Command::new(sibling_exe(service.as_str())?);
             cmd.arg("--base-port")
@@ -57,7 +64,9 @@ impl Services {
                     Ok(())
                 });
             }
-            let child = cmd.spawn().with_context(|| format!("cannot start {service}"))?;
+            let child = cmd
+                .spawn()
+                .with_context(|| format!("cannot start {service}"))?;
             services.children.push((service, child));
         }
         Ok(services)
@@ -108,7 +117,11 @@ pub async fn wait_ready(
             if let Some(services) = services.as_deref_mut() {
                 services.check_alive()?;
             }
-            let ok = client.get(&url).timeout(Duration::from_secs(1)).send().await;
+            let ok = client
+                .get(&url)
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await;
             if ok.is_ok_and(|r| r.status().is_success()) {
                 break;
             }

@@ -25,7 +25,13 @@ const DELIVERY_POLL: Duration = Duration::from_millis(20);
 /// Share of orders the seller closes by hand instead of the carrier's webhook.
 const CLOSED_BY_HAND: f64 = 0.2;
 const CARRIERS: [&str; 3] = ["DHL", "UPS", "FedEx"];
-const SKUS: [&str; 5] = ["RING-SOLITAIRE", "RING-BAND", "PENDANT-HEART", "EARRING-HOOP", "BRACELET-LINK"];
+const SKUS: [&str; 5] = [
+    "RING-SOLITAIRE",
+    "RING-BAND",
+    "PENDANT-HEART",
+    "EARRING-HOOP",
+    "BRACELET-LINK",
+];
 
 /// What the driver shares between the walks of one run.
 pub struct Walker {
@@ -46,10 +52,23 @@ pub struct WalkOutcome {
 }
 
 impl Walker {
-    pub fn new(client: reqwest::Client, base_port: u16, timings: Timings, seed: u64, faults: FaultSpec) -> Self {
+    pub fn new(
+        client: reqwest::Client,
+        base_port: u16,
+        timings: Timings,
+        seed: u64,
+        faults: FaultSpec,
+    ) -> Self {
         let mut model = vec![0u8; MODEL_BYTES.1];
         ChaCha8Rng::seed_from_u64(seed).fill_bytes(&mut model);
-        Walker { client, base_port, timings, seed, faults, model: Bytes::from(model) }
+        Walker {
+            client,
+            base_port,
+            timings,
+            seed,
+            faults,
+            model: Bytes::from(model),
+        }
     }
 
     /// Walks order number `index` of the run. Deterministic per (seed, index).
@@ -63,7 +82,13 @@ impl Walker {
             .map(|_| json!({ "sku": SKUS[rng.random_range(0..SKUS.len())], "quantity": rng.random_range(1..=2) }))
             .collect();
         let create = json!({ "customer_id": customer_id, "items": items, "cart_id": cart_id });
-        let mut order = OrderWalk { w: self, rng, id: String::new(), reached: None, fault: None };
+        let mut order = OrderWalk {
+            w: self,
+            rng,
+            id: String::new(),
+            reached: None,
+            fault: None,
+        };
         order.think().await;
         if fault == Some(FaultKind::SessionHung) {
             return order.hung_session(create).await;
@@ -73,7 +98,10 @@ impl Walker {
             Ok(()) => order.after_create(fault).await,
             Err(e) => Err(e),
         };
-        WalkOutcome { records: vec![order.record()], error: result.err() }
+        WalkOutcome {
+            records: vec![order.record()],
+            error: result.err(),
+        }
     }
 
     fn url(&self, of: Service, path: &str) -> String {
@@ -120,23 +148,42 @@ impl OrderWalk<'_> {
 
     async fn think(&mut self) {
         let t = &self.w.timings;
-        let secs = self.rng.random_range(t.think_min().as_secs_f64()..=t.think_max().as_secs_f64());
+        let secs = self
+            .rng
+            .random_range(t.think_min().as_secs_f64()..=t.think_max().as_secs_f64());
         tokio::time::sleep(Duration::from_secs_f64(secs)).await;
     }
 
     /// Sends one request of the walk; `want` is the answer the step expects.
-    async fn send(&self, step: &str, req: reqwest::RequestBuilder, want: StatusCode) -> Result<Bytes, String> {
+    async fn send(
+        &self,
+        step: &str,
+        req: reqwest::RequestBuilder,
+        want: StatusCode,
+    ) -> Result<Bytes, String> {
         let req = req.timeout(self.w.timings.request_timeout());
-        let resp = req.send().await.map_err(|e| format!("{step} of {}: no answer: {e}", self.id))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| format!("{step} of {}: no answer: {e}", self.id))?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| format!("{step} of {}: body cut off: {e}", self.id))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| format!("{step} of {}: body cut off: {e}", self.id))?;
         if status != want {
-            return Err(format!("{step} of {}: expected {want}, got {status}", self.id));
+            return Err(format!(
+                "{step} of {}: expected {want}, got {status}",
+                self.id
+            ));
         }
         Ok(body)
     }
 
-    fn with_fault(req: reqwest::RequestBuilder, fault: Option<FaultKind>) -> reqwest::RequestBuilder {
+    fn with_fault(
+        req: reqwest::RequestBuilder,
+        fault: Option<FaultKind>,
+    ) -> reqwest::RequestBuilder {
         match fault {
             Some(kind) => req.header(FAULT_HEADER, kind.as_str()),
             None => req,
@@ -147,18 +194,31 @@ impl OrderWalk<'_> {
     async fn create(&mut self, body: &Value, fault: Option<FaultKind>) -> Result<(), String> {
         let w = self.w;
         let header_fault = fault.filter(|k| *k == FaultKind::CreatedNotSaved);
-        let req = Self::with_fault(w.client.post(w.url(Service::Shop, "/api/v1/orders")).json(body), header_fault);
-        let created: Created = serde_json::from_slice(&self.send("create", req, StatusCode::CREATED).await?)
-            .map_err(|e| format!("create: answer without order_id: {e}"))?;
+        let req = Self::with_fault(
+            w.client
+                .post(w.url(Service::Shop, "/api/v1/orders"))
+                .json(body),
+            header_fault,
+        );
+        let created: Created =
+            serde_json::from_slice(&self.send("create", req, StatusCode::CREATED).await?)
+                .map_err(|e| format!("create: answer without order_id: {e}"))?;
         self.id = created.order_id;
         self.reached = Some(Status::Initiated);
         self.think().await;
-        let lookup = w.client.get(w.url(Service::Shop, &format!("/api/v1/orders/{}", self.id)));
+        let lookup = w
+            .client
+            .get(w.url(Service::Shop, &format!("/api/v1/orders/{}", self.id)));
         if fault == Some(FaultKind::CreatedNotSaved) {
             self.played(FaultKind::CreatedNotSaved);
-            return self.send("shop lookup", lookup, StatusCode::NOT_FOUND).await.map(drop);
+            return self
+                .send("shop lookup", lookup, StatusCode::NOT_FOUND)
+                .await
+                .map(drop);
         }
-        self.send("shop lookup", lookup, StatusCode::OK).await.map(drop)
+        self.send("shop lookup", lookup, StatusCode::OK)
+            .await
+            .map(drop)
     }
 
     /// A create answered only after the customer gave up; the customer tries again with the
@@ -166,18 +226,30 @@ impl OrderWalk<'_> {
     async fn hung_session(mut self, body: Value) -> WalkOutcome {
         let w = self.w;
         let first_req = Self::with_fault(
-            w.client.post(w.url(Service::Shop, "/api/v1/orders")).json(&body),
+            w.client
+                .post(w.url(Service::Shop, "/api/v1/orders"))
+                .json(&body),
             Some(FaultKind::SessionHung),
         )
         .timeout(w.timings.request_timeout());
         let at = OffsetDateTime::now_utc();
         let mut first = tokio::spawn(async move {
-            let resp = first_req.send().await.map_err(|e| format!("hung create: no answer: {e}"))?;
-            resp.json::<Created>().await.map_err(|e| format!("hung create: bad answer: {e}"))
+            let resp = first_req
+                .send()
+                .await
+                .map_err(|e| format!("hung create: no answer: {e}"))?;
+            resp.json::<Created>()
+                .await
+                .map_err(|e| format!("hung create: bad answer: {e}"))
         });
         // The customer's patience; the shop answers after twice that.
-        let gave_up = tokio::time::timeout(w.timings.create_timeout(), &mut first).await.is_err();
-        self.fault = Some(FaultRecord::new(FaultKind::DuplicateOrder, OffsetDateTime::now_utc()));
+        let gave_up = tokio::time::timeout(w.timings.create_timeout(), &mut first)
+            .await
+            .is_err();
+        self.fault = Some(FaultRecord::new(
+            FaultKind::DuplicateOrder,
+            OffsetDateTime::now_utc(),
+        ));
         let mut result = self.create(&body, None).await;
         if result.is_ok() {
             result = self.after_create(None).await;
@@ -225,7 +297,11 @@ impl OrderWalk<'_> {
         let req = Self::with_fault(req, upload_fault);
         if let Some(kind) = upload_fault {
             self.played(kind);
-            let want = if kind == K::UploadStorageFull { StatusCode::INSUFFICIENT_STORAGE } else { StatusCode::GATEWAY_TIMEOUT };
+            let want = if kind == K::UploadStorageFull {
+                StatusCode::INSUFFICIENT_STORAGE
+            } else {
+                StatusCode::GATEWAY_TIMEOUT
+            };
             return self.send("upload", req, want).await.map(drop);
         }
         self.send("upload", req, StatusCode::OK).await?;
@@ -233,12 +309,21 @@ impl OrderWalk<'_> {
 
         self.think().await;
         let submit_fault = fault.filter(|k| {
-            matches!(k, K::SubmitDbError | K::PricingNoAnswer | K::PricingAfterChange | K::PricedOrderDropped)
+            matches!(
+                k,
+                K::SubmitDbError
+                    | K::PricingNoAnswer
+                    | K::PricingAfterChange
+                    | K::PricedOrderDropped
+            )
         });
         let req = Self::with_fault(w.client.post(shop("/submit")), submit_fault);
         if fault == Some(K::SubmitDbError) {
             self.played(K::SubmitDbError);
-            return self.send("submit", req, StatusCode::INTERNAL_SERVER_ERROR).await.map(drop);
+            return self
+                .send("submit", req, StatusCode::INTERNAL_SERVER_ERROR)
+                .await
+                .map(drop);
         }
         self.send("submit", req, StatusCode::OK).await?;
         self.reached = Some(Status::Submitted);
@@ -246,19 +331,25 @@ impl OrderWalk<'_> {
             Some(kind @ (K::PricingNoAnswer | K::PricingAfterChange)) => {
                 self.played(kind);
                 // Let the shop's pricing call end (by its timeout) while the services run.
-                let wait = if kind == K::PricingNoAnswer { w.timings.pricing_timeout() } else { Duration::ZERO };
+                let wait = if kind == K::PricingNoAnswer {
+                    w.timings.pricing_timeout()
+                } else {
+                    Duration::ZERO
+                };
                 tokio::time::sleep(wait + w.timings.think_max()).await;
                 return Ok(());
             }
             Some(K::PricedOrderDropped) => {
-                self.await_delivery(PRICED_ORDERS, Delivery::Dropped).await?;
+                self.await_delivery(PRICED_ORDERS, Delivery::Dropped)
+                    .await?;
                 self.reached = Some(Status::PriceCalculated);
                 self.played(K::PricedOrderDropped);
                 return Ok(());
             }
             _ => {}
         }
-        self.await_delivery(PRICED_ORDERS, Delivery::Delivered).await?;
+        self.await_delivery(PRICED_ORDERS, Delivery::Delivered)
+            .await?;
         self.reached = Some(Status::PriceCalculated);
 
         // The seller approves the deal in the CRM.
@@ -273,7 +364,8 @@ impl OrderWalk<'_> {
             self.played(K::WorkOrderDropped);
             return Ok(());
         }
-        self.await_delivery(WORK_ORDERS, Delivery::Delivered).await?;
+        self.await_delivery(WORK_ORDERS, Delivery::Delivered)
+            .await?;
 
         // The MES operator's steps.
         self.think().await;
@@ -281,7 +373,8 @@ impl OrderWalk<'_> {
             self.played(K::OperatorNeverStarted);
             return Ok(());
         }
-        self.transition("start", json!({ "to": "IN_WORK" }), None, StatusCode::OK).await?;
+        self.transition("start", json!({ "to": "IN_WORK" }), None, StatusCode::OK)
+            .await?;
         self.reached = Some(Status::ManufacturingStarted);
 
         self.think().await;
@@ -289,22 +382,39 @@ impl OrderWalk<'_> {
         if fault == Some(K::Completion500) {
             self.played(K::Completion500);
             let want = StatusCode::INTERNAL_SERVER_ERROR;
-            return self.transition("complete", json!({ "to": "DONE" }), done_fault, want).await;
+            return self
+                .transition("complete", json!({ "to": "DONE" }), done_fault, want)
+                .await;
         }
-        self.transition("complete", json!({ "to": "DONE" }), done_fault, StatusCode::OK).await?;
+        self.transition(
+            "complete",
+            json!({ "to": "DONE" }),
+            done_fault,
+            StatusCode::OK,
+        )
+        .await?;
         self.think().await;
-        let lookup = w.client.get(w.url(Service::Mes, &format!("/mes/api/work-orders/{}", self.id)));
-        let seen: MesAnswer = serde_json::from_slice(&self.send("MES lookup", lookup, StatusCode::OK).await?)
-            .map_err(|e| format!("MES lookup of {}: bad answer: {e}", self.id))?;
+        let lookup = w
+            .client
+            .get(w.url(Service::Mes, &format!("/mes/api/work-orders/{}", self.id)));
+        let seen: MesAnswer =
+            serde_json::from_slice(&self.send("MES lookup", lookup, StatusCode::OK).await?)
+                .map_err(|e| format!("MES lookup of {}: bad answer: {e}", self.id))?;
         if fault == Some(K::CompletionLost) {
             self.played(K::CompletionLost);
             return match seen.state.as_str() {
                 "IN_WORK" => Ok(()),
-                other => Err(format!("MES lookup of {} after a lost completion: {other}", self.id)),
+                other => Err(format!(
+                    "MES lookup of {} after a lost completion: {other}",
+                    self.id
+                )),
             };
         }
         if seen.state != "DONE" {
-            return Err(format!("MES lookup of {} after DONE says {}", self.id, seen.state));
+            return Err(format!(
+                "MES lookup of {} after DONE says {}",
+                self.id, seen.state
+            ));
         }
         self.reached = Some(Status::ManufacturingCompleted);
 
@@ -316,7 +426,8 @@ impl OrderWalk<'_> {
             }
             Some(K::PackagingSkipped) => self.played(K::PackagingSkipped),
             _ => {
-                self.transition("package", json!({ "to": "PACKING" }), None, StatusCode::OK).await?;
+                self.transition("package", json!({ "to": "PACKING" }), None, StatusCode::OK)
+                    .await?;
                 self.reached = Some(Status::Packaging);
                 self.think().await;
             }
@@ -328,7 +439,8 @@ impl OrderWalk<'_> {
             let want = StatusCode::SERVICE_UNAVAILABLE;
             return self.transition("ship", dispatch, fault, want).await;
         }
-        self.transition("ship", dispatch, None, StatusCode::OK).await?;
+        self.transition("ship", dispatch, None, StatusCode::OK)
+            .await?;
         self.reached = Some(Status::Shipped);
 
         // Delivery: the carrier's webhook, or the seller closes by hand.
@@ -341,17 +453,30 @@ impl OrderWalk<'_> {
             w.client.post(crm_deal("/close"))
         } else {
             let event = json!({ "shipment": { "order_ref": self.id, "event": "DELIVERED" } });
-            w.client.post(w.url(Service::Crm, "/crm/v1/webhooks/carrier")).json(&event)
+            w.client
+                .post(w.url(Service::Crm, "/crm/v1/webhooks/carrier"))
+                .json(&event)
         };
         self.send("close", req, StatusCode::OK).await?;
         self.reached = Some(Status::Closed);
         self.think().await;
-        self.send("CRM lookup", w.client.get(crm_deal("")), StatusCode::OK).await.map(drop)
+        self.send("CRM lookup", w.client.get(crm_deal("")), StatusCode::OK)
+            .await
+            .map(drop)
     }
 
-    async fn transition(&self, step: &str, body: Value, fault: Option<FaultKind>, want: StatusCode) -> Result<(), String> {
+    async fn transition(
+        &self,
+        step: &str,
+        body: Value,
+        fault: Option<FaultKind>,
+        want: StatusCode,
+    ) -> Result<(), String> {
         let w = self.w;
-        let url = w.url(Service::Mes, &format!("/mes/api/work-orders/{}/transitions", self.id));
+        let url = w.url(
+            Service::Mes,
+            &format!("/mes/api/work-orders/{}/transitions", self.id),
+        );
         let req = Self::with_fault(w.client.post(url).json(&body), fault);
         self.send(step, req, want).await.map(drop)
     }
@@ -360,10 +485,18 @@ impl OrderWalk<'_> {
     /// is not traced, so this adds nothing to the traced wire.
     async fn await_delivery(&self, topic: &str, want: Delivery) -> Result<(), String> {
         let w = self.w;
-        let url = w.url(Service::Queue, &format!("/queue/v1/topics/{topic}/deliveries/{}", self.id));
+        let url = w.url(
+            Service::Queue,
+            &format!("/queue/v1/topics/{topic}/deliveries/{}", self.id),
+        );
         let deadline = tokio::time::Instant::now() + w.timings.delivery_deadline();
         loop {
-            let resp = w.client.get(&url).timeout(w.timings.request_timeout()).send().await;
+            let resp = w
+                .client
+                .get(&url)
+                .timeout(w.timings.request_timeout())
+                .send()
+                .await;
             if let Ok(resp) = resp
                 && resp.status() == StatusCode::OK
                 && let Ok(answer) = resp.json::<QueueAnswer>().await
@@ -372,11 +505,17 @@ impl OrderWalk<'_> {
                 return if answer.state == want {
                     Ok(())
                 } else {
-                    Err(format!("{topic} message of {}: {:?}, expected {want:?}", self.id, answer.state))
+                    Err(format!(
+                        "{topic} message of {}: {:?}, expected {want:?}",
+                        self.id, answer.state
+                    ))
                 };
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(format!("{topic} message of {} never went through the queue", self.id));
+                return Err(format!(
+                    "{topic} message of {} never went through the queue",
+                    self.id
+                ));
             }
             tokio::time::sleep(DELIVERY_POLL).await;
         }

@@ -38,12 +38,22 @@ impl Testbed {
         std::fs::create_dir_all(&dir).unwrap();
         let base_port = free_base_port();
         let serve = Command::new(env!("CARGO_BIN_EXE_testbed"))
-            .args(["serve", "--base-port", &base_port.to_string(), "--time-factor", "0.5"])
+            .args([
+                "serve",
+                "--base-port",
+                &base_port.to_string(),
+                "--time-factor",
+                "0.5",
+            ])
             .arg("--request-log")
             .arg(dir.join("requests.jsonl"))
             .spawn()
             .unwrap();
-        let bed = Testbed { base_port, dir, serve };
+        let bed = Testbed {
+            base_port,
+            dir,
+            serve,
+        };
         bed.wait_ready();
         bed
     }
@@ -51,7 +61,8 @@ impl Testbed {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         for service in Service::ALL {
-            while std::net::TcpStream::connect(("127.0.0.1", service.port(self.base_port))).is_err() {
+            while std::net::TcpStream::connect(("127.0.0.1", service.port(self.base_port))).is_err()
+            {
                 assert!(Instant::now() < deadline, "{service} did not come up");
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -69,7 +80,13 @@ impl Testbed {
     /// `testbed run --use-running` against these services.
     pub fn run(&self, args: &[&str], truth: &Path) -> Output {
         let out = Command::new(env!("CARGO_BIN_EXE_testbed"))
-            .args(["run", "--use-running", "--time-factor", "0.5", "--base-port"])
+            .args([
+                "run",
+                "--use-running",
+                "--time-factor",
+                "0.5",
+                "--base-port",
+            ])
             .arg(self.base_port.to_string())
             .arg("--truth")
             .arg(truth)
