@@ -52,7 +52,8 @@ impl Services {
                 .arg(launch.base_port.to_string())
                 .arg("--time-factor")
                 .arg(launch.time_factor.to_string());
-            if let Some(log) = launch.request_log {
+            // The queue is infrastructure, not traced: it has no request log.
+            if let Some(log) = launch.request_log.filter(|_| service != Service::Queue) {
                 cmd.arg("--request-log").arg(log);
             }
             // SAFETY: prctl is async-signal-safe and touches no memory of the parent.

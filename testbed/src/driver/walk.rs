@@ -125,6 +125,13 @@ struct QueueAnswer {
     state: Delivery,
 }
 
+/// Whether a phase of the walk left the order to go on.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    GoOn,
+    Stop,
+}
+
 struct OrderWalk<'a> {
     w: &'a Walker,
     rng: ChaCha8Rng,
@@ -276,12 +283,21 @@ impl OrderWalk<'_> {
         WalkOutcome { records, error }
     }
 
-    /// Steps 2 to 14.
+    /// Steps 2 to 14, phase by phase, until the order's fault stops it.
     async fn after_create(&mut self, fault: Option<FaultKind>) -> Result<(), String> {
-        use FaultKind as K;
-        if fault == Some(K::CreatedNotSaved) {
+        if fault == Some(FaultKind::CreatedNotSaved)
+            || self.shop_steps(fault).await? == Flow::Stop
+            || self.sales_steps(fault).await? == Flow::Stop
+            || self.factory_steps(fault).await? == Flow::Stop
+        {
             return Ok(());
         }
+        self.delivery_steps(fault).await
+    }
+
+    /// The customer uploads and submits; the shop gets the price from the MES.
+    async fn shop_steps(&mut self, fault: Option<FaultKind>) -> Result<Flow, String> {
+        use FaultKind as K;
         let w = self.w;
         let id = self.id.clone();
         let shop = |path: &str| w.url(Service::Shop, &format!("/api/v1/orders/{id}{path}"));
@@ -302,7 +318,7 @@ impl OrderWalk<'_> {
             } else {
                 StatusCode::GATEWAY_TIMEOUT
             };
-            return self.send("upload", req, want).await.map(drop);
+            return self.send("upload", req, want).await.map(|_| Flow::Stop);
         }
         self.send("upload", req, StatusCode::OK).await?;
         self.reached = Some(Status::FileUploaded);
@@ -323,7 +339,7 @@ impl OrderWalk<'_> {
             return self
                 .send("submit", req, StatusCode::INTERNAL_SERVER_ERROR)
                 .await
-                .map(drop);
+                .map(|_| Flow::Stop);
         }
         self.send("submit", req, StatusCode::OK).await?;
         self.reached = Some(Status::Submitted);
@@ -337,22 +353,28 @@ impl OrderWalk<'_> {
                     Duration::ZERO
                 };
                 tokio::time::sleep(wait + w.timings.think_max()).await;
-                return Ok(());
+                return Ok(Flow::Stop);
             }
             Some(K::PricedOrderDropped) => {
                 self.await_delivery(PRICED_ORDERS, Delivery::Dropped)
                     .await?;
                 self.reached = Some(Status::PriceCalculated);
                 self.played(K::PricedOrderDropped);
-                return Ok(());
+                return Ok(Flow::Stop);
             }
             _ => {}
         }
         self.await_delivery(PRICED_ORDERS, Delivery::Delivered)
             .await?;
         self.reached = Some(Status::PriceCalculated);
+        Ok(Flow::GoOn)
+    }
 
-        // The seller approves the deal in the CRM.
+    /// The seller approves the deal; the CRM sends the work order to the MES.
+    async fn sales_steps(&mut self, fault: Option<FaultKind>) -> Result<Flow, String> {
+        use FaultKind as K;
+        let w = self.w;
+        let id = self.id.clone();
         self.think().await;
         let approve_fault = fault.filter(|k| *k == K::WorkOrderDropped);
         let crm_deal = |path: &str| w.url(Service::Crm, &format!("/crm/v1/deals/{id}{path}"));
@@ -362,16 +384,21 @@ impl OrderWalk<'_> {
         if fault == Some(K::WorkOrderDropped) {
             self.await_delivery(WORK_ORDERS, Delivery::Dropped).await?;
             self.played(K::WorkOrderDropped);
-            return Ok(());
+            return Ok(Flow::Stop);
         }
         self.await_delivery(WORK_ORDERS, Delivery::Delivered)
             .await?;
+        Ok(Flow::GoOn)
+    }
 
-        // The MES operator's steps.
+    /// The MES operator starts, completes (and checks), packs and ships the order.
+    async fn factory_steps(&mut self, fault: Option<FaultKind>) -> Result<Flow, String> {
+        use FaultKind as K;
+        let w = self.w;
         self.think().await;
         if fault == Some(K::OperatorNeverStarted) {
             self.played(K::OperatorNeverStarted);
-            return Ok(());
+            return Ok(Flow::Stop);
         }
         self.transition("start", json!({ "to": "IN_WORK" }), None, StatusCode::OK)
             .await?;
@@ -384,7 +411,8 @@ impl OrderWalk<'_> {
             let want = StatusCode::INTERNAL_SERVER_ERROR;
             return self
                 .transition("complete", json!({ "to": "DONE" }), done_fault, want)
-                .await;
+                .await
+                .map(|()| Flow::Stop);
         }
         self.transition(
             "complete",
@@ -403,7 +431,7 @@ impl OrderWalk<'_> {
         if fault == Some(K::CompletionLost) {
             self.played(K::CompletionLost);
             return match seen.state.as_str() {
-                "IN_WORK" => Ok(()),
+                "IN_WORK" => Ok(Flow::Stop),
                 other => Err(format!(
                     "MES lookup of {} after a lost completion: {other}",
                     self.id
@@ -422,7 +450,7 @@ impl OrderWalk<'_> {
         match fault {
             Some(K::PackagingNotRecorded) => {
                 self.played(K::PackagingNotRecorded);
-                return Ok(());
+                return Ok(Flow::Stop);
             }
             Some(K::PackagingSkipped) => self.played(K::PackagingSkipped),
             _ => {
@@ -437,16 +465,25 @@ impl OrderWalk<'_> {
         if fault == Some(K::ShippingUnavailable) {
             self.played(K::ShippingUnavailable);
             let want = StatusCode::SERVICE_UNAVAILABLE;
-            return self.transition("ship", dispatch, fault, want).await;
+            return self
+                .transition("ship", dispatch, fault, want)
+                .await
+                .map(|()| Flow::Stop);
         }
         self.transition("ship", dispatch, None, StatusCode::OK)
             .await?;
         self.reached = Some(Status::Shipped);
+        Ok(Flow::GoOn)
+    }
 
-        // Delivery: the carrier's webhook, or the seller closes by hand.
+    /// Delivery closes the deal: the carrier's webhook, or the seller by hand.
+    async fn delivery_steps(&mut self, fault: Option<FaultKind>) -> Result<(), String> {
+        let w = self.w;
+        let id = self.id.clone();
+        let crm_deal = |path: &str| w.url(Service::Crm, &format!("/crm/v1/deals/{id}{path}"));
         self.think().await;
-        if fault == Some(K::CarrierWebhookLost) {
-            self.played(K::CarrierWebhookLost);
+        if fault == Some(FaultKind::CarrierWebhookLost) {
+            self.played(FaultKind::CarrierWebhookLost);
             return Ok(());
         }
         let req = if self.rng.random_bool(CLOSED_BY_HAND) {
