@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::faults::FAULT_HEADER;
+use crate::faults::FaultKind;
 use crate::net::{ApiError, Ctx, JsonBody, OrderSlot, Store, ensure_room, fault_of};
 use crate::service::Service;
 use crate::status::Status;
@@ -177,17 +177,12 @@ async fn approve(
     Ok(order_answer(&id, Status::ManufacturingApproved))
 }
 
-async fn publish_work_order(crm: Shared, id: String, fault: Option<crate::faults::FaultKind>) {
+async fn publish_work_order(crm: Shared, id: String, fault: Option<FaultKind>) {
     let ctx = &crm.ctx;
-    let mut req = ctx
-        .client
-        .post(ctx.url(Service::Queue, "/queue/v1/topics/work-orders/messages"))
-        .timeout(ctx.timings.request_timeout())
-        .json(&json!({ "order": { "id": id } }));
-    if let Some(fault) = fault {
-        req = req.header(FAULT_HEADER, fault.as_str());
-    }
-    ctx.call("/queue/v1/topics/{topic}/messages", &id, req)
+    let route = "/queue/v1/topics/work-orders/messages";
+    let body = json!({ "order": { "id": id } });
+    let timeout = ctx.timings.request_timeout();
+    ctx.post_json(Service::Queue, route, &id, &body, fault, timeout)
         .await;
 }
 

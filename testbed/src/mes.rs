@@ -9,7 +9,7 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::faults::{FAULT_HEADER, FaultKind};
+use crate::faults::FaultKind;
 use crate::net::{ApiError, Ctx, JsonBody, OrderSlot, Store, ensure_room, fault_of};
 use crate::service::Service;
 
@@ -182,16 +182,12 @@ async fn publish_priced(
     fault: Option<FaultKind>,
 ) {
     let ctx = &mes.ctx;
-    let route = "/queue/v1/topics/{topic}/messages";
-    let mut req = ctx
-        .client
-        .post(ctx.url(Service::Queue, "/queue/v1/topics/priced-orders/messages"))
-        .timeout(ctx.timings.request_timeout())
-        .json(&json!({ "orderRef": id, "price": price }));
-    if let Some(fault) = fault {
-        req = req.header(FAULT_HEADER, fault.as_str());
-    }
-    ctx.call(route, &id, req).await;
+    // The broker's topics are fixed routes of its API, so the route is the path itself.
+    let route = "/queue/v1/topics/priced-orders/messages";
+    let body = json!({ "orderRef": id, "price": price });
+    let timeout = ctx.timings.request_timeout();
+    ctx.post_json(Service::Queue, route, &id, &body, fault, timeout)
+        .await;
 }
 
 async fn receive_work_order(

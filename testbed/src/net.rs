@@ -172,29 +172,33 @@ impl Ctx {
         format!("{}{path}", of.base_url(self.base_port))
     }
 
-    /// Sends a request built by `req`, logs the client side under `route` and returns the
-    /// status and the whole body. `None` as status when no response came in time.
-    pub async fn call(
+    /// POSTs `body` as JSON to the path `route` of another service for one order, passing
+    /// the order's fault on, and logs the client side. Returns the status (`None` when no
+    /// answer came in `timeout`) and the whole body.
+    pub async fn post_json(
         &self,
+        to: Service,
         route: &str,
         order_id: &str,
-        req: reqwest::RequestBuilder,
+        body: &serde_json::Value,
+        fault: Option<FaultKind>,
+        timeout: std::time::Duration,
     ) -> (Option<StatusCode>, Bytes) {
+        let mut req = self
+            .client
+            .post(self.url(to, route))
+            .timeout(timeout)
+            .json(body);
+        if let Some(fault) = fault {
+            req = req.header(FAULT_HEADER, fault.as_str());
+        }
         let start = OffsetDateTime::now_utc();
-        let (method, path, outcome) = match req.build() {
-            Ok(request) => {
-                let method = request.method().to_string();
-                let path = request.url().path().to_owned();
-                let outcome = async {
-                    let resp = self.client.execute(request).await?;
-                    let status = resp.status();
-                    Ok::<_, reqwest::Error>((status, resp.bytes().await?))
-                }
-                .await;
-                (method, path, outcome)
-            }
-            Err(e) => (String::new(), String::new(), Err(e)),
-        };
+        let outcome = async {
+            let resp = req.send().await?;
+            let status = resp.status();
+            Ok::<_, reqwest::Error>((status, resp.bytes().await?))
+        }
+        .await;
         // No answer (timeout, refused, cut off) is recorded as a null status code.
         let (status, body) = match outcome {
             Ok((status, body)) => (Some(status), body),
@@ -203,9 +207,9 @@ impl Ctx {
         self.log.append(&RequestLogRecord {
             service: self.service,
             side: Side::Client,
-            method,
+            method: "POST".to_owned(),
             route: Some(route.to_owned()),
-            path,
+            path: route.to_owned(),
             order_id: Some(order_id.to_owned()),
             status_code: status.map(|s| s.as_u16()),
             start,
@@ -214,7 +218,6 @@ impl Ctx {
         (status, body)
     }
 }
-
 /// A keep-alive client with a connection pool, HTTP/1.1 only, as the services' SDKs use.
 pub fn pooled_client() -> reqwest::Client {
     // reqwest builds its TLS config even for plain HTTP, so it needs a provider; an Err

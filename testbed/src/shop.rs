@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::faults::{FAULT_HEADER, FaultKind};
+use crate::faults::FaultKind;
 use crate::net::{ApiError, Ctx, JsonBody, OrderSlot, Store, ensure_room, fault_of};
 use crate::service::Service;
 use crate::status::Status;
@@ -205,15 +205,11 @@ async fn request_price(shop: Shared, id: String, size: u64) {
     let ctx = &shop.ctx;
     let fault = shop.orders.lock().get(&id).and_then(|o| o.downstream_fault);
     let route = "/mes/api/pricing-requests";
-    let mut req = ctx
-        .client
-        .post(ctx.url(Service::Mes, route))
-        .timeout(ctx.timings.pricing_timeout())
-        .json(&json!({ "orderRef": id, "model": { "sizeBytes": size } }));
-    if let Some(fault) = fault {
-        req = req.header(FAULT_HEADER, fault.as_str());
-    }
-    let (status, body) = ctx.call(route, &id, req).await;
+    let request = json!({ "orderRef": id, "model": { "sizeBytes": size } });
+    let timeout = ctx.timings.pricing_timeout();
+    let (status, body) = ctx
+        .post_json(Service::Mes, route, &id, &request, fault, timeout)
+        .await;
     let priced = status == Some(StatusCode::OK)
         && serde_json::from_slice::<PriceAnswer>(&body).is_ok_and(|a| a.state == "PRICED");
     if priced && let Some(order) = shop.orders.lock().get_mut(&id) {
