@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::Testbed;
+use common::{Testbed, free_base_port};
 use testbed::driver::{ServiceStates, expected_states, observe};
 use testbed::mes::MesState;
 use testbed::requestlog::Side;
@@ -200,4 +200,54 @@ async fn malformed_json_is_400_and_unknown_orders_are_404() {
     assert_eq!(created["status"], "INITIATED");
     let submit = client.post(bed.url(Service::Shop, &format!("/api/v1/orders/{id}/submit")));
     assert_eq!(submit.send().await.unwrap().status(), 409);
+}
+
+#[test]
+fn run_starts_checks_and_stops_its_own_services() {
+    let base_port = free_base_port();
+    let dir = std::env::temp_dir().join(format!("testbed-own-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (truth, log) = (dir.join("truth.jsonl"), dir.join("requests.jsonl"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_testbed"))
+        .args([
+            "run", "--orders", "30", "--rate", "60", "--faults", "all=0.05", "--check",
+        ])
+        .args([
+            "--time-factor",
+            "0.5",
+            "--seed",
+            "9",
+            "--base-port",
+            &base_port.to_string(),
+        ])
+        .arg("--truth")
+        .arg(&truth)
+        .arg("--request-log")
+        .arg(&log)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("final status:") && stdout.contains("check: "),
+        "{stdout}"
+    );
+    assert!(read_truth(&truth).unwrap().len() >= 30);
+    let log = read_request_log(&log).unwrap();
+    for service in [Service::Shop, Service::Mes, Service::Crm] {
+        assert!(
+            log.iter()
+                .any(|r| r.service == service && r.side == Side::Server)
+        );
+    }
+    assert!(log.iter().all(|r| r.service != Service::Queue));
+    // Nothing is left listening: every port can be bound again.
+    for service in Service::ALL {
+        std::net::TcpListener::bind(("127.0.0.1", service.port(base_port))).unwrap();
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

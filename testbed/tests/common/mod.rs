@@ -17,7 +17,7 @@ pub struct Testbed {
 /// Four consecutive free loopback ports (other tests and sessions use this machine too).
 /// Each call of one test process starts from its own block, so parallel tests never pick
 /// the same ports before their services bind them.
-fn free_base_port() -> u16 {
+pub fn free_base_port() -> u16 {
     static CALLS: AtomicU16 = AtomicU16::new(0);
     let block = CALLS.fetch_add(1, Ordering::Relaxed);
     let mut start = 20_000 + (std::process::id() % 2_000) as u16 * 16 + block * 4;
