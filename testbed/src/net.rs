@@ -218,6 +218,7 @@ impl Ctx {
         (status, body)
     }
 }
+
 /// A keep-alive client with a connection pool, HTTP/1.1 only, as the services' SDKs use.
 pub fn pooled_client() -> reqwest::Client {
     // reqwest builds its TLS config even for plain HTTP, so it needs a provider; an Err

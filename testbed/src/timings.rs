@@ -18,10 +18,6 @@ impl Timings {
         Timings { factor }
     }
 
-    pub fn factor(&self) -> f64 {
-        self.factor
-    }
-
     fn ms(&self, ms: f64) -> Duration {
         Duration::from_secs_f64(ms * self.factor / 1000.0)
     }
