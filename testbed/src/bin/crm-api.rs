@@ -1,1 +1,4 @@
-fn main() {}
+//! `crm-api`: see `testbed::crm`.
+fn main() -> anyhow::Result<()> {
+    testbed::service_main(testbed::Service::Crm)
+}

@@ -1,1 +1,4 @@
-fn main() {}
+//! `mes-api`: see `testbed::mes`.
+fn main() -> anyhow::Result<()> {
+    testbed::service_main(testbed::Service::Mes)
+}

@@ -1,0 +1,4 @@
+//! `order-queue`: see `testbed::queue`.
+fn main() -> anyhow::Result<()> {
+    testbed::service_main(testbed::Service::Queue)
+}

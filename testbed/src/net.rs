@@ -1,0 +1,324 @@
+//! What every testbed service shares: its arguments, JSON errors, the request log on the
+//! server and client side, pooled clients, and serving on loopback.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::Router;
+use axum::extract::{FromRequest, MatchedPath, RawPathParams, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use time::OffsetDateTime;
+
+use crate::faults::{FAULT_HEADER, FaultKind};
+use crate::requestlog::{RequestLog, RequestLogRecord, Side};
+use crate::service::{DEFAULT_BASE_PORT, Service};
+use crate::timings::Timings;
+
+/// Most orders a service keeps; past it, new orders get `503` instead of growing memory.
+pub const MAX_ORDERS: usize = 500_000;
+
+/// A service's records by order id, at most [`MAX_ORDERS`] of them.
+#[derive(Debug)]
+pub struct Store<V>(Mutex<HashMap<String, V>>);
+
+impl<V> Default for Store<V> {
+    fn default() -> Self {
+        Store(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<V> Store<V> {
+    /// The map; a handler that panicked while holding it left it usable.
+    pub fn lock(&self) -> MutexGuard<'_, HashMap<String, V>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// `503` when a store cannot take one more order.
+pub fn ensure_room<V>(map: &HashMap<String, V>) -> Result<(), ApiError> {
+    if map.len() >= MAX_ORDERS {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "order store is full",
+        ));
+    }
+    Ok(())
+}
+
+/// Command line of every service process.
+#[derive(Debug, Clone, clap::Parser)]
+pub struct ServiceArgs {
+    /// Base port: shop on it, MES +1, CRM +2, queue +3 (all on 127.0.0.1).
+    #[arg(long, default_value_t = DEFAULT_BASE_PORT)]
+    pub base_port: u16,
+    /// Append one JSON line per side of every exchange to this file.
+    #[arg(long)]
+    pub request_log: Option<PathBuf>,
+    /// Scales every delay (fault timeouts); 1.0 is the documented default.
+    #[arg(long, default_value_t = 1.0)]
+    pub time_factor: f64,
+}
+
+/// A `4xx`/`5xx` answer with a JSON `{"error": …}` body.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn unknown_order(id: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, format!("no order {id}"))
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+/// A JSON body whose every defect (syntax, missing field, wrong type) is a `400`.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
+    }
+}
+
+/// The fault the caller asked this exchange to play, if any.
+pub fn fault_of(headers: &HeaderMap) -> Option<FaultKind> {
+    headers.get(FAULT_HEADER)?.to_str().ok()?.parse().ok()
+}
+
+/// Where a handler puts the order id it learnt from a body, for the request log.
+#[derive(Debug, Clone, Default)]
+pub struct OrderSlot(Arc<Mutex<Option<String>>>);
+
+impl OrderSlot {
+    pub fn set(&self, id: &str) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(id.to_owned());
+    }
+
+    fn take(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// What one service process shares between its handlers.
+#[derive(Debug)]
+pub struct Ctx {
+    pub service: Service,
+    pub base_port: u16,
+    pub timings: Timings,
+    pub log: RequestLog,
+    /// Pooled keep-alive client for the calls this service makes.
+    pub client: reqwest::Client,
+}
+
+impl Ctx {
+    pub fn new(
+        service: Service,
+        args: &ServiceArgs,
+    ) -> Result<Arc<Self>, crate::jsonl::JsonLinesError> {
+        let log = match &args.request_log {
+            Some(path) => RequestLog::open(path)?,
+            None => RequestLog::disabled(),
+        };
+        Ok(Arc::new(Ctx {
+            service,
+            base_port: args.base_port,
+            timings: Timings::new(args.time_factor),
+            log,
+            client: pooled_client(),
+        }))
+    }
+
+    /// The base URL of another testbed service.
+    pub fn url(&self, of: Service, path: &str) -> String {
+        format!("{}{path}", of.base_url(self.base_port))
+    }
+
+    /// POSTs `body` as JSON to the path `route` of another service for one order, passing
+    /// the order's fault on, and logs the client side. Returns the status (`None` when no
+    /// answer came in `timeout`) and the whole body.
+    pub async fn post_json(
+        &self,
+        to: Service,
+        route: &str,
+        order_id: &str,
+        body: &serde_json::Value,
+        fault: Option<FaultKind>,
+        timeout: std::time::Duration,
+    ) -> (Option<StatusCode>, Bytes) {
+        let mut req = self
+            .client
+            .post(self.url(to, route))
+            .timeout(timeout)
+            .json(body);
+        if let Some(fault) = fault {
+            req = req.header(FAULT_HEADER, fault.as_str());
+        }
+        let start = OffsetDateTime::now_utc();
+        let outcome = async {
+            let resp = req.send().await?;
+            let status = resp.status();
+            Ok::<_, reqwest::Error>((status, resp.bytes().await?))
+        }
+        .await;
+        // No answer (timeout, refused, cut off) is recorded as a null status code.
+        let (status, body) = match outcome {
+            Ok((status, body)) => (Some(status), body),
+            Err(_) => (None, Bytes::new()),
+        };
+        self.log.append(&RequestLogRecord {
+            service: self.service,
+            side: Side::Client,
+            method: "POST".to_owned(),
+            route: Some(route.to_owned()),
+            path: route.to_owned(),
+            order_id: Some(order_id.to_owned()),
+            status_code: status.map(|s| s.as_u16()),
+            start,
+            end: OffsetDateTime::now_utc(),
+        });
+        (status, body)
+    }
+}
+
+/// A keep-alive client with a connection pool, HTTP/1.1 only, as the services' SDKs use.
+pub fn pooled_client() -> reqwest::Client {
+    // reqwest builds its TLS config even for plain HTTP, so it needs a provider; an Err
+    // only means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .http1_only()
+        .pool_max_idle_per_host(64)
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .build()
+        .expect("a client with a crypto provider and no custom TLS always builds")
+}
+
+/// Logs the server side of one exchange, also when the exchange is cut off (the client
+/// went away before the answer): then the record has no status code.
+struct ServerExchange {
+    ctx: Arc<Ctx>,
+    record: Option<RequestLogRecord>,
+    slot: OrderSlot,
+}
+
+impl ServerExchange {
+    fn finish(&mut self, status: Option<u16>) {
+        if let Some(mut record) = self.record.take() {
+            if let Some(id) = self.slot.take() {
+                record.order_id = Some(id);
+            }
+            record.status_code = status;
+            record.end = OffsetDateTime::now_utc();
+            self.ctx.log.append(&record);
+        }
+    }
+}
+
+impl Drop for ServerExchange {
+    fn drop(&mut self) {
+        self.finish(None);
+    }
+}
+
+async fn log_server_side(
+    State(ctx): State<Arc<Ctx>>,
+    matched: Option<MatchedPath>,
+    params: Result<RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    if req.uri().path() == "/healthz" {
+        return next.run(req).await;
+    }
+    let from_path = params.ok().and_then(|params| {
+        params
+            .iter()
+            .find(|(name, _)| matches!(*name, "order_id" | "orderRef"))
+            .map(|(_, value)| value.to_owned())
+    });
+    let from_header = || {
+        req.headers()
+            .get("x-order-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let order_id = from_path.or_else(from_header);
+    let now = OffsetDateTime::now_utc();
+    let slot = OrderSlot::default();
+    req.extensions_mut().insert(slot.clone());
+    let mut exchange = ServerExchange {
+        record: Some(RequestLogRecord {
+            service: ctx.service,
+            side: Side::Server,
+            method: req.method().to_string(),
+            route: matched.map(|m| m.as_str().to_owned()),
+            path: req.uri().path().to_owned(),
+            order_id,
+            status_code: None,
+            start: now,
+            end: now,
+        }),
+        ctx,
+        slot,
+    };
+    let response = next.run(req).await;
+    exchange.finish(Some(response.status().as_u16()));
+    response
+}
+
+/// Serves `routes` (plus `GET /healthz`) for `service` on 127.0.0.1 until the process is
+/// killed. Traced services log each exchange's server side.
+pub async fn serve(ctx: Arc<Ctx>, routes: Router) -> std::io::Result<()> {
+    let mut app = routes.route("/healthz", get(|| async { "ok" }));
+    if ctx.service != Service::Queue {
+        app = app.layer(middleware::from_fn_with_state(ctx.clone(), log_server_side));
+    }
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], ctx.service.port(ctx.base_port)));
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("{}: cannot listen on {addr}: {e}", ctx.service),
+        )
+    })?;
+    axum::serve(listener, app).await
+}

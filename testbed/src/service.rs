@@ -1,0 +1,56 @@
+//! The four testbed processes: names, executables and ports.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Default base port: shop on it, MES +1, CRM +2, queue +3.
+pub const DEFAULT_BASE_PORT: u16 = 18080;
+
+/// One testbed process. Its serde name is its executable name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Service {
+    #[serde(rename = "shop-api")]
+    Shop,
+    #[serde(rename = "mes-api")]
+    Mes,
+    #[serde(rename = "crm-api")]
+    Crm,
+    #[serde(rename = "order-queue")]
+    Queue,
+}
+
+impl Service {
+    pub const ALL: [Service; 4] = [Service::Shop, Service::Mes, Service::Crm, Service::Queue];
+
+    /// The executable (and `service.name`) of the process.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Service::Shop => "shop-api",
+            Service::Mes => "mes-api",
+            Service::Crm => "crm-api",
+            Service::Queue => "order-queue",
+        }
+    }
+
+    /// The process's port for a base port (`--base-port`).
+    pub const fn port(self, base: u16) -> u16 {
+        base + match self {
+            Service::Shop => 0,
+            Service::Mes => 1,
+            Service::Crm => 2,
+            Service::Queue => 3,
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`, the loopback address every testbed client uses.
+    pub fn base_url(self, base: u16) -> String {
+        format!("http://127.0.0.1:{}", self.port(base))
+    }
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

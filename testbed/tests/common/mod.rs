@@ -1,0 +1,109 @@
+//! A testbed started by `testbed serve` on free ports, stopped when dropped.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use testbed::Service;
+
+pub struct Testbed {
+    pub base_port: u16,
+    pub dir: PathBuf,
+    serve: Child,
+}
+
+/// Four consecutive free loopback ports (other tests and sessions use this machine too).
+/// Each call of one test process starts from its own block, so parallel tests never pick
+/// the same ports before their services bind them.
+pub fn free_base_port() -> u16 {
+    static CALLS: AtomicU16 = AtomicU16::new(0);
+    let block = CALLS.fetch_add(1, Ordering::Relaxed);
+    let mut start = 20_000 + (std::process::id() % 2_000) as u16 * 16 + block * 4;
+    loop {
+        let free = (0..4).all(|i| TcpListener::bind(("127.0.0.1", start + i)).is_ok());
+        if free {
+            return start;
+        }
+        start += 64;
+        assert!(start < 60_000, "no four free consecutive ports");
+    }
+}
+
+impl Testbed {
+    /// Starts the services with a request log, under `testbed serve`.
+    pub fn serve(name: &str) -> Testbed {
+        let dir = std::env::temp_dir().join(format!("testbed-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let base_port = free_base_port();
+        let serve = Command::new(env!("CARGO_BIN_EXE_testbed"))
+            .args([
+                "serve",
+                "--base-port",
+                &base_port.to_string(),
+                "--time-factor",
+                "0.5",
+            ])
+            .arg("--request-log")
+            .arg(dir.join("requests.jsonl"))
+            .spawn()
+            .unwrap();
+        let bed = Testbed {
+            base_port,
+            dir,
+            serve,
+        };
+        bed.wait_ready();
+        bed
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for service in Service::ALL {
+            while std::net::TcpStream::connect(("127.0.0.1", service.port(self.base_port))).is_err()
+            {
+                assert!(Instant::now() < deadline, "{service} did not come up");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    pub fn url(&self, service: Service, path: &str) -> String {
+        format!("{}{path}", service.base_url(self.base_port))
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+
+    /// `testbed run --use-running` against these services.
+    pub fn run(&self, args: &[&str], truth: &Path) -> Output {
+        let out = Command::new(env!("CARGO_BIN_EXE_testbed"))
+            .args([
+                "run",
+                "--use-running",
+                "--time-factor",
+                "0.5",
+                "--base-port",
+            ])
+            .arg(self.base_port.to_string())
+            .arg("--truth")
+            .arg(truth)
+            .args(args)
+            .output()
+            .unwrap();
+        println!("{}", String::from_utf8_lossy(&out.stdout));
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        out
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        // SIGTERM, so `testbed serve` stops its children itself.
+        unsafe { libc::kill(self.serve.id() as i32, libc::SIGTERM) };
+        let _ = self.serve.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,253 @@
+//! The testbed as its users see it: whole runs end where the truth file says, in every
+//! service's own state, and bad input gets proper 4xx answers.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{Testbed, free_base_port};
+use testbed::driver::{ServiceStates, expected_states, observe};
+use testbed::mes::MesState;
+use testbed::requestlog::Side;
+use testbed::{FaultKind, Service, Status, read_request_log, read_truth};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_faults_every_order_is_closed_in_every_service() {
+    let bed = Testbed::serve("clean");
+    let truth = bed.path("truth.jsonl");
+    let out = bed.run(&["--orders", "300", "--rate", "60", "--seed", "11"], &truth);
+    assert!(out.status.success());
+    let records = read_truth(&truth).unwrap();
+    assert_eq!(records.len(), 300);
+    let client = testbed::net::pooled_client();
+    for record in &records {
+        assert_eq!(record.final_status, Some(Status::Closed), "{record:?}");
+        assert!(record.faults.is_empty());
+        // Each system holds the last state of its own part of the walk.
+        let seen = observe(&client, bed.base_port, &record.order_id)
+            .await
+            .unwrap();
+        let closed = ServiceStates {
+            shop: Some(Status::PriceCalculated),
+            mes: Some(MesState::Dispatched),
+            crm: Some(Status::Closed),
+        };
+        assert_eq!(seen, closed, "{}", record.order_id);
+    }
+}
+
+/// Where an order with each fault really stops (the fault table, read independently of the
+/// driver's code).
+fn stops_at(kind: FaultKind) -> Status {
+    use FaultKind as K;
+    use Status as S;
+    match kind {
+        K::SessionHung | K::CreatedNotSaved | K::UploadStorageFull | K::UploadTimeout => {
+            S::Initiated
+        }
+        K::SubmitDbError => S::FileUploaded,
+        K::PricingNoAnswer | K::PricingAfterChange => S::Submitted,
+        K::PricedOrderDropped => S::PriceCalculated,
+        K::WorkOrderDropped | K::OperatorNeverStarted => S::ManufacturingApproved,
+        K::Completion500 | K::CompletionLost => S::ManufacturingStarted,
+        K::PackagingNotRecorded => S::ManufacturingCompleted,
+        K::ShippingUnavailable => S::Packaging,
+        K::CarrierWebhookLost => S::Shipped,
+        K::DuplicateOrder | K::PackagingSkipped => S::Closed,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_faulted_order_stops_where_the_truth_says() {
+    let bed = Testbed::serve("faults");
+    let truth = bed.path("truth.jsonl");
+    // 16 injectable kinds at 1/16 each: every order gets a fault.
+    let args = [
+        "--orders",
+        "160",
+        "--rate",
+        "40",
+        "--seed",
+        "5",
+        "--faults",
+        "all=0.0625",
+    ];
+    let out = bed.run(&args, &truth);
+    assert!(out.status.success());
+    let records = read_truth(&truth).unwrap();
+    let client = testbed::net::pooled_client();
+    let mut kinds = HashMap::new();
+    for record in &records {
+        assert_eq!(record.faults.len(), 1, "{record:?}");
+        let fault = &record.faults[0];
+        *kinds.entry(fault.kind).or_insert(0) += 1;
+        assert_eq!(
+            record.final_status,
+            Some(stops_at(fault.kind)),
+            "{record:?}"
+        );
+        assert_eq!(
+            (fault.detection, fault.step, fault.service),
+            fault.kind.table_row()
+        );
+        let seen = observe(&client, bed.base_port, &record.order_id)
+            .await
+            .unwrap();
+        assert_eq!(seen, expected_states(record), "{record:?}");
+    }
+    for kind in FaultKind::ALL {
+        assert!(kinds.contains_key(&kind), "no order with {kind}");
+    }
+    let hung = records
+        .iter()
+        .filter(|r| r.faults[0].kind == FaultKind::SessionHung)
+        .count();
+    assert_eq!(hung, kinds[&FaultKind::DuplicateOrder]);
+
+    // Every call between services is in the log from both sides, with the same outcome
+    // (a pricing call cut off by the shop's timeout has none on either side).
+    let log = read_request_log(bed.path("requests.jsonl")).unwrap();
+    let pricing = |side| {
+        let mut calls: Vec<_> = log
+            .iter()
+            .filter(|r| r.side == side && r.path == "/mes/api/pricing-requests")
+            .map(|r| (r.order_id.clone(), r.status_code))
+            .collect();
+        calls.sort();
+        calls
+    };
+    assert_eq!(pricing(Side::Client), pricing(Side::Server));
+    assert!(pricing(Side::Client).iter().any(|(_, code)| code.is_none()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_json_is_400_and_unknown_orders_are_404() {
+    let bed = Testbed::serve("api");
+    let client = testbed::net::pooled_client();
+    let post = |service, path: &str, body: &'static str| {
+        client
+            .post(bed.url(service, path))
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let malformed = [
+        (Service::Shop, "/api/v1/orders"),
+        (Service::Mes, "/mes/api/pricing-requests"),
+        (Service::Mes, "/mes/api/work-orders"),
+        (Service::Mes, "/mes/api/work-orders/SO-1/transitions"),
+        (Service::Crm, "/crm/v1/webhooks/carrier"),
+        (Service::Crm, "/crm/v1/deals"),
+    ];
+    for (service, path) in malformed {
+        for body in ["{\"customer_id\":", "[1,2", "{}", "not json"] {
+            let resp = post(service, path, body)
+                .header("x-order-id", "SO-1")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 400, "{service} {path} {body}");
+            let err: serde_json::Value = resp.json().await.unwrap();
+            assert!(err["error"].is_string());
+        }
+    }
+
+    let lookups = [
+        (Service::Shop, "/api/v1/orders/SO-nope"),
+        (Service::Mes, "/mes/api/work-orders/SO-nope"),
+        (Service::Crm, "/crm/v1/deals/SO-nope"),
+    ];
+    for (service, path) in lookups {
+        let resp = client.get(bed.url(service, path)).send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{service} {path}");
+    }
+    let actions = [
+        (Service::Shop, "/api/v1/orders/SO-nope/submit", ""),
+        (
+            Service::Mes,
+            "/mes/api/work-orders/SO-nope/transitions",
+            "{\"to\":\"IN_WORK\"}",
+        ),
+        (Service::Crm, "/crm/v1/deals/SO-nope/approve", ""),
+        (Service::Crm, "/crm/v1/deals/SO-nope/close", ""),
+        (
+            Service::Crm,
+            "/crm/v1/webhooks/carrier",
+            "{\"shipment\":{\"order_ref\":\"SO-nope\",\"event\":\"DELIVERED\"}}",
+        ),
+    ];
+    for (service, path, body) in actions {
+        let resp = post(service, path, body).send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{service} {path}");
+    }
+    let upload = client
+        .put(bed.url(Service::Shop, "/api/v1/orders/SO-nope/model"))
+        .body(vec![1u8; 1024]);
+    assert_eq!(upload.send().await.unwrap().status(), 404);
+
+    // An order in the wrong state is a conflict, not a success.
+    let created: serde_json::Value = post(
+        Service::Shop,
+        "/api/v1/orders",
+        r#"{"customer_id":"C-1","items":[{"sku":"RING-BAND","quantity":1}],"cart_id":"CART-1"}"#,
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let id = created["order_id"].as_str().unwrap();
+    assert_eq!(created["status"], "INITIATED");
+    let submit = client.post(bed.url(Service::Shop, &format!("/api/v1/orders/{id}/submit")));
+    assert_eq!(submit.send().await.unwrap().status(), 409);
+}
+
+#[test]
+fn run_starts_checks_and_stops_its_own_services() {
+    let base_port = free_base_port();
+    let dir = std::env::temp_dir().join(format!("testbed-own-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (truth, log) = (dir.join("truth.jsonl"), dir.join("requests.jsonl"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_testbed"))
+        .args([
+            "run", "--orders", "30", "--rate", "60", "--faults", "all=0.05", "--check",
+        ])
+        .args([
+            "--time-factor",
+            "0.5",
+            "--seed",
+            "9",
+            "--base-port",
+            &base_port.to_string(),
+        ])
+        .arg("--truth")
+        .arg(&truth)
+        .arg("--request-log")
+        .arg(&log)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("final status:") && stdout.contains("check: "),
+        "{stdout}"
+    );
+    assert!(read_truth(&truth).unwrap().len() >= 30);
+    let log = read_request_log(&log).unwrap();
+    for service in [Service::Shop, Service::Mes, Service::Crm] {
+        assert!(
+            log.iter()
+                .any(|r| r.service == service && r.side == Side::Server)
+        );
+    }
+    assert!(log.iter().all(|r| r.service != Service::Queue));
+    // Nothing is left listening: every port can be bound again.
+    for service in Service::ALL {
+        std::net::TcpListener::bind(("127.0.0.1", service.port(base_port))).unwrap();
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
