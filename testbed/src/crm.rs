@@ -186,19 +186,37 @@ async fn publish_work_order(crm: Shared, id: String, fault: Option<FaultKind>) {
         .await;
 }
 
-fn close_deal(crm: &Crm, id: &str) -> Result<Json<serde_json::Value>, ApiError> {
-    let mut deals = crm.deals.lock();
-    let stage = &mut deals
-        .get_mut(id)
-        .ok_or_else(|| ApiError::unknown_order(id))?
-        .stage;
-    if *stage != Stage::Approved {
-        return Err(ApiError::conflict(format!(
-            "deal {id} cannot be closed before approval"
-        )));
+/// Closes the deal and, after the answer, tells the shop and the MES.
+fn close_deal(crm: &Shared, id: &str) -> Result<Json<serde_json::Value>, ApiError> {
+    {
+        let mut deals = crm.deals.lock();
+        let stage = &mut deals
+            .get_mut(id)
+            .ok_or_else(|| ApiError::unknown_order(id))?
+            .stage;
+        if *stage != Stage::Approved {
+            return Err(ApiError::conflict(format!(
+                "deal {id} cannot be closed before approval"
+            )));
+        }
+        *stage = Stage::Closed;
     }
-    *stage = Stage::Closed;
+    tokio::spawn(notify_closed(crm.clone(), id.to_owned()));
     Ok(order_answer(id, Status::Closed))
+}
+
+/// The CRM is where an order ends, so it is the one that tells the other two systems.
+async fn notify_closed(crm: Shared, id: String) {
+    let ctx = &crm.ctx;
+    let timeout = ctx.timings.request_timeout();
+    let shop_route = "/api/v1/orders/{order_id}/status";
+    let shop_body = json!({ "status": Status::Closed, "source": "crm" });
+    let mes_route = "/mes/api/work-orders/{orderRef}/transitions";
+    let mes_body = json!({ "to": "CLOSED" });
+    tokio::join!(
+        ctx.post_json(Service::Shop, shop_route, &id, &shop_body, None, timeout),
+        ctx.post_json(Service::Mes, mes_route, &id, &mes_body, None, timeout),
+    );
 }
 
 async fn close(

@@ -23,6 +23,7 @@ pub enum MesState {
     Done,
     Packing,
     Dispatched,
+    Closed,
 }
 
 impl MesState {
@@ -35,11 +36,13 @@ impl MesState {
             MesState::Done => "DONE",
             MesState::Packing => "PACKING",
             MesState::Dispatched => "DISPATCHED",
+            MesState::Closed => "CLOSED",
         }
     }
 
-    /// Whether the operator may move a work order from `self` to `to`. `DONE → DISPATCHED`
-    /// is allowed: operators do skip packing, and the MES does not stop them.
+    /// Whether a work order may move from `self` to `to`. `DONE → DISPATCHED` is allowed:
+    /// operators do skip packing, and the MES does not stop them. `CLOSED` is the CRM's
+    /// word that the dispatched order was delivered.
     fn may_go_to(self, to: MesState) -> bool {
         use MesState::*;
         matches!(
@@ -49,6 +52,7 @@ impl MesState {
                 | (Done, Packing)
                 | (Done, Dispatched)
                 | (Packing, Dispatched)
+                | (Dispatched, Closed)
         )
     }
 }

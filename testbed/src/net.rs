@@ -172,9 +172,11 @@ impl Ctx {
         format!("{}{path}", of.base_url(self.base_port))
     }
 
-    /// POSTs `body` as JSON to the path `route` of another service for one order, passing
-    /// the order's fault on, and logs the client side. Returns the status (`None` when no
-    /// answer came in `timeout`) and the whole body.
+    /// POSTs `body` as JSON to the route `route` of another service for one order, passing
+    /// the order's fault on, and logs the client side. A `{order_id}` or `{orderRef}` in the
+    /// route stands for the order's id, so the log has the template and the path alike, as
+    /// on the server side. Returns the status (`None` when no answer came in `timeout`) and
+    /// the whole body.
     pub async fn post_json(
         &self,
         to: Service,
@@ -184,9 +186,12 @@ impl Ctx {
         fault: Option<FaultKind>,
         timeout: std::time::Duration,
     ) -> (Option<StatusCode>, Bytes) {
+        let path = route
+            .replace("{order_id}", order_id)
+            .replace("{orderRef}", order_id);
         let mut req = self
             .client
-            .post(self.url(to, route))
+            .post(self.url(to, &path))
             .timeout(timeout)
             .json(body);
         if let Some(fault) = fault {
@@ -209,7 +214,7 @@ impl Ctx {
             side: Side::Client,
             method: "POST".to_owned(),
             route: Some(route.to_owned()),
-            path: route.to_owned(),
+            path,
             order_id: Some(order_id.to_owned()),
             status_code: status.map(|s| s.as_u16()),
             start,

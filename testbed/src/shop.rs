@@ -72,6 +72,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
             put(upload).layer(DefaultBodyLimit::max(MAX_MODEL_BYTES)),
         )
         .route("/api/v1/orders/{order_id}/submit", post(submit))
+        .route("/api/v1/orders/{order_id}/status", post(status_update))
         .with_state(shop)
 }
 
@@ -193,6 +194,39 @@ fn check_status(shop: &Shop, id: &str, expected: Status, action: &str) -> Result
         )));
     }
     Ok(())
+}
+
+/// Another system's word on an order's status.
+#[derive(Debug, Deserialize)]
+struct StatusUpdate {
+    status: Status,
+    source: String,
+}
+
+/// The shop's part of the walk ends with the price; it learns of the close from the CRM,
+/// the only later status it shows.
+async fn status_update(
+    State(shop): State<Shared>,
+    Path(id): Path<String>,
+    JsonBody(update): JsonBody<StatusUpdate>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if update.status != Status::Closed || update.source.is_empty() {
+        return Err(ApiError::bad_request(
+            "the shop takes only the status CLOSED, with its source",
+        ));
+    }
+    let mut orders = shop.orders.lock();
+    let order = orders
+        .get_mut(&id)
+        .ok_or_else(|| ApiError::unknown_order(&id))?;
+    if order.status != Status::PriceCalculated {
+        return Err(ApiError::conflict(format!(
+            "cannot close order {id} in status {}",
+            order.status
+        )));
+    }
+    order.status = Status::Closed;
+    Ok(Json(json!({ "order_id": id, "status": Status::Closed })))
 }
 
 #[derive(Deserialize)]

@@ -61,6 +61,7 @@ impl Status {
             "DONE" => Some(Status::ManufacturingCompleted),
             "PACKING" => Some(Status::Packaging),
             "DISPATCHED" => Some(Status::Shipped),
+            "CLOSED" => Some(Status::Closed),
             _ => None,
         }
     }
@@ -110,6 +111,7 @@ mod tests {
             Status::from_mes_state("DONE"),
             Some(Status::ManufacturingCompleted)
         );
+        assert_eq!(Status::from_mes_state("CLOSED"), Some(Status::Closed));
         assert_eq!(Status::from_mes_state("QUEUED"), None);
     }
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use common::{Testbed, free_base_port};
 use testbed::driver::{ServiceStates, expected_states, observe};
 use testbed::mes::MesState;
-use testbed::requestlog::Side;
+use testbed::requestlog::{RequestLogRecord, Side};
 use testbed::{FaultKind, Service, Status, read_request_log, read_truth};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -23,16 +23,51 @@ async fn without_faults_every_order_is_closed_in_every_service() {
     for record in &records {
         assert_eq!(record.final_status, Some(Status::Closed), "{record:?}");
         assert!(record.faults.is_empty());
-        // Each system holds the last state of its own part of the walk.
+        // The CRM's close reached the shop and the MES too.
         let seen = observe(&client, bed.base_port, &record.order_id)
             .await
             .unwrap();
         let closed = ServiceStates {
-            shop: Some(Status::PriceCalculated),
-            mes: Some(MesState::Dispatched),
+            shop: Some(Status::Closed),
+            mes: Some(MesState::Closed),
             crm: Some(Status::Closed),
         };
         assert_eq!(seen, closed, "{}", record.order_id);
+    }
+    // One close notification per order to each of the shop and the MES, both sides logged.
+    let log = read_request_log(bed.path("requests.jsonl")).unwrap();
+    for route in [
+        "/api/v1/orders/{order_id}/status",
+        "/mes/api/work-orders/{orderRef}/transitions",
+    ] {
+        let from_crm = log
+            .iter()
+            .filter(|r| r.service == Service::Crm && r.route.as_deref() == Some(route))
+            .inspect(|r| assert_eq!(r.status_code, Some(200), "{r:?}"))
+            .count();
+        assert_eq!(from_crm, records.len(), "{route}");
+    }
+    assert_calls_logged_on_both_sides(&log);
+}
+
+/// Every call a traced service made to another traced one is in the log from both sides,
+/// with the same path, order and outcome (a pricing call cut off by the shop's timeout has
+/// no status code on either side).
+fn assert_calls_logged_on_both_sides(log: &[RequestLogRecord]) {
+    let key = |r: &RequestLogRecord| (r.path.clone(), r.order_id.clone(), r.status_code);
+    let mut served: HashMap<_, usize> = HashMap::new();
+    for r in log.iter().filter(|r| r.side == Side::Server) {
+        *served.entry(key(r)).or_default() += 1;
+    }
+    // The broker is not traced: its side of the publishes is nowhere.
+    let calls = log
+        .iter()
+        .filter(|r| r.side == Side::Client && !r.path.starts_with("/queue/"));
+    for call in calls {
+        match served.get_mut(&key(call)) {
+            Some(n) if *n > 0 => *n -= 1,
+            _ => panic!("{call:?} is not in the log of the service it called"),
+        }
     }
 }
 
@@ -104,8 +139,6 @@ async fn every_faulted_order_stops_where_the_truth_says() {
         .count();
     assert_eq!(hung, kinds[&FaultKind::DuplicateOrder]);
 
-    // Every call between services is in the log from both sides, with the same outcome
-    // (a pricing call cut off by the shop's timeout has none on either side).
     let log = read_request_log(bed.path("requests.jsonl")).unwrap();
     let pricing = |side| {
         let mut calls: Vec<_> = log
@@ -118,6 +151,7 @@ async fn every_faulted_order_stops_where_the_truth_says() {
     };
     assert_eq!(pricing(Side::Client), pricing(Side::Server));
     assert!(pricing(Side::Client).iter().any(|(_, code)| code.is_none()));
+    assert_calls_logged_on_both_sides(&log);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -137,6 +171,7 @@ async fn malformed_json_is_400_and_unknown_orders_are_404() {
         (Service::Mes, "/mes/api/work-orders/SO-1/transitions"),
         (Service::Crm, "/crm/v1/webhooks/carrier"),
         (Service::Crm, "/crm/v1/deals"),
+        (Service::Shop, "/api/v1/orders/SO-1/status"),
     ];
     for (service, path) in malformed {
         for body in ["{\"customer_id\":", "[1,2", "{}", "not json"] {
@@ -166,6 +201,16 @@ async fn malformed_json_is_400_and_unknown_orders_are_404() {
             Service::Mes,
             "/mes/api/work-orders/SO-nope/transitions",
             "{\"to\":\"IN_WORK\"}",
+        ),
+        (
+            Service::Shop,
+            "/api/v1/orders/SO-nope/status",
+            CLOSED_BY_CRM,
+        ),
+        (
+            Service::Mes,
+            "/mes/api/work-orders/SO-nope/transitions",
+            "{\"to\":\"CLOSED\"}",
         ),
         (Service::Crm, "/crm/v1/deals/SO-nope/approve", ""),
         (Service::Crm, "/crm/v1/deals/SO-nope/close", ""),
@@ -200,7 +245,32 @@ async fn malformed_json_is_400_and_unknown_orders_are_404() {
     assert_eq!(created["status"], "INITIATED");
     let submit = client.post(bed.url(Service::Shop, &format!("/api/v1/orders/{id}/submit")));
     assert_eq!(submit.send().await.unwrap().status(), 409);
+    let status = format!("/api/v1/orders/{id}/status");
+    let early_close = post(Service::Shop, &status, CLOSED_BY_CRM);
+    assert_eq!(early_close.send().await.unwrap().status(), 409);
+    let not_a_close = post(
+        Service::Shop,
+        &status,
+        r#"{"status":"SHIPPED","source":"crm"}"#,
+    );
+    assert_eq!(not_a_close.send().await.unwrap().status(), 400);
+    // The MES closes only what it dispatched.
+    let priced = post(
+        Service::Mes,
+        "/mes/api/pricing-requests",
+        r#"{"orderRef":"SO-7","model":{"sizeBytes":1024}}"#,
+    );
+    assert_eq!(priced.send().await.unwrap().status(), 200);
+    let early_close = post(
+        Service::Mes,
+        "/mes/api/work-orders/SO-7/transitions",
+        r#"{"to":"CLOSED"}"#,
+    );
+    assert_eq!(early_close.send().await.unwrap().status(), 409);
 }
+
+/// The CRM's close notification to the shop.
+const CLOSED_BY_CRM: &str = r#"{"status":"CLOSED","source":"crm"}"#;
 
 #[test]
 fn run_starts_checks_and_stops_its_own_services() {

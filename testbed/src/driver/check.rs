@@ -19,8 +19,8 @@ pub struct ServiceStates {
 }
 
 /// What each service must hold for an order that really reached `record.final_status`.
-/// Each system knows only its own part of the walk: the shop learns up to the price, the
-/// MES up to dispatch, the CRM from the deal's approval to its close.
+/// Each system knows its own part of the walk: the shop up to the price, the MES up to
+/// dispatch, the CRM from the deal's approval to its close; the CRM's close reaches all three.
 pub fn expected_states(record: &TruthRecord) -> ServiceStates {
     use Status as S;
     let kind = record.faults.first().map(|f| f.kind);
@@ -44,7 +44,8 @@ pub fn expected_states(record: &TruthRecord) -> ServiceStates {
         S::ManufacturingStarted => Some(MesState::InWork),
         S::ManufacturingCompleted => Some(MesState::Done),
         S::Packaging => Some(MesState::Packing),
-        S::Shipped | S::Closed => Some(MesState::Dispatched),
+        S::Shipped => Some(MesState::Dispatched),
+        S::Closed => Some(MesState::Closed),
     };
     let crm = match reached {
         S::Closed => Some(S::Closed),
@@ -52,7 +53,10 @@ pub fn expected_states(record: &TruthRecord) -> ServiceStates {
         _ => None,
     };
     ServiceStates {
-        shop: Some(reached.min(S::PriceCalculated)),
+        shop: Some(match reached {
+            S::Closed => S::Closed,
+            r => r.min(S::PriceCalculated),
+        }),
         mes,
         crm,
     }
