@@ -46,7 +46,14 @@ macro_rules! entry {
     };
 }
 
-entry!(enter_recv_buf, |ctx| enter_data(
+// `read` has no flags argument: reading a fourth slot would read past its record.
+entry!(enter_read, |ctx| enter_data(
+    ctx,
+    call::BUF,
+    direction::RECV,
+    None
+));
+entry!(enter_recvfrom, |ctx| enter_data(
     ctx,
     call::BUF,
     direction::RECV,

@@ -41,11 +41,8 @@ const ATTACH: &[(&str, &str, &[&str])] = &[
             "sys_exit_connect",
         ],
     ),
-    (
-        "enter_recv_buf",
-        "syscalls",
-        &["sys_enter_read", "sys_enter_recvfrom"],
-    ),
+    ("enter_read", "syscalls", &["sys_enter_read"]),
+    ("enter_recvfrom", "syscalls", &["sys_enter_recvfrom"]),
     (
         "enter_send_buf",
         "syscalls",
