@@ -46,49 +46,21 @@ macro_rules! entry {
     };
 }
 
-// `read` has no flags argument: reading a fourth slot would read past its record.
-entry!(enter_read, |ctx| enter_data(
-    ctx,
-    call::BUF,
-    direction::RECV,
-    None
-));
-entry!(enter_recvfrom, |ctx| enter_data(
-    ctx,
-    call::BUF,
-    direction::RECV,
-    Some(3)
-));
-entry!(enter_send_buf, |ctx| enter_data(
-    ctx,
-    call::BUF,
-    direction::SEND,
-    None
-));
-entry!(enter_recv_iov, |ctx| enter_data(
-    ctx,
-    call::IOV,
-    direction::RECV,
-    None
-));
-entry!(enter_send_iov, |ctx| enter_data(
-    ctx,
-    call::IOV,
-    direction::SEND,
-    None
-));
-entry!(enter_recv_msg, |ctx| enter_data(
-    ctx,
-    call::MSG,
-    direction::RECV,
-    Some(2)
-));
-entry!(enter_send_msg, |ctx| enter_data(
-    ctx,
-    call::MSG,
-    direction::SEND,
-    None
-));
+/// A data call's entry: which call, which direction, and the position of its flags argument
+/// (receives only). `read` has none: a fourth slot would lie past its record.
+macro_rules! data_entry {
+    ($name:ident, $call:expr, $dir:expr, $peek_flags:expr) => {
+        entry!($name, |ctx| enter_data(ctx, $call, $dir, $peek_flags));
+    };
+}
+
+data_entry!(enter_read, call::BUF, direction::RECV, None);
+data_entry!(enter_recvfrom, call::BUF, direction::RECV, Some(3));
+data_entry!(enter_send_buf, call::BUF, direction::SEND, None);
+data_entry!(enter_recv_iov, call::IOV, direction::RECV, None);
+data_entry!(enter_send_iov, call::IOV, direction::SEND, None);
+data_entry!(enter_recv_msg, call::MSG, direction::RECV, Some(2));
+data_entry!(enter_send_msg, call::MSG, direction::SEND, None);
 entry!(enter_socket, try_enter_socket);
 entry!(enter_accept, try_enter_accept);
 entry!(enter_connect, try_enter_connect);
