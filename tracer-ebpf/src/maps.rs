@@ -28,9 +28,10 @@ pub static EXEC_NAMES: HashMap<[u8; COMM_LEN], Target> =
 #[map]
 pub static SOCKETS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
 
-/// Arguments of a syscall between its enter and exit, by pid_tgid (one per thread).
+/// Arguments of a syscall between its enter and exit, by pid_tgid (one per thread). LRU:
+/// a thread killed inside a blocking call never reaches the exit that would remove its entry.
 #[map]
-pub static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(MAX_PENDING, 0);
+pub static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(MAX_PENDING, 0);
 
 /// Loss and activity counters; the agent sums the CPUs.
 #[map]

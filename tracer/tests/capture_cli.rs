@@ -101,3 +101,74 @@ fn json_lines_show_a_client_exchange_and_counters_at_exit() {
     assert_eq!(close["conn"], conn);
     assert_eq!(close["role"], "client");
 }
+
+/// Runs `tracer capture` through `wrapper`, kills it once `until` shows on stderr (or it
+/// exits), and returns (stderr, exit success).
+fn tracer_stderr(wrapper: &[&str], until: &str) -> (String, bool) {
+    let mut child = Command::new(wrapper[0])
+        .args(&wrapper[1..])
+        .env("RUST_BACKTRACE", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wrapper runs");
+    let mut seen = String::new();
+    for line in BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+    {
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains(until) {
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+    }
+    let status = child.wait().unwrap();
+    (seen, status.success())
+}
+
+#[test]
+fn without_privileges_the_error_says_what_to_do() {
+    require_root();
+    let (stderr, ok) = tracer_stderr(
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            env!("CARGO_BIN_EXE_tracer"),
+            "capture",
+            "--pid",
+            "1",
+        ],
+        "never printed",
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("CAP_BPF") && stderr.contains("run as root"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn tracefs_is_mounted_when_missing() {
+    require_root();
+    // A private mount namespace: the machine's own tracefs stays mounted.
+    let script = format!(
+        "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; \
+         test -e /sys/kernel/tracing/events && exit 3; exec {} capture --pid 4194303",
+        env!("CARGO_BIN_EXE_tracer")
+    );
+    let (stderr, ok) = tracer_stderr(
+        &["unshare", "-m", "sh", "-c", &script],
+        "waiting for target",
+    );
+    assert!(stderr.contains("mounted tracefs"), "{stderr}");
+    assert!(
+        stderr.contains("waiting for target pid-4194303"),
+        "{stderr}"
+    );
+    assert!(ok, "{stderr}");
+}

@@ -22,8 +22,9 @@ pub struct CaptureConfig {
     pub ring_buffer_bytes: u32,
     /// How often /proc is scanned for new, restarted and exited targets.
     pub scan_interval_ms: u64,
-    /// Batches of events queued for the consumer; a slow consumer loses (and counts) whole
-    /// batches instead of the queue growing.
+    /// Batches of events (each at most 1024 events or about 1 MiB of payload) queued for
+    /// the consumer; a slow consumer loses (and counts) whole batches instead of the queue
+    /// growing.
     pub queue_batches: usize,
     /// Emit the kernel side's per-event diagnostics (aya-log, shown at `RUST_LOG=debug`).
     pub kernel_debug: bool,

@@ -16,8 +16,10 @@ use super::procfs::{self, TableCache};
 use super::tables::KernelTables;
 use super::targets::Targets;
 
-/// Events per batch handed to the consumer.
+/// Events per batch handed to the consumer, and payload bytes: with `queue_batches` this
+/// bounds what a slow consumer can make the agent hold.
 const MAX_BATCH: usize = 1024;
+const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Entries read before the scan timer gets a turn, so a flood cannot starve discovery.
 const MAX_DRAIN: usize = 65536;
 
@@ -102,6 +104,7 @@ impl Sink {
     /// Reads up to `MAX_DRAIN` entries. Returns (consumer still there, ring emptied).
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> (bool, bool) {
         let mut batch = Vec::with_capacity(64);
+        let mut bytes = 0;
         for _ in 0..MAX_DRAIN {
             let Some(item) = ring.next() else {
                 return (self.send(batch), true);
@@ -109,12 +112,20 @@ impl Sink {
             let decoded = decode(&item, self.targets.services());
             drop(item);
             match decoded {
-                Ok(Decoded::Event(event)) => batch.push(event),
+                Ok(Decoded::Event(event)) => {
+                    if let CaptureEvent::Data(data) = &event {
+                        bytes += data.payload.len();
+                    }
+                    batch.push(event);
+                }
                 Ok(Decoded::Exit(pid, service)) => self.exited(pid, service, &mut batch),
                 Err(_) => UserCounters::add(&self.counters.decode_errors, 1),
             }
-            if batch.len() >= MAX_BATCH && !self.send(std::mem::take(&mut batch)) {
-                return (false, false);
+            if batch.len() >= MAX_BATCH || bytes >= MAX_BATCH_BYTES {
+                bytes = 0;
+                if !self.send(std::mem::take(&mut batch)) {
+                    return (false, false);
+                }
             }
         }
         (self.send(batch), false)
