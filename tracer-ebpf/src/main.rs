@@ -248,6 +248,12 @@ fn try_sys_exit(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let tgid = (pid_tgid >> 32) as u32;
+    if ret > 0 && p.direction != direction::NONE && setting(config::VERBOSE) != 0 {
+        debug!(
+            ctx,
+            "data tgid={} fd={} dir={} bytes={}", tgid, p.fd, p.direction, ret
+        );
+    }
     let mut origin = Origin::of_call(pid_tgid, &p);
     if p.direction == direction::RECV {
         // Bytes arrive when a receive returns; a blocking read may wait long before that.

@@ -347,3 +347,55 @@ async fn a_flooded_tiny_ring_counts_drops_and_keeps_going() {
     let open = only_open(&events, pid, "after the flood");
     assert_eq!(stream(&events, open.conn, Direction::Send), b"END-OF-FLOOD");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_short_lived_program_is_traced_from_its_first_syscall() {
+    require_root();
+    // A program name no other process has: a link to python3 (the kernel names a process
+    // after the file it executed).
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("capx{}", std::process::id() % 100_000);
+    let python = std::fs::canonicalize(which_python()).unwrap();
+    let link = dir.path().join(&name);
+    std::os::unix::fs::symlink(&python, &link).unwrap();
+    let mut capture = Capture::start(&CaptureConfig {
+        targets: vec![TargetSpec::exe("short", &name)],
+        ..CaptureConfig::default()
+    })
+    .expect("capture starts");
+    let mut sink = Peer::spawn(&["sink"]);
+    let port = sink.expect("port")[0].clone();
+    let mut events = Vec::new();
+    // Told to go before it even starts: it connects, sends and exits at once, far faster
+    // than the one-second /proc scan.
+    let mut short = Peer::spawn_with(link.to_str().unwrap(), &["flood", &port, "3"]);
+    short.go();
+    let pid = short.pid();
+    exchange(
+        &mut capture,
+        &mut events,
+        move || {
+            short.expect("ready");
+            short.expect("done");
+            short.wait_success();
+        },
+        all_closed(&[pid]),
+    )
+    .await;
+    let open = only_open(&events, pid, "short-lived");
+    assert_eq!(open.role, Role::Client);
+    assert_eq!(&*open.service, "short");
+    assert_eq!(
+        stream(&events, open.conn, Direction::Send),
+        b"xxxEND-OF-FLOOD"
+    );
+}
+
+/// The interpreter itself (`python3` on PATH may be a wrapper script).
+fn which_python() -> std::path::PathBuf {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 runs");
+    String::from_utf8(out.stdout).unwrap().trim().into()
+}

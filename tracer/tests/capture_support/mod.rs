@@ -37,8 +37,13 @@ pub struct Peer {
 
 impl Peer {
     pub fn spawn(args: &[&str]) -> Peer {
+        Peer::spawn_with("python3", args)
+    }
+
+    /// Runs the peer script with another interpreter path (e.g. a renamed link to python3).
+    pub fn spawn_with(python: &str, args: &[&str]) -> Peer {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/capture_peer.py");
-        let mut child = Command::new("python3")
+        let mut child = Command::new(python)
             .arg(script)
             .args(args)
             .stdin(Stdio::piped())
