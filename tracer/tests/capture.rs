@@ -306,6 +306,45 @@ async fn payload_over_the_cap_keeps_an_exact_prefix_and_the_true_length() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_call_with_more_buffers_than_copied_still_accounts_for_every_byte() {
+    require_root();
+    let mut sink = Peer::spawn(&["sink"]);
+    let port = sink.expect("port")[0].clone();
+    let mut peer = Peer::spawn(&["buffers", &port, "11"]);
+    peer.expect("ready");
+    let pid = peer.pid();
+    let mut capture = Capture::start(&config(&[pid])).expect("capture starts");
+    let mut events = Vec::new();
+    wait_targets(&mut capture, &mut events, 1).await;
+    exchange(
+        &mut capture,
+        &mut events,
+        move || {
+            peer.go();
+            peer.expect("done");
+        },
+        all_closed(&[pid]),
+    )
+    .await;
+    let chunks: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            CaptureEvent::Data(d) if d.conn.pid == pid => Some(d),
+            _ => None,
+        })
+        .collect();
+    // The first buffers one event each; the last copied one also counts the rest.
+    assert_eq!(chunks.len(), tracer_common::MAX_IOVECS);
+    for (i, chunk) in chunks.iter().enumerate() {
+        assert_eq!(&chunk.payload[..], format!("{i}").repeat(10).as_bytes());
+    }
+    let lens: Vec<u64> = chunks.iter().map(|c| c.len).collect();
+    assert_eq!(lens.iter().sum::<u64>(), 110, "{lens:?}");
+    assert_eq!(*lens.last().unwrap(), 40, "{lens:?}");
+    assert_eq!(capture.counters().iovecs_cut, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_flooded_tiny_ring_counts_drops_and_keeps_going() {
     require_root();
     let mut sinks = [Peer::spawn(&["sink"]), Peer::spawn(&["sink"])];

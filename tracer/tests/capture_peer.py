@@ -4,6 +4,8 @@
   capture_peer.py server FAMILY METHOD REQ_LEN RESP_LEN EARLY [TAG]
   capture_peer.py client FAMILY METHOD PORT REQ_LEN RESP_LEN EARLY [TAG]
   capture_peer.py flood  PORT COUNT [TAG]
+  capture_peer.py buffers PORT COUNT
+  capture_peer.py sink
 
 FAMILY is 4 or 6; METHOD is rw (write/read), send (sendto/recvfrom), msg (sendmsg/recvmsg)
 or vec (writev/readv). Nothing touches the network before a "go" line arrives on stdin
@@ -121,6 +123,18 @@ def flood(port, count):
     say("done")
 
 
+def many_buffers(port, count):
+    """One sendmsg of `count` 10-byte buffers: b"0000000000", b"1111111111", …"""
+    say("ready")
+    wait_go()
+    sock = socket.create_connection(("127.0.0.1", port))
+    parts = [str(i % 10).encode() * 10 for i in range(count)]
+    sent = sock.sendmsg(parts)
+    assert sent == 10 * count, sent
+    sock.close()
+    say("done")
+
+
 def main():
     mode, args = sys.argv[1], sys.argv[2:]
     if mode == "server":
@@ -129,6 +143,8 @@ def main():
         client(args[0], args[1], int(args[2]), int(args[3]), int(args[4]), args[5] == "1")
     elif mode == "flood":
         flood(int(args[0]), int(args[1]))
+    elif mode == "buffers":
+        many_buffers(int(args[0]), int(args[1]))
     elif mode == "sink":
         # Listens, prints the port, reads everything of one connection.
         listener = socket.create_server(("127.0.0.1", 0))
