@@ -18,6 +18,10 @@ pub const PAYLOAD_MAX: usize = 16384;
 /// one also accounts (in `len`) for the bytes of the iovecs after it.
 pub const MAX_IOVECS: usize = 8;
 
+/// How often the agent reads the ring buffer without being woken: the latency bound of
+/// data events that did not wake it (waking the reader per event costs more than the event).
+pub const POLL_INTERVAL_MS: u64 = 10;
+
 /// Capacity of the kernel's socket table (LRU: the oldest idle sockets are evicted first).
 pub const MAX_SOCKETS: u32 = 65536;
 /// Capacity of the kernel's target table (processes traced at once).
@@ -95,6 +99,9 @@ pub mod config {
     pub const PAYLOAD_CAP: u32 = 0;
     /// Non-zero: emit aya-log diagnostics on the per-event path.
     pub const VERBOSE: u32 = 1;
+    /// Unread ring-buffer bytes at which a data event wakes the agent; below it the agent
+    /// finds the event on its next poll (`POLL_INTERVAL_MS`). Open/close always wake it.
+    pub const WAKEUP_BYTES: u32 = 2;
     pub const COUNT: u32 = 4;
 }
 

@@ -9,6 +9,10 @@ use tracer_common::{
 
 use crate::maps::{EVENTS, Pending, count, setting};
 
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
 /// Who a chunk belongs to: the fields every event of one syscall shares.
 pub struct Origin {
     pub tgid: u32,
@@ -60,7 +64,8 @@ pub fn conn_event(origin: &Origin, event_kind: u8, peer: SockAddr) {
     let mut header = origin.header(event_kind);
     header.peer = peer;
     entry.write(header);
-    entry.submit(0);
+    // The agent reads /proc for the local address while the socket still exists.
+    entry.submit(BPF_RB_FORCE_WAKEUP);
     count(counter::CONN_EVENTS);
 }
 
@@ -130,6 +135,11 @@ fn sized<const N: usize>(origin: &Origin, chunk: &Chunk, want: u64) {
     header.captured = captured;
     // SAFETY: as above; the header is the entry's first field.
     unsafe { (*event).header = header };
-    entry.submit(0);
+    let pending = EVENTS.query(BPF_RB_AVAIL_DATA);
+    entry.submit(if pending >= setting(config::WAKEUP_BYTES) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    });
     count(counter::DATA_EVENTS);
 }

@@ -95,6 +95,11 @@ pub fn load(
     for (index, value) in [
         (config::PAYLOAD_CAP, u64::from(settings.payload_cap)),
         (config::VERBOSE, u64::from(settings.kernel_debug)),
+        // A quarter full: early enough that the ring never fills between polls.
+        (
+            config::WAKEUP_BYTES,
+            u64::from(settings.ring_buffer_bytes / 4),
+        ),
     ] {
         config_map
             .set(index, value, 0)

@@ -8,6 +8,7 @@ use std::time::Duration;
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc::{self, error::TrySendError};
+use tracer_common::POLL_INTERVAL_MS;
 
 use super::counters::UserCounters;
 use super::decode::{Decoded, decode};
@@ -42,9 +43,16 @@ impl Worker {
     pub async fn run(mut self) {
         let mut tick = tokio::time::interval(self.scan_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut poll = tokio::time::interval(Duration::from_millis(POLL_INTERVAL_MS));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let open = tokio::select! {
                 _ = tick.tick() => self.sink.scan(),
+                // Data events below the wake-up threshold do not wake this task.
+                _ = poll.tick() => {
+                    let (open, _) = self.sink.drain(self.ring.get_mut());
+                    open
+                }
                 ready = self.ring.readable_mut() => match ready {
                     Ok(mut guard) => {
                         let (open, drained) = self.sink.drain(guard.get_inner_mut());
