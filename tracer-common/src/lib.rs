@@ -9,19 +9,41 @@
 /// small reservation instead of a full one.
 pub const PAYLOAD_SMALL: usize = 512;
 pub const PAYLOAD_MEDIUM: usize = 4096;
-/// Upper bound of one captured chunk. The configurable cap (`Config::payload_cap`) may be
+/// Upper bound of one captured chunk. The configurable cap (`config::PAYLOAD_CAP`) may be
 /// lower, never higher.
 pub const PAYLOAD_MAX: usize = 16384;
 
 /// How many iovec entries of one `readv`/`writev`/`sendmsg`/`recvmsg` are captured; each
-/// becomes its own data event so every copy starts at offset 0 (verifier-friendly).
+/// becomes its own data event so every copy starts at offset 0 (verifier-friendly). The last
+/// one also accounts (in `len`) for the bytes of the iovecs after it.
 pub const MAX_IOVECS: usize = 8;
+
+/// How often the agent reads the ring buffer without being woken: the latency bound of
+/// data events that did not wake it (waking the reader per event costs more than the event).
+pub const POLL_INTERVAL_MS: u64 = 10;
+
+/// Capacity of the kernel's socket table (LRU: the oldest idle sockets are evicted first).
+pub const MAX_SOCKETS: u32 = 65536;
+/// Capacity of the kernel's target table (processes traced at once).
+pub const MAX_TARGETS: u32 = 1024;
+/// Capacity of the table of command names the kernel itself starts tracing at `exec`.
+pub const MAX_EXEC_NAMES: u32 = 64;
+/// Length of a kernel command name (`comm`), NUL padding included.
+pub const COMM_LEN: usize = 16;
+/// Capacity of the in-flight syscall table (threads inside a traced syscall at once).
+pub const MAX_PENDING: u32 = 16384;
+
+/// Address families as the kernel numbers them.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
 
 /// `EventHeader::kind`.
 pub mod kind {
     pub const OPEN: u8 = 1;
     pub const DATA: u8 = 2;
     pub const CLOSE: u8 = 3;
+    /// The last thread of a target process exited (no payload, no connection).
+    pub const EXIT: u8 = 4;
 }
 
 /// `EventHeader::direction`.
@@ -41,6 +63,13 @@ pub mod role {
     pub const CLIENT: u8 = 2;
 }
 
+/// `SockInfo::flags`.
+pub mod sock_flag {
+    /// An open event was emitted (by the kernel or, for seeded sockets, the agent), so the
+    /// close must be reported too. Listening and never-connected sockets stay silent.
+    pub const ANNOUNCED: u8 = 1;
+}
+
 /// Indexes into the per-CPU `COUNTERS` array. The agent sums the CPUs.
 pub mod counter {
     /// Events the kernel could not reserve ring-buffer space for (ring full).
@@ -49,12 +78,18 @@ pub mod counter {
     pub const TRUNCATED: u32 = 1;
     /// Data events written.
     pub const DATA_EVENTS: u32 = 2;
-    /// Open/close events written.
+    /// Open/close/exit events written.
     pub const CONN_EVENTS: u32 = 3;
-    /// `bpf_probe_read_user` failures (page not present, bad pointer).
+    /// `bpf_probe_read_user` failures (page not present, bad pointer): the event is sent
+    /// with `captured = 0`.
     pub const READ_FAILED: u32 = 4;
     /// Socket table full: a new connection could not be tracked.
     pub const SOCKETS_FULL: u32 = 5;
+    /// In-flight syscall table full: one call was not captured.
+    pub const PENDING_FULL: u32 = 6;
+    /// Vectored calls with more iovecs than `MAX_IOVECS`: the later buffers' bytes are
+    /// counted in `len` but not copied.
+    pub const IOVECS_CUT: u32 = 7;
     pub const COUNT: u32 = 8;
 }
 
@@ -64,6 +99,9 @@ pub mod config {
     pub const PAYLOAD_CAP: u32 = 0;
     /// Non-zero: emit aya-log diagnostics on the per-event path.
     pub const VERBOSE: u32 = 1;
+    /// Unread ring-buffer bytes at which a data event wakes the agent; below it the agent
+    /// finds the event on its next poll (`POLL_INTERVAL_MS`). Open/close always wake it.
+    pub const WAKEUP_BYTES: u32 = 2;
     pub const COUNT: u32 = 4;
 }
 
@@ -95,13 +133,18 @@ pub struct EventHeader {
     pub tgid: u32,
     pub tid: u32,
     pub fd: i32,
+    /// The target's `Target::service`, so the agent needs no pid lookup per event.
+    pub service: u32,
     /// Which iovec of a vectored call this chunk is (0 for plain calls).
     pub iov_index: u32,
+    pub _pad1: u32,
     /// Bytes the syscall moved for this chunk (data) — may exceed `captured`.
     pub len: u64,
     /// Unique for the socket's life in this process: a reused fd number gets a new id.
     pub conn_id: u64,
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) at syscall entry.
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC): at entry for sends and connect, at exit for
+    /// receives and accept (when the bytes or the connection actually arrived), at entry for
+    /// close.
     pub ts_ns: u64,
     /// Peer address, when the kernel saw it (open events from accept/connect).
     pub peer: SockAddr,
@@ -120,8 +163,11 @@ pub struct DataEvent<const N: usize> {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SockInfo {
     pub conn_id: u64,
+    /// One of `role::*`.
     pub role: u8,
-    pub _pad: [u8; 7],
+    /// `sock_flag::*` bits.
+    pub flags: u8,
+    pub _pad: [u8; 6],
 }
 
 /// Per-process target entry, keyed by tgid. `service` indexes the agent's service table.
@@ -139,10 +185,11 @@ pub const fn sock_key(tgid: u32, fd: u32) -> u64 {
 }
 
 const _: () = assert!(core::mem::size_of::<SockAddr>() == 24);
-const _: () = assert!(core::mem::size_of::<EventHeader>() == 72);
-const _: () = assert!(core::mem::size_of::<DataEvent<PAYLOAD_MAX>>() == 72 + PAYLOAD_MAX);
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 80);
+const _: () = assert!(core::mem::size_of::<DataEvent<PAYLOAD_MAX>>() == 80 + PAYLOAD_MAX);
 const _: () = assert!(core::mem::size_of::<SockInfo>() == 16);
 const _: () = assert!(core::mem::size_of::<Target>() == 8);
+const _: () = assert!(PAYLOAD_SMALL < PAYLOAD_MEDIUM && PAYLOAD_MEDIUM < PAYLOAD_MAX);
 
 #[cfg(feature = "user")]
 mod pod {

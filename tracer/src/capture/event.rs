@@ -55,7 +55,8 @@ pub struct DataChunk {
     pub service: Arc<str>,
     pub tid: u32,
     pub direction: Direction,
-    /// CLOCK_MONOTONIC nanoseconds at syscall entry.
+    /// CLOCK_MONOTONIC nanoseconds: at syscall entry for sends, at return for receives
+    /// (a blocking read may wait long before its bytes arrive).
     pub ts_ns: u64,
     /// Bytes the syscall moved for this chunk; `payload.len() < len` means the capture was
     /// truncated at the cap and `len - payload.len()` bytes are missing from the stream.

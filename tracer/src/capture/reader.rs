@@ -1,0 +1,188 @@
+//! The capture task: drains the ring buffer when it becomes readable, rescans /proc on a
+//! timer, and hands batches to the consumer through a bounded queue (full → dropped and
+//! counted: the kernel side must never wait for us, and memory must not grow).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aya::maps::{MapData, RingBuf};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tracer_common::POLL_INTERVAL_MS;
+
+use super::counters::UserCounters;
+use super::decode::{Decoded, decode};
+use super::event::CaptureEvent;
+use super::procfs::{self, TableCache};
+use super::tables::KernelTables;
+use super::targets::Targets;
+
+/// Events per batch handed to the consumer, and payload bytes: with `queue_batches` this
+/// bounds what a slow consumer can make the agent hold.
+const MAX_BATCH: usize = 1024;
+const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Entries read before the scan timer gets a turn, so a flood cannot starve discovery.
+const MAX_DRAIN: usize = 65536;
+
+pub struct Worker {
+    pub ring: AsyncFd<RingBuf<MapData>>,
+    pub sink: Sink,
+    pub scan_every: Duration,
+}
+
+/// Everything but the ring: split so the ring can be borrowed while the rest is updated.
+pub struct Sink {
+    pub tables: KernelTables,
+    pub targets: Targets,
+    pub tx: mpsc::Sender<Vec<CaptureEvent>>,
+    pub counters: Arc<UserCounters>,
+    pub tables_cache: TableCache,
+}
+
+impl Worker {
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(self.scan_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut poll = tokio::time::interval(Duration::from_millis(POLL_INTERVAL_MS));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let open = tokio::select! {
+                _ = tick.tick() => self.sink.scan(),
+                // Data events below the wake-up threshold do not wake this task.
+                _ = poll.tick() => {
+                    let (open, _) = self.sink.drain(self.ring.get_mut());
+                    open
+                }
+                ready = self.ring.readable_mut() => match ready {
+                    Ok(mut guard) => {
+                        let (open, drained) = self.sink.drain(guard.get_inner_mut());
+                        if drained {
+                            guard.clear_ready();
+                        }
+                        open
+                    }
+                    Err(e) => {
+                        tracing::error!("capture stopped: cannot poll the ring buffer: {e}");
+                        false
+                    }
+                },
+            };
+            if !open {
+                return;
+            }
+        }
+    }
+}
+
+impl Sink {
+    /// Applies one /proc scan to the kernel tables. Returns false once the consumer is gone.
+    fn scan(&mut self) -> bool {
+        // Read before the scan: a pid the kernel added at exec after this point is left alone.
+        let kernel_pids: Vec<u32> = self.tables.targets.keys().filter_map(Result::ok).collect();
+        let procs = procfs::processes();
+        let changes = self.targets.update(&procs);
+        let mut batch = Vec::new();
+        for pid in kernel_pids {
+            // Added by the kernel at exec, but the full matchers say no (or it is gone).
+            if !self.targets.is_tracked(pid) && !changes.removed.iter().any(|(p, _)| *p == pid) {
+                let service = self.tables.targets.get(&pid, 0).map_or(0, |t| t.service);
+                let name = self.service_name(service);
+                self.tables.remove(pid, &name, &mut batch);
+            }
+        }
+        for (pid, service) in changes.removed {
+            let name = self.service_name(service);
+            self.tables.remove(pid, &name, &mut batch);
+            tracing::info!("stopped tracing pid {pid} ({name}): exited or changed program");
+        }
+        for (pid, service) in changes.added {
+            let name = self.service_name(service);
+            match self.tables.add(pid, service, &name, &mut batch) {
+                Ok(()) => tracing::info!("tracing pid {pid} as {name}"),
+                Err(e) => tracing::warn!("cannot trace pid {pid} ({name}): {e}"),
+            }
+        }
+        self.counters.targets.store(
+            self.targets.tracked() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.send(batch)
+    }
+
+    /// Reads up to `MAX_DRAIN` entries. Returns (consumer still there, ring emptied).
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> (bool, bool) {
+        let mut batch = Vec::with_capacity(64);
+        let mut bytes = 0;
+        for _ in 0..MAX_DRAIN {
+            let Some(item) = ring.next() else {
+                return (self.send(batch), true);
+            };
+            let decoded = decode(&item, self.targets.services());
+            drop(item);
+            match decoded {
+                Ok(Decoded::Event(event)) => {
+                    if let CaptureEvent::Data(data) = &event {
+                        bytes += data.payload.len();
+                    }
+                    batch.push(event);
+                }
+                Ok(Decoded::Exit(pid, service)) => self.exited(pid, service, &mut batch),
+                Err(_) => UserCounters::add(&self.counters.decode_errors, 1),
+            }
+            if batch.len() >= MAX_BATCH || bytes >= MAX_BATCH_BYTES {
+                bytes = 0;
+                if !self.send(std::mem::take(&mut batch)) {
+                    return (false, false);
+                }
+            }
+        }
+        (self.send(batch), false)
+    }
+
+    fn exited(&mut self, pid: u32, service: u32, batch: &mut Vec<CaptureEvent>) {
+        let name = self.service_name(service);
+        self.tables.remove(pid, &name, batch);
+        if self.targets.forget(pid).is_some() {
+            tracing::info!("stopped tracing pid {pid} ({name}): exited");
+        }
+        self.counters.targets.store(
+            self.targets.tracked() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    fn service_name(&self, service: u32) -> Arc<str> {
+        let services = self.targets.services();
+        services
+            .get(service as usize)
+            .or(services.first())
+            .cloned()
+            .unwrap_or_else(|| Arc::from("unknown"))
+    }
+
+    /// Fills in local addresses and queues the batch. Returns false once the consumer is gone.
+    fn send(&mut self, mut batch: Vec<CaptureEvent>) -> bool {
+        if batch.is_empty() {
+            return !self.tx.is_closed();
+        }
+        self.tables_cache.clear();
+        for event in &mut batch {
+            if let CaptureEvent::Open(open) = event
+                && open.local.is_none()
+            {
+                open.local = self
+                    .tables_cache
+                    .local_addr(open.conn.pid, open.conn.fd, open.peer);
+            }
+        }
+        let n = batch.len() as u64;
+        match self.tx.try_send(batch) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                UserCounters::add(&self.counters.queue_full, n);
+                true
+            }
+            Err(TrySendError::Closed(_)) => false,
+        }
+    }
+}

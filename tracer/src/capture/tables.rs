@@ -1,0 +1,134 @@
+//! The kernel's target and socket tables, kept in step with the target scan: a new target
+//! goes into `TARGETS` and its already-open TCP sockets (from /proc) into `SOCKETS`; a gone
+//! one is removed with its sockets, whose connections are reported closed.
+
+use std::collections::{HashMap as StdHashMap, HashSet};
+use std::sync::Arc;
+
+use aya::maps::{HashMap, MapData, MapError};
+use tracer_common::{SockInfo, Target, role, sock_flag, sock_key};
+
+use super::decode::role_of;
+use super::event::{CaptureEvent, ConnClose, ConnKey, ConnOpen};
+use super::procfs;
+
+/// `BPF_NOEXIST`: a socket the kernel already tracks keeps its own connection id.
+const BPF_NOEXIST: u64 = 1;
+
+pub struct KernelTables {
+    pub targets: HashMap<MapData, u32, Target>,
+    pub sockets: HashMap<MapData, u64, SockInfo>,
+}
+
+impl KernelTables {
+    /// Starts tracing `pid`: first the filter (so sockets opened from now on are seen by the
+    /// kernel), then the sockets that were already open, each announced by an open event.
+    pub fn add(
+        &mut self,
+        pid: u32,
+        service: u32,
+        name: &Arc<str>,
+        out: &mut Vec<CaptureEvent>,
+    ) -> Result<(), MapError> {
+        let target = Target { service, _pad: 0 };
+        self.targets.insert(pid, target, 0)?;
+        self.seed(pid, name, out);
+        Ok(())
+    }
+
+    fn seed(&mut self, pid: u32, name: &Arc<str>, out: &mut Vec<CaptureEvent>) {
+        let fds = procfs::socket_fds(pid);
+        if fds.is_empty() {
+            return;
+        }
+        let table = procfs::tcp_tables(pid);
+        let by_inode: StdHashMap<u64, &procfs::TcpEntry> =
+            table.iter().map(|row| (row.inode, row)).collect();
+        let mine: Vec<(i32, &procfs::TcpEntry)> = fds
+            .iter()
+            .filter_map(|(fd, inode)| Some((*fd, *by_inode.get(inode)?)))
+            .collect();
+        let listening: HashSet<u16> = mine
+            .iter()
+            .filter(|(_, row)| row.is_listening())
+            .map(|(_, row)| row.local.port())
+            .collect();
+        for (fd, row) in mine {
+            let conn_id = monotonic_ns();
+            // A listener is tracked silently, so that `accept` on it is known to be TCP.
+            let info = if row.is_listening() {
+                SockInfo {
+                    conn_id,
+                    ..SockInfo::default()
+                }
+            } else {
+                let role = if listening.contains(&row.local.port()) {
+                    role::SERVER
+                } else {
+                    role::CLIENT
+                };
+                SockInfo {
+                    conn_id,
+                    role,
+                    flags: sock_flag::ANNOUNCED,
+                    _pad: [0; 6],
+                }
+            };
+            let key = sock_key(pid, fd as u32);
+            if self.sockets.insert(key, info, BPF_NOEXIST).is_err() {
+                continue;
+            }
+            if info.flags & sock_flag::ANNOUNCED != 0 {
+                out.push(CaptureEvent::Open(ConnOpen {
+                    conn: ConnKey { pid, fd, conn_id },
+                    service: name.clone(),
+                    role: role_of(info.role),
+                    local: Some(row.local),
+                    peer: Some(row.remote),
+                    ts_ns: conn_id,
+                }));
+            }
+        }
+    }
+
+    /// Stops tracing `pid`. Its process is gone (or became another program), so its sockets
+    /// closed without `close` calls the kernel could see: report them closed here.
+    pub fn remove(&mut self, pid: u32, name: &Arc<str>, out: &mut Vec<CaptureEvent>) {
+        let _ = self.targets.remove(&pid);
+        let keys: Vec<u64> = self
+            .sockets
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| (key >> 32) as u32 == pid)
+            .collect();
+        let now = monotonic_ns();
+        for key in keys {
+            if let Ok(info) = self.sockets.get(&key, 0)
+                && info.flags & sock_flag::ANNOUNCED != 0
+            {
+                out.push(CaptureEvent::Close(ConnClose {
+                    conn: ConnKey {
+                        pid,
+                        fd: key as u32 as i32,
+                        conn_id: info.conn_id,
+                    },
+                    service: name.clone(),
+                    ts_ns: now,
+                }));
+            }
+            let _ = self.sockets.remove(&key);
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the kernel's `bpf_ktime_get_ns` clock, so seeded
+/// connection ids and timestamps sort with the kernel's.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC exists on every Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
