@@ -50,7 +50,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let config = work.join("bench.toml");
     std::fs::write(&config, agent_config())?;
 
-    let mut mes = Service::start(&bin, "mes-api", MES_PORT, &work)?;
+    let mut mes = Mes::start(&bin, &work)?;
     seed_order()?;
 
     let url = format!("http://127.0.0.1:{MES_PORT}/mes/api/work-orders/{ORDER}");
@@ -305,21 +305,22 @@ fn kernel_release() -> String {
         .unwrap_or_default()
 }
 
-/// A traced service process started for the bench.
-struct Service {
+/// The MES stand-in, the traced service of the bench.
+struct Mes {
     child: Child,
 }
 
-impl Service {
-    fn start(bin: &Path, name: &str, port: u16, work: &Path) -> Result<Self> {
-        let log = std::fs::File::create(work.join(format!("{name}.log")))?;
-        let child = Command::new(bin.join(name))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+impl Mes {
+    fn start(bin: &Path, work: &Path) -> Result<Self> {
+        let log = std::fs::File::create(work.join("mes-api.log"))?;
+        let child = Command::new(bin.join("mes-api"))
+            // Every testbed service takes the shop's port as base; the MES listens on base + 1.
+            .args(["--base-port", &(MES_PORT - 1).to_string()])
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .with_context(|| format!("cannot start {name}"))?;
-        wait_http(&format!("http://127.0.0.1:{port}/healthz"))?;
+            .context("cannot start mes-api")?;
+        wait_http(&format!("http://127.0.0.1:{MES_PORT}/healthz"))?;
         Ok(Self { child })
     }
 
