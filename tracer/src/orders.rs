@@ -46,6 +46,11 @@ pub fn canonical_status(name: &str) -> Option<&'static str> {
     CANONICAL_STATUSES.iter().copied().find(|s| *s == name)
 }
 
+/// A path segment percent-decoded, or as it is when it holds no valid escape.
+pub fn percent_decode_lossy(segment: &str) -> Cow<'_, str> {
+    extract::percent_decode(segment).unwrap_or(Cow::Borrowed(segment))
+}
+
 /// A compiled rule.
 #[derive(Debug)]
 pub struct Rule {

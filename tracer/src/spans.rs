@@ -5,7 +5,10 @@
 
 use std::collections::BTreeMap;
 
+mod build;
 pub mod fixtures;
+
+pub use build::{DEFAULT_REDACT_PATTERNS, MatchOutcome, REDACTED, Redactor, SpanBuilder};
 
 /// Span kind, as in OpenTelemetry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
