@@ -115,7 +115,7 @@ pub struct Exporter {
 /// Where batches are written.
 enum Backend {
     Lines(Box<dyn std::io::Write + Send>),
-    Otlp(otlp::OtlpClient),
+    Otlp(Box<otlp::OtlpClient>),
 }
 
 impl Exporter {
@@ -134,7 +134,7 @@ impl Exporter {
             }
             ExportKind::Stdout => Backend::Lines(Box::new(std::io::stdout())),
             ExportKind::OtlpGrpc | ExportKind::OtlpHttp => {
-                Backend::Otlp(otlp::OtlpClient::new(config)?)
+                Backend::Otlp(Box::new(otlp::OtlpClient::new(config)?))
             }
         };
         Ok(Self::spawn(config, backend))
@@ -340,3 +340,6 @@ impl Fanout {
         &self.sampler
     }
 }
+
+#[cfg(test)]
+mod tests;

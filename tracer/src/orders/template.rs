@@ -79,11 +79,8 @@ impl Template {
     /// Matches a path (no query); returns the captured parameters, by segment index.
     pub fn matches<'p>(&self, path: &'p str) -> Option<Captures<'p>> {
         let rest = path.strip_prefix('/')?;
-        let mut parts = if rest.is_empty() {
-            "".split('/').skip(1)
-        } else {
-            rest.split('/').skip(0)
-        };
+        // "/" has no segments (split would yield one empty one).
+        let mut parts = rest.split('/').filter(|_| !rest.is_empty());
         let mut captures = Vec::new();
         for (index, segment) in self.segments.iter().enumerate() {
             let part = parts.next()?;
