@@ -381,3 +381,15 @@ fn bad_rules_are_refused_with_a_clear_message() {
     let err = RuleSet::compile(&services).unwrap_err();
     assert!(err.contains("used by services"), "{err}");
 }
+
+#[test]
+fn the_production_example_is_valid() {
+    let text = include_str!("../../../deploy/config/example-production.toml");
+    let config = crate::config::Config::parse(text, "example-production.toml").unwrap();
+    let set = RuleSet::compile(&config.services).unwrap();
+    let ex = exchange("mes-gateway", Role::Server, "PATCH", "/v2/jobs/J-77")
+        .request_body(r#"{"state":"BOXED"}"#)
+        .respond(200, r#"{"job":{"state":"BOXED"}}"#);
+    let m = order(&set, &ex);
+    assert_eq!((m.order_id.as_str(), m.step, m.status), ("J-77", Some("PACKAGING"), Some("PACKAGING")));
+}
