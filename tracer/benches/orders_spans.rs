@@ -39,18 +39,41 @@ fn walk(order: &str) -> Vec<Exchange> {
 fn bench(c: &mut Criterion) {
     let rules = RuleSet::compile(&tracer::config::Config::embedded_default().services).unwrap();
     let builder = SpanBuilder::new(rules, Redactor::default(), "bench-host".into(), 0);
-    let exchanges: Vec<Exchange> = (0..64).flat_map(|i| walk(&format!("SO-2026-{i:06}"))).collect();
+    let exchanges: Vec<Exchange> = (0..64)
+        .flat_map(|i| walk(&format!("SO-2026-{i:06}")))
+        .collect();
     let mut group = c.benchmark_group("per_exchange");
     group.throughput(Throughput::Elements(exchanges.len() as u64));
     group.bench_function("classify", |b| {
-        b.iter(|| exchanges.iter().filter(|ex| matches!(builder.rules().classify(ex), tracer::orders::Classification::Order(_))).count())
+        b.iter(|| {
+            exchanges
+                .iter()
+                .filter(|ex| {
+                    matches!(
+                        builder.rules().classify(ex),
+                        tracer::orders::Classification::Order(_)
+                    )
+                })
+                .count()
+        })
     });
     group.bench_function("classify_and_build_span", |b| {
-        b.iter(|| exchanges.iter().filter_map(|ex| builder.build(ex).1).count())
+        b.iter(|| {
+            exchanges
+                .iter()
+                .filter_map(|ex| builder.build(ex).1)
+                .count()
+        })
     });
-    let spans: Vec<_> = exchanges.iter().filter_map(|ex| builder.build(ex).1).collect();
+    let spans: Vec<_> = exchanges
+        .iter()
+        .filter_map(|ex| builder.build(ex).1)
+        .collect();
     group.bench_function("sample", |b| {
-        let mut sampler = Sampler::new(SamplingConfig { default_ratio: 0.5, ..SamplingConfig::default() });
+        let mut sampler = Sampler::new(SamplingConfig {
+            default_ratio: 0.5,
+            ..SamplingConfig::default()
+        });
         let mut out = Vec::with_capacity(spans.len());
         b.iter(|| {
             let now = Instant::now();

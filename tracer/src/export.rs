@@ -291,14 +291,15 @@ impl Worker {
 
 /// Something in the agent's process that takes every span (the lifecycle monitor).
 pub trait SpanConsumer: Send {
-    fn consume(&mut self, span: &SpanRecord);
+    /// Takes a span without waiting; false when it had to drop it.
+    fn consume(&mut self, span: &SpanRecord) -> bool;
 }
 
-/// A bounded channel to another task is a consumer; when it is full the span is not waited
-/// for (the consumer's own counters should show the gap).
+/// A bounded channel to another task is a consumer; when it is full the span is dropped
+/// (counted by [`Fanout`]), never waited for.
 impl SpanConsumer for mpsc::Sender<SpanRecord> {
-    fn consume(&mut self, span: &SpanRecord) {
-        let _ = self.try_send(span.clone());
+    fn consume(&mut self, span: &SpanRecord) -> bool {
+        self.try_send(span.clone()).is_ok()
     }
 }
 
@@ -309,6 +310,7 @@ pub struct Fanout {
     sampler: Sampler,
     export: ExportHandle,
     kept: Vec<SpanRecord>,
+    consumer_drops: u64,
 }
 
 impl Fanout {
@@ -318,6 +320,7 @@ impl Fanout {
             sampler,
             export,
             kept: Vec::new(),
+            consumer_drops: 0,
         }
     }
 
@@ -328,7 +331,9 @@ impl Fanout {
 
     pub fn submit(&mut self, span: SpanRecord) {
         for consumer in &mut self.consumers {
-            consumer.consume(&span);
+            if !consumer.consume(&span) {
+                self.consumer_drops += 1;
+            }
         }
         self.sampler.offer(span, Instant::now(), &mut self.kept);
         for span in self.kept.drain(..) {
@@ -338,6 +343,11 @@ impl Fanout {
 
     pub fn sampler(&self) -> &Sampler {
         &self.sampler
+    }
+
+    /// Spans an in-process consumer could not take (its queue was full).
+    pub fn consumer_drops(&self) -> u64 {
+        self.consumer_drops
     }
 }
 

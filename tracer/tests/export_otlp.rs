@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use otlp_receiver::{OtlpReceiver, ReceivedSpan};
+use otlp_receiver::{OtlpReceiver, ReceivedSpan, TestPki};
 use tracer::capture::Role;
 use tracer::export::{ExportConfig, ExportKind, Exporter};
 use tracer::orders::RuleSet;
@@ -214,6 +214,82 @@ async fn a_dead_grpc_endpoint_drops_and_counts_then_recovers() {
 #[tokio::test]
 async fn a_dead_http_endpoint_drops_and_counts_then_recovers() {
     dead_endpoint_then_recovery(ExportKind::OtlpHttp).await;
+}
+
+/// The test PKI's files, and a config that trusts its CA and presents its client certificate.
+fn tls_config(
+    kind: ExportKind,
+    endpoint: String,
+    pki: &TestPki,
+    dir: &std::path::Path,
+    with_client_cert: bool,
+) -> ExportConfig {
+    let write = |name: &str, pem: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    let mut config = ExportConfig {
+        ca_file: Some(write("ca.pem", &pki.ca_pem)),
+        max_retries: 0,
+        ..otlp_config(kind, endpoint)
+    };
+    if with_client_cert {
+        config.client_cert = Some(write("agent.pem", &pki.client_cert_pem));
+        config.client_key = Some(write("agent-key.pem", &pki.client_key_pem));
+    }
+    config.validate().unwrap();
+    config
+}
+
+async fn tls_round_trip(kind: ExportKind) {
+    let pki = TestPki::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = OtlpReceiver::start_tls(&pki).await;
+    let endpoint = match kind {
+        ExportKind::OtlpGrpc => receiver.grpc_endpoint(),
+        _ => receiver.http_endpoint(),
+    };
+    let spans = order_spans("SO-42");
+
+    // Without a client certificate the receiver refuses the connection: counted, not sent.
+    let refused =
+        Exporter::start(&tls_config(kind, endpoint.clone(), &pki, dir.path(), false)).unwrap();
+    refused.handle().submit(spans[0].clone());
+    assert!(refused.flush(WAIT).await);
+    let counters = refused.shutdown(WAIT).await;
+    assert_eq!(
+        (counters.exported, counters.failed_batches),
+        (0, 1),
+        "{counters:?}"
+    );
+
+    let exporter = Exporter::start(&tls_config(kind, endpoint, &pki, dir.path(), true)).unwrap();
+    for span in &spans {
+        exporter.handle().submit(span.clone());
+    }
+    assert!(exporter.flush(WAIT).await);
+    let transport = if kind == ExportKind::OtlpGrpc {
+        "grpc"
+    } else {
+        "http"
+    };
+    check_received(
+        &receiver.wait_for_spans(spans.len(), WAIT).await,
+        &spans,
+        transport,
+    );
+    assert_eq!(exporter.shutdown(WAIT).await.exported, 3);
+}
+
+#[tokio::test]
+async fn exports_over_grpc_with_mutual_tls() {
+    tls_round_trip(ExportKind::OtlpGrpc).await;
+}
+
+#[tokio::test]
+async fn exports_over_http_with_mutual_tls() {
+    tls_round_trip(ExportKind::OtlpHttp).await;
 }
 
 /// A writer the test can read back.

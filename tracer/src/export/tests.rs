@@ -322,3 +322,19 @@ async fn fanout_gives_consumers_everything_and_the_exporter_the_sample() {
         "only the error passed sampling"
     );
 }
+
+#[tokio::test]
+async fn a_full_consumer_is_counted_not_waited_for() {
+    let (tx, _rx) = tokio::sync::mpsc::channel(1);
+    let exporter = Exporter::start(&ExportConfig {
+        kind: ExportKind::None,
+        ..ExportConfig::default()
+    })
+    .unwrap();
+    let mut fanout = Fanout::new(Sampler::new(Default::default()), exporter.handle())
+        .with_consumer(Box::new(tx));
+    for _ in 0..3 {
+        fanout.submit(record("a", "x"));
+    }
+    assert_eq!(fanout.consumer_drops(), 2);
+}

@@ -155,26 +155,24 @@ fn the_testbed_walk_gives_ids_steps_and_statuses() {
 #[test]
 fn client_exchanges_are_owned_by_the_callee() {
     let set = testbed();
-    let ex = exchange(
-        "mes-api",
-        Role::Client,
-        "POST",
-        "/queue/v1/topics/priced-orders/messages",
-    )
-    .request_body(r#"{"orderRef":"SO-1"}"#);
-    let m = order(&set, &ex);
+    let publish = |service, role| {
+        exchange(
+            service,
+            role,
+            "POST",
+            "/queue/v1/topics/priced-orders/messages",
+        )
+        .request_body(r#"{"orderRef":"SO-1"}"#)
+    };
+    let m = order(&set, &publish("mes-api", Role::Client));
     assert_eq!(&*m.rule.owner, "order-queue");
     assert_eq!(m.side, CallSide::Client);
     // A queue rule is client-only: the broker is not traced, and a server exchange of another
     // service must not be claimed by it.
-    let ex = exchange(
-        "crm-api",
-        Role::Server,
-        "POST",
-        "/queue/v1/topics/priced-orders/messages",
-    )
-    .request_body(r#"{"orderRef":"SO-1"}"#);
-    assert!(matches!(set.classify(&ex), Classification::Unmatched));
+    assert!(matches!(
+        set.classify(&publish("crm-api", Role::Server)),
+        Classification::Unmatched
+    ));
     // A server exchange is matched only against its own service's rules.
     let ex =
         exchange("crm-api", Role::Server, "PUT", "/api/v1/orders/SO-1/model").respond(200, "{}");
@@ -391,5 +389,8 @@ fn the_production_example_is_valid() {
         .request_body(r#"{"state":"BOXED"}"#)
         .respond(200, r#"{"job":{"state":"BOXED"}}"#);
     let m = order(&set, &ex);
-    assert_eq!((m.order_id.as_str(), m.step, m.status), ("J-77", Some("PACKAGING"), Some("PACKAGING")));
+    assert_eq!(
+        (m.order_id.as_str(), m.step, m.status),
+        ("J-77", Some("PACKAGING"), Some("PACKAGING"))
+    );
 }

@@ -1,7 +1,6 @@
 //! Building the [`SpanRecord`] of one exchange from what the order rules found.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 
 use regex::RegexSet;
 
@@ -162,18 +161,17 @@ impl SpanBuilder {
             SpanKind::Client => (exchange.peer, exchange.local),
             _ => (exchange.local, exchange.peer),
         };
-        let mut put_addr = |prefix: &str, addr: Option<SocketAddr>| {
+        let addresses = [
+            ("server.address", "server.port", server),
+            ("client.address", "client.port", client),
+            ("network.peer.address", "network.peer.port", exchange.peer),
+        ];
+        for (address_key, port_key, addr) in addresses {
             if let Some(addr) = addr {
-                put(&format!("{prefix}.address"), addr.ip().to_string().into());
-                put(
-                    &format!("{prefix}.port"),
-                    AttrValue::Int(addr.port().into()),
-                );
+                put(address_key, addr.ip().to_string().into());
+                put(port_key, AttrValue::Int(addr.port().into()));
             }
-        };
-        put_addr("server", server);
-        put_addr("client", client);
-        put_addr("network.peer", exchange.peer);
+        }
         let error_type = match (exchange.outcome, code) {
             (Outcome::Reset, _) => Some("reset".to_string()),
             (Outcome::Timeout, _) => Some("timeout".to_string()),
@@ -264,6 +262,18 @@ impl From<&str> for AttrValue {
 impl From<String> for AttrValue {
     fn from(value: String) -> Self {
         AttrValue::Str(value)
+    }
+}
+
+/// This machine's name, for the `host.name` resource attribute ("unknown" if it has none).
+pub fn local_host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is writable for its whole length, which is what we pass.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let len = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..len]) {
+        Ok(name) if rc == 0 && !name.is_empty() => name.to_string(),
+        _ => "unknown".to_string(),
     }
 }
 

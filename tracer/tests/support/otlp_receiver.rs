@@ -4,6 +4,8 @@
 //!
 //! Use: `let rx = OtlpReceiver::start().await;` then point an exporter at
 //! `rx.grpc_endpoint()` or `rx.http_endpoint()`, and `rx.wait_for_spans(n, timeout)`.
+//! `OtlpReceiver::start_tls(&TestPki::generate())` serves both over TLS and requires a client
+//! certificate signed by the same test CA.
 
 #![allow(dead_code)] // each test binary uses a different part of it
 
@@ -95,9 +97,78 @@ impl Store {
     }
 }
 
+/// A throw-away CA, a server certificate for `localhost`/`127.0.0.1`, and a client
+/// certificate, all PEM.
+pub struct TestPki {
+    pub ca_pem: String,
+    pub server_cert_pem: String,
+    pub server_key_pem: String,
+    pub client_cert_pem: String,
+    pub client_key_pem: String,
+}
+
+impl TestPki {
+    pub fn generate() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "order-tracer test CA");
+        let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf = |names: Vec<String>| {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(names)
+                .unwrap()
+                .signed_by(&key, &issuer)
+                .unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert_pem, server_key_pem) = leaf(vec!["localhost".into(), "127.0.0.1".into()]);
+        let (client_cert_pem, client_key_pem) = leaf(vec!["agent.test".into()]);
+        Self {
+            ca_pem,
+            server_cert_pem,
+            server_key_pem,
+            client_cert_pem,
+            client_key_pem,
+        }
+    }
+}
+
+fn server_tls(pki: &TestPki) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let chain = vec![CertificateDer::from_pem_slice(pki.server_cert_pem.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(pki.server_key_pem.as_bytes()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
 pub struct OtlpReceiver {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// Whether both listeners speak TLS.
+    pub tls: bool,
     store: Store,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -153,13 +224,36 @@ impl OtlpReceiver {
     /// Starts on given addresses (e.g. where an exporter already points, to bring a dead
     /// endpoint back).
     pub async fn start_on(grpc_addr: SocketAddr, http_addr: SocketAddr) -> Self {
+        Self::serve(grpc_addr, http_addr, None).await
+    }
+
+    /// Both listeners over TLS with the test PKI's server certificate; clients must present a
+    /// certificate signed by its CA.
+    pub async fn start_tls(pki: &TestPki) -> Self {
+        let any = "127.0.0.1:0".parse().unwrap();
+        Self::serve(any, any, Some(pki)).await
+    }
+
+    async fn serve(grpc_addr: SocketAddr, http_addr: SocketAddr, pki: Option<&TestPki>) -> Self {
         let store = Store::default();
         let grpc = tokio::net::TcpListener::bind(grpc_addr).await.unwrap();
-        let http = tokio::net::TcpListener::bind(http_addr).await.unwrap();
+        let http = std::net::TcpListener::bind(http_addr).unwrap();
+        http.set_nonblocking(true).unwrap();
         let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
+        let mut grpc_server = tonic::transport::Server::builder();
+        if let Some(pki) = pki {
+            use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+            let tls = ServerTlsConfig::new()
+                .identity(Identity::from_pem(
+                    &pki.server_cert_pem,
+                    &pki.server_key_pem,
+                ))
+                .client_ca_root(Certificate::from_pem(&pki.ca_pem));
+            grpc_server = grpc_server.tls_config(tls).unwrap();
+        }
         let grpc_service = TraceServiceServer::new(store.clone());
         let grpc_task = tokio::spawn(async move {
-            tonic::transport::Server::builder()
+            grpc_server
                 .add_service(grpc_service)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc))
                 .await
@@ -168,24 +262,41 @@ impl OtlpReceiver {
         let app = axum::Router::new()
             .route("/v1/traces", axum::routing::post(http_export))
             .with_state(store.clone());
-        let http_task = tokio::spawn(async move {
-            axum::serve(http, app).await.unwrap();
-        });
+        let http_task = match pki {
+            Some(pki) => {
+                let config = axum_server::tls_rustls::RustlsConfig::from_config(server_tls(pki));
+                let server = axum_server::from_tcp_rustls(http, config).unwrap();
+                tokio::spawn(async move { server.serve(app.into_make_service()).await.unwrap() })
+            }
+            None => {
+                let http = tokio::net::TcpListener::from_std(http).unwrap();
+                tokio::spawn(async move { axum::serve(http, app).await.unwrap() })
+            }
+        };
         Self {
             grpc_addr,
             http_addr,
+            tls: pki.is_some(),
             store,
             tasks: vec![grpc_task, http_task],
         }
     }
 
+    /// With TLS, the host is `localhost`, the name the test certificate carries.
+    fn base(&self, addr: SocketAddr) -> String {
+        match self.tls {
+            true => format!("https://localhost:{}", addr.port()),
+            false => format!("http://{addr}"),
+        }
+    }
+
     pub fn grpc_endpoint(&self) -> String {
-        format!("http://{}", self.grpc_addr)
+        self.base(self.grpc_addr)
     }
 
     /// The full URL, `/v1/traces` included.
     pub fn http_endpoint(&self) -> String {
-        format!("http://{}/v1/traces", self.http_addr)
+        format!("{}/v1/traces", self.base(self.http_addr))
     }
 
     pub fn spans(&self) -> Vec<ReceivedSpan> {
