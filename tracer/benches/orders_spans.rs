@@ -65,6 +65,28 @@ fn bench(c: &mut Criterion) {
                 .count()
         })
     });
+    // Parts of building a span, for where the time goes.
+    let ids: Vec<String> = (0..exchanges.len())
+        .map(|i| format!("SO-2026-{i:06}"))
+        .collect();
+    group.bench_function("part_trace_and_root_ids", |b| {
+        b.iter(|| {
+            ids.iter()
+                .map(|id| {
+                    tracer::spans::order_trace_id(id)[0] ^ tracer::spans::order_root_span_id(id)[0]
+                })
+                .fold(0, |a, x| a ^ x)
+        })
+    });
+    let redactor = Redactor::default();
+    group.bench_function("part_redact_unmatched_path", |b| {
+        b.iter(|| {
+            exchanges
+                .iter()
+                .map(|ex| redactor.path(&ex.request.head.target, None).len())
+                .sum::<usize>()
+        })
+    });
     let spans: Vec<_> = exchanges
         .iter()
         .filter_map(|ex| builder.build(ex).1)

@@ -316,6 +316,12 @@ impl Rule {
         })
     }
 
+    /// Whether path segment `index` (0 = the first after the leading '/') is fixed text of
+    /// the rule's template, which needs no redaction.
+    pub fn is_literal_segment(&self, index: usize) -> bool {
+        self.template.is_literal(index)
+    }
+
     fn headers_match(&self, exchange: &Exchange) -> bool {
         let request = &exchange.request;
         if let Some(host) = &self.host {

@@ -76,6 +76,12 @@ impl Template {
             .position(|s| matches!(s, Segment::Param(p) if p == name))
     }
 
+    /// Whether segment `index` (0 = the first after the leading '/') is fixed text of the
+    /// template, i.e. configuration rather than something a client chose.
+    pub fn is_literal(&self, index: usize) -> bool {
+        matches!(self.segments.get(index), Some(Segment::Literal(_)))
+    }
+
     /// Matches a path (no query); returns the captured parameters, by segment index.
     pub fn matches<'p>(&self, path: &'p str) -> Option<Captures<'p>> {
         let rest = path.strip_prefix('/')?;

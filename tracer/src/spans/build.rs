@@ -37,17 +37,26 @@ impl Redactor {
     /// The path of `target` (no query: queries are never exported) with personal-looking
     /// segments replaced. `keep` (the order id) is never redacted: it is exported anyway.
     pub fn path(&self, target: &str, keep: Option<&str>) -> String {
+        self.path_with(target, keep, |_| false)
+    }
+
+    /// As [`Redactor::path`], skipping segments `literal(index)` says are fixed text of the
+    /// matching rule's template (index 0 = the first segment after the leading '/').
+    pub fn path_with(
+        &self,
+        target: &str,
+        keep: Option<&str>,
+        literal: impl Fn(usize) -> bool,
+    ) -> String {
         let path = target.split(['?', '#']).next().unwrap_or("");
         let mut out = String::with_capacity(path.len().min(MAX_URL_PATH));
         for (i, segment) in path.split('/').enumerate() {
             if i > 0 {
                 out.push('/');
             }
+            let checked = !self.patterns.is_empty() && !(i > 0 && literal(i - 1));
             let decoded = crate::orders::percent_decode_lossy(segment);
-            if !self.patterns.is_empty()
-                && Some(decoded.as_ref()) != keep
-                && self.patterns.is_match(&decoded)
-            {
+            if checked && Some(decoded.as_ref()) != keep && self.patterns.is_match(&decoded) {
                 out.push_str(REDACTED);
             } else {
                 out.push_str(segment);
@@ -147,9 +156,10 @@ impl SpanBuilder {
         put(
             "url.path",
             self.redactor
-                .path(
+                .path_with(
                     &exchange.request.head.target,
                     order.map(|o| o.order_id.as_str()),
+                    |i| rule.is_some_and(|r| r.is_literal_segment(i)),
                 )
                 .into(),
         );

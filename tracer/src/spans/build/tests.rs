@@ -208,3 +208,24 @@ fn lookup_spans_report_observed_status() {
     assert_eq!(attr(&span, "order.lookup").cloned(), s("found"));
     assert_eq!(attr(&span, "order.status"), None);
 }
+
+#[test]
+fn only_what_the_client_chose_is_checked_for_redaction() {
+    // A literal segment of the matching template is configuration: never redacted, even
+    // when a pattern would match it.
+    let r = Redactor::new(&["^orders$", "^x@y$"]).unwrap();
+    let literal = |i: usize| i == 2;
+    assert_eq!(
+        r.path_with("/api/v1/orders/x@y", None, literal),
+        "/api/v1/orders/{redacted}"
+    );
+    assert_eq!(
+        r.path("/api/v1/orders/x@y", None),
+        "/api/v1/{redacted}/{redacted}"
+    );
+    assert_eq!(
+        r.path("x@y/a", None),
+        "{redacted}/a",
+        "a target not starting with '/' is checked whole"
+    );
+}
