@@ -54,7 +54,8 @@ impl Redactor {
             if i > 0 {
                 out.push('/');
             }
-            let checked = !self.patterns.is_empty() && !(i > 0 && literal(i - 1));
+            let from_template = i > 0 && literal(i - 1);
+            let checked = !self.patterns.is_empty() && !from_template;
             let decoded = crate::orders::percent_decode_lossy(segment);
             if checked && Some(decoded.as_ref()) != keep && self.patterns.is_match(&decoded) {
                 out.push_str(REDACTED);
