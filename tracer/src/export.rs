@@ -114,7 +114,8 @@ pub struct Exporter {
 
 /// Where batches are written.
 enum Backend {
-    Lines(Box<dyn std::io::Write + Send>),
+    /// `None` only while a write is in flight on the blocking pool, or after one panicked.
+    Lines(Option<Box<dyn std::io::Write + Send>>),
     Otlp(Box<otlp::OtlpClient>),
 }
 
@@ -132,7 +133,7 @@ impl Exporter {
                     task: None,
                 });
             }
-            ExportKind::Stdout => Backend::Lines(Box::new(std::io::stdout())),
+            ExportKind::Stdout => Backend::Lines(Some(Box::new(std::io::stdout()))),
             ExportKind::OtlpGrpc | ExportKind::OtlpHttp => {
                 Backend::Otlp(Box::new(otlp::OtlpClient::new(config)?))
             }
@@ -142,7 +143,7 @@ impl Exporter {
 
     /// Writes JSON lines (the stdout format) to any writer: a file, a pipe, a test buffer.
     pub fn start_lines(config: &ExportConfig, writer: Box<dyn std::io::Write + Send>) -> Self {
-        Self::spawn(config, Backend::Lines(writer))
+        Self::spawn(config, Backend::Lines(Some(writer)))
     }
 
     fn spawn(config: &ExportConfig, backend: Backend) -> Self {
@@ -248,19 +249,12 @@ impl Worker {
         let mut attempt = 0;
         loop {
             let result = match &mut self.backend {
-                Backend::Lines(writer) => {
+                Backend::Lines(slot) => {
                     let mut text = Vec::with_capacity(batch.len() * 512);
                     for span in batch.iter() {
                         write_line(&mut text, span);
                     }
-                    writer
-                        .write_all(&text)
-                        .and_then(|()| writer.flush())
-                        .map(|()| otlp::Sent { rejected: 0 })
-                        .map_err(|e| otlp::SendFailure {
-                            message: e.to_string(),
-                            retryable: false,
-                        })
+                    write_lines(slot, text).await
                 }
                 Backend::Otlp(client) => client.send(batch).await,
             };
@@ -287,6 +281,31 @@ impl Worker {
         }
         batch.clear();
     }
+}
+
+/// Writes on the blocking pool: a stdout nobody reads (a stuck pipe) must hold up only this
+/// task, whose queue then fills and drops (counted), not a runtime worker.
+async fn write_lines(
+    slot: &mut Option<Box<dyn std::io::Write + Send>>,
+    text: Vec<u8>,
+) -> Result<otlp::Sent, otlp::SendFailure> {
+    let failure = |message: String| otlp::SendFailure {
+        message,
+        retryable: false,
+    };
+    let mut writer = slot
+        .take()
+        .ok_or_else(|| failure("the span writer was lost after a panic".into()))?;
+    let (writer, result) = tokio::task::spawn_blocking(move || {
+        let result = writer.write_all(&text).and_then(|()| writer.flush());
+        (writer, result)
+    })
+    .await
+    .map_err(|e| failure(format!("span writer task failed: {e}")))?;
+    *slot = Some(writer);
+    result
+        .map(|()| otlp::Sent { rejected: 0 })
+        .map_err(|e| failure(e.to_string()))
 }
 
 /// Something in the agent's process that takes every span (the lifecycle monitor).
