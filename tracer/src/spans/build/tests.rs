@@ -229,3 +229,30 @@ fn only_what_the_client_chose_is_checked_for_redaction() {
         "a target not starting with '/' is checked whole"
     );
 }
+
+proptest::proptest! {
+    /// Whatever a client sends, classifying and building never panic and exported paths stay
+    /// bounded.
+    #[test]
+    fn arbitrary_requests_never_panic(
+        target in "(/[a-zA-Z0-9%@._{}*?=&-]{0,12}){0,8}",
+        body in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        json in r#"\{"(orderRef|to|order_id)":("[A-Z_-]{0,10}"|[0-9]{1,3}|\{\}|null)\}"#,
+        status in 100u16..600,
+        role in 0u8..3,
+    ) {
+        let b = builder();
+        let role = [Role::Server, Role::Client, Role::Unknown][role as usize];
+        for service in ["shop-api", "mes-api", "crm-api", "other"] {
+            for method in ["GET", "POST", "PUT"] {
+                let mut ex = exchange(service, role, method, &target).request_body(&json).respond(status, &json);
+                let (_, span) = b.build(&ex);
+                if let Some(span) = span {
+                    proptest::prop_assert!(matches!(span.attributes.get("url.path"), Some(AttrValue::Str(p)) if p.len() <= MAX_URL_PATH));
+                }
+                ex.request.body = bytes::Bytes::from(body.clone());
+                let _ = b.build(&ex);
+            }
+        }
+    }
+}
