@@ -394,3 +394,34 @@ fn the_production_example_is_valid() {
         ("J-77", Some("PACKAGING"), Some("PACKAGING"))
     );
 }
+
+#[test]
+fn close_notices_after_the_crm_closed() {
+    let set = testbed();
+    let notice = exchange(
+        "crm-api",
+        Role::Client,
+        "POST",
+        "/api/v1/orders/SO-1/status",
+    )
+    .request_body(r#"{"status":"CLOSED","source":"crm"}"#)
+    .respond(200, r#"{"order_id":"SO-1","status":"CLOSED"}"#);
+    let m = order(&set, &notice);
+    assert_eq!(
+        (&*m.rule.name, &*m.rule.owner, m.step, m.status),
+        ("shop.close_notice", "shop-api", None, None)
+    );
+    let to_mes = exchange(
+        "mes-api",
+        Role::Server,
+        "POST",
+        "/mes/api/work-orders/SO-1/transitions",
+    )
+    .request_body(r#"{"to":"CLOSED"}"#)
+    .respond(200, r#"{"orderRef":"SO-1","state":"CLOSED"}"#);
+    let m = order(&set, &to_mes);
+    assert_eq!(
+        (&*m.rule.name, m.step, m.status),
+        ("mes.transition", Some("CLOSED"), Some("CLOSED"))
+    );
+}
