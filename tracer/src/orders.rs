@@ -1,14 +1,479 @@
-//! TODO(stage owner): orders
+//! Orders: configured rules turn an HTTP exchange into an order id, the status the call tries
+//! to reach and the status it reached. Rules are per service (`[[service]]` in the config),
+//! compiled once into a [`RuleSet`] so matching costs a few segment compares per rule.
+//!
+//! A server exchange (the traced process answered) is matched only against its own service's
+//! rules. A client exchange (a traced process called someone) is matched against the rules of
+//! every service, since the callee is named by the request, not by the caller: the matching
+//! rule's service is the owner (`order.owner`, `peer.service`).
 
-/// The rules of one service (placeholder until the stage lands).
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceRules {
-    pub name: String,
+mod config;
+mod extract;
+mod template;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::capture::Role;
+use crate::http::Exchange;
+
+pub use config::{
+    Body, HeaderMatch, IdSource, KeyFields, RuleConfig, RuleKind, ServiceRules, Side, StatusField,
+    StatusSource, Unmatched,
+};
+use extract::LazyJson;
+pub use extract::MAX_ORDER_ID_LEN;
+use template::Template;
+
+/// The ten statuses of an order's life, in order. The lifecycle monitor owns the transitions;
+/// rules may only name these.
+pub const CANONICAL_STATUSES: [&str; 10] = [
+    "INITIATED",
+    "FILE_UPLOADED",
+    "SUBMITTED",
+    "PRICE_CALCULATED",
+    "MANUFACTURING_APPROVED",
+    "MANUFACTURING_STARTED",
+    "MANUFACTURING_COMPLETED",
+    "PACKAGING",
+    "SHIPPED",
+    "CLOSED",
+];
+
+/// The canonical spelling (a `'static` str) of a status name, if it is one.
+pub fn canonical_status(name: &str) -> Option<&'static str> {
+    CANONICAL_STATUSES.iter().copied().find(|s| *s == name)
 }
 
-impl ServiceRules {
-    pub fn validate(&self) -> Result<(), String> {
-        Ok(())
+/// A path segment percent-decoded, or as it is when it holds no valid escape.
+pub fn percent_decode_lossy(segment: &str) -> Cow<'_, str> {
+    extract::percent_decode(segment).unwrap_or(Cow::Borrowed(segment))
+}
+
+/// A compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    pub name: Arc<str>,
+    /// The service the rule belongs to.
+    pub owner: Arc<str>,
+    /// The path template, reported as `http.route`.
+    pub route: Arc<str>,
+    pub kind: RuleKind,
+    method: String,
+    template: Template,
+    host: Option<String>,
+    header: Option<(String, Option<String>)>,
+    order_id: Vec<CompiledIdSource>,
+    step: Option<CompiledStatus>,
+    status: Option<CompiledStatus>,
+    key: Option<KeyFields>,
+}
+
+#[derive(Debug)]
+enum CompiledIdSource {
+    /// Index of the template segment.
+    Path(usize),
+    Query(String),
+    Header(String),
+    Json(Body, String),
+}
+
+#[derive(Debug)]
+enum CompiledStatus {
+    Fixed(&'static str),
+    Field {
+        body: Body,
+        path: String,
+        map: HashMap<String, &'static str>,
+    },
+}
+
+#[derive(Debug)]
+struct ServiceEntry {
+    unmatched: Unmatched,
+    /// Indices into `RuleSet::rules` of rules that apply to this service's server side.
+    server_rules: Vec<usize>,
+}
+
+/// All rules of a config, ready to match exchanges.
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    services: HashMap<Arc<str>, ServiceEntry>,
+    /// Rules that apply to client exchanges, of any service.
+    client_rules: Vec<usize>,
+}
+
+/// What a call to an order-bearing endpoint returned, for `lookup` rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LookupResult {
+    Found,
+    NotFound,
+}
+
+impl LookupResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LookupResult::Found => "found",
+            LookupResult::NotFound => "not_found",
+        }
     }
 }
+
+/// Which side of the call the traced process was on, as far as the rules tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallSide {
+    Server,
+    Client,
+}
+
+/// An exchange that a rule matched and that named an order.
+#[derive(Debug)]
+pub struct OrderMatch<'r> {
+    pub rule: &'r Rule,
+    pub side: CallSide,
+    pub order_id: String,
+    /// The canonical status the call tries to reach.
+    pub step: Option<&'static str>,
+    /// The canonical status reached (2xx only).
+    pub status: Option<&'static str>,
+    /// For lookups: the canonical status the system answered with.
+    pub observed_status: Option<&'static str>,
+    pub lookup: Option<LookupResult>,
+    /// Hash of the rule's key fields (duplicate detection).
+    pub key: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum Classification<'r> {
+    Order(OrderMatch<'r>),
+    /// A rule matched but no order id was found (no response yet, garbage, truncated body).
+    NoOrderId {
+        rule: &'r Rule,
+        side: CallSide,
+    },
+    /// No rule matched.
+    Unmatched,
+}
+
+impl RuleSet {
+    /// Compiles validated service sections. Fails on what needs the whole config to see:
+    /// a service listed twice, a rule name used in two services.
+    pub fn compile(services: &[ServiceRules]) -> Result<Self, String> {
+        let mut set = RuleSet::default();
+        let mut names: HashMap<Arc<str>, Arc<str>> = HashMap::new();
+        for service in services {
+            service.validate()?;
+            let owner: Arc<str> = Arc::from(service.name.as_str());
+            if set.services.contains_key(&owner) {
+                return Err(format!(
+                    "service {:?} has two [[service]] sections; merge them",
+                    service.name
+                ));
+            }
+            let mut entry = ServiceEntry {
+                unmatched: service.unmatched,
+                server_rules: Vec::new(),
+            };
+            for config in &service.rules {
+                let rule = Rule::compile(config, &owner)?;
+                if let Some(other) = names.insert(rule.name.clone(), owner.clone()) {
+                    return Err(format!(
+                        "rule name {:?} is used by services {other:?} and {:?}; rule names must be unique",
+                        config.name, service.name
+                    ));
+                }
+                let index = set.rules.len();
+                if config.side != Side::Client {
+                    entry.server_rules.push(index);
+                }
+                if config.side != Side::Server {
+                    set.client_rules.push(index);
+                }
+                set.rules.push(rule);
+            }
+            set.services.insert(owner, entry);
+        }
+        Ok(set)
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// What to do with a service's exchanges no rule claims.
+    pub fn unmatched_policy(&self, service: &str) -> Unmatched {
+        self.services
+            .get(service)
+            .map_or(Unmatched::Count, |s| s.unmatched)
+    }
+
+    /// Finds the rule for an exchange and reads the order id and statuses from it.
+    pub fn classify<'r>(&'r self, exchange: &Exchange) -> Classification<'r> {
+        let target = exchange.request.head.target.as_str();
+        let path = target.split(['?', '#']).next().unwrap_or("");
+        let server_rules = || {
+            self.services
+                .get(exchange.service.as_ref())
+                .map_or(&[][..], |s| s.server_rules.as_slice())
+                .iter()
+                .map(|i| (*i, CallSide::Server))
+        };
+        let client_rules = || self.client_rules.iter().map(|i| (*i, CallSide::Client));
+        let found = match exchange.role {
+            Role::Server => self.first_match(server_rules(), exchange, path),
+            Role::Client => self.first_match(client_rules(), exchange, path),
+            // Seen mid-connection: the rules decide which side it was.
+            Role::Unknown => self.first_match(server_rules().chain(client_rules()), exchange, path),
+        };
+        let Some((rule, side, captures)) = found else {
+            return Classification::Unmatched;
+        };
+        match rule.read(exchange, &captures, side) {
+            Some(m) => Classification::Order(m),
+            None => Classification::NoOrderId { rule, side },
+        }
+    }
+
+    fn first_match<'r, 'p>(
+        &'r self,
+        candidates: impl Iterator<Item = (usize, CallSide)>,
+        exchange: &Exchange,
+        path: &'p str,
+    ) -> Option<(&'r Rule, CallSide, template::Captures<'p>)> {
+        candidates.into_iter().find_map(|(index, side)| {
+            let rule = &self.rules[index];
+            if rule.method != exchange.request.head.method || !rule.headers_match(exchange) {
+                return None;
+            }
+            rule.template
+                .matches(path)
+                .map(|captures| (rule, side, captures))
+        })
+    }
+}
+
+impl Rule {
+    fn compile(config: &RuleConfig, owner: &Arc<str>) -> Result<Self, String> {
+        let context = |e: String| format!("service {owner:?}, rule {:?}: {e}", config.name);
+        let template = Template::parse(&config.path).map_err(context)?;
+        let order_id = config
+            .order_id
+            .iter()
+            .map(|source| {
+                Ok(match source {
+                    IdSource::Path { param } => CompiledIdSource::Path(
+                        template
+                            .param_index(param)
+                            .ok_or_else(|| context(format!("no path parameter {{{param}}}")))?,
+                    ),
+                    IdSource::Query { param } => CompiledIdSource::Query(param.clone()),
+                    IdSource::Header { name } => {
+                        CompiledIdSource::Header(name.to_ascii_lowercase())
+                    }
+                    IdSource::RequestJson { path } => {
+                        CompiledIdSource::Json(Body::Request, path.clone())
+                    }
+                    IdSource::ResponseJson { path } => {
+                        CompiledIdSource::Json(Body::Response, path.clone())
+                    }
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let status = config
+            .status
+            .as_ref()
+            .map(CompiledStatus::compile)
+            .transpose()
+            .map_err(context)?;
+        let step = match &config.step {
+            Some(step) => Some(CompiledStatus::compile(step).map_err(context)?),
+            // A fixed status is also what the call tries to reach.
+            None => match &status {
+                Some(CompiledStatus::Fixed(s)) if config.kind == RuleKind::Transition => {
+                    Some(CompiledStatus::Fixed(s))
+                }
+                _ => None,
+            },
+        };
+        Ok(Rule {
+            name: Arc::from(config.name.as_str()),
+            owner: owner.clone(),
+            route: Arc::from(config.path.as_str()),
+            kind: config.kind,
+            method: config.method.clone(),
+            template,
+            host: config.host.clone(),
+            header: config
+                .header
+                .as_ref()
+                .map(|h| (h.name.to_ascii_lowercase(), h.value.clone())),
+            order_id,
+            step,
+            status,
+            key: config.key.clone(),
+        })
+    }
+
+    /// Whether path segment `index` (0 = the first after the leading '/') is fixed text of
+    /// the rule's template, which needs no redaction.
+    pub fn is_literal_segment(&self, index: usize) -> bool {
+        self.template.is_literal(index)
+    }
+
+    fn headers_match(&self, exchange: &Exchange) -> bool {
+        let request = &exchange.request;
+        if let Some(host) = &self.host {
+            let Some(sent) = request
+                .header("host")
+                .and_then(|v| std::str::from_utf8(v).ok())
+            else {
+                return false;
+            };
+            let sent = sent.trim();
+            let bare = sent.rsplit_once(':').map_or(sent, |(h, _)| h);
+            if !sent.eq_ignore_ascii_case(host) && !(bare.eq_ignore_ascii_case(host)) {
+                return false;
+            }
+        }
+        match &self.header {
+            None => true,
+            Some((name, value)) => match (request.header(name), value) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some(sent), Some(want)) => sent.as_ref().trim_ascii() == want.as_bytes(),
+            },
+        }
+    }
+
+    /// Reads id, step, status and key. `None` when no source yields a plausible order id.
+    fn read<'r>(
+        &'r self,
+        exchange: &Exchange,
+        captures: &template::Captures<'_>,
+        side: CallSide,
+    ) -> Option<OrderMatch<'r>> {
+        let response = exchange.response.as_ref();
+        let mut bodies = Bodies {
+            request: LazyJson::new(&exchange.request.body, !exchange.request.body_truncated),
+            response: match response {
+                Some(r) => LazyJson::new(&r.body, !r.body_truncated),
+                None => LazyJson::new(&[], false),
+            },
+        };
+        let order_id = self.order_id.iter().find_map(|source| {
+            let raw: Cow<'_, str> = match source {
+                CompiledIdSource::Path(index) => {
+                    let segment = captures.iter().find(|(i, _)| i == index)?.1;
+                    extract::percent_decode(segment)?
+                }
+                CompiledIdSource::Query(name) => {
+                    extract::query_param(&exchange.request.head.target, name)?
+                }
+                CompiledIdSource::Header(name) => {
+                    Cow::Borrowed(std::str::from_utf8(exchange.request.header(name)?).ok()?)
+                }
+                CompiledIdSource::Json(body, path) => Cow::Owned(bodies.text(*body, path)?),
+            };
+            extract::clean_order_id(&raw)
+        })?;
+
+        let code = response.map(|r| r.head.status);
+        let succeeded =
+            matches!(code, Some(200..=299)) && exchange.outcome == crate::http::Outcome::Complete;
+        let step = self.step.as_ref().and_then(|s| s.read(&mut bodies));
+        let (mut status, mut observed_status, mut lookup) = (None, None, None);
+        match self.kind {
+            RuleKind::Transition if succeeded => {
+                status = self.status.as_ref().and_then(|s| s.read(&mut bodies))
+            }
+            RuleKind::Lookup => {
+                lookup = match code {
+                    Some(200..=299) => Some(LookupResult::Found),
+                    Some(404 | 410) => Some(LookupResult::NotFound),
+                    _ => None,
+                };
+                if lookup == Some(LookupResult::Found) {
+                    observed_status = self.status.as_ref().and_then(|s| s.read(&mut bodies));
+                }
+            }
+            _ => {}
+        }
+        let key = self.key.as_ref().and_then(|key| {
+            let values = key
+                .fields
+                .iter()
+                .map(|field| bodies.text(key.from, field).map(Cow::Owned))
+                .collect::<Option<Vec<_>>>()?;
+            Some(extract::key_hash(&self.name, &values))
+        });
+        Some(OrderMatch {
+            rule: self,
+            side,
+            order_id,
+            step,
+            status,
+            observed_status,
+            lookup,
+            key,
+        })
+    }
+}
+
+/// The request and response JSON of one exchange, each parsed at most once.
+struct Bodies<'b> {
+    request: LazyJson<'b>,
+    response: LazyJson<'b>,
+}
+
+impl Bodies<'_> {
+    /// A scalar field's text.
+    fn text(&mut self, body: Body, path: &str) -> Option<String> {
+        let root = match body {
+            Body::Request => self.request.get()?,
+            Body::Response => self.response.get()?,
+        };
+        extract::scalar_text(extract::json_field(root, path)?).map(Cow::into_owned)
+    }
+}
+
+impl CompiledStatus {
+    fn read(&self, bodies: &mut Bodies<'_>) -> Option<&'static str> {
+        match self {
+            CompiledStatus::Fixed(s) => Some(s),
+            CompiledStatus::Field { body, path, map } => {
+                let text = bodies.text(*body, path)?;
+                map.get(text.as_str())
+                    .copied()
+                    .or_else(|| canonical_status(&text))
+            }
+        }
+    }
+
+    fn compile(source: &StatusSource) -> Result<Self, String> {
+        let canonical = |name: &str| {
+            canonical_status(name).ok_or_else(|| {
+                format!(
+                    "{name:?} is not a canonical status; use one of {}",
+                    CANONICAL_STATUSES.join(", ")
+                )
+            })
+        };
+        Ok(match source {
+            StatusSource::Fixed(name) => CompiledStatus::Fixed(canonical(name)?),
+            StatusSource::Field(field) => CompiledStatus::Field {
+                body: field.from,
+                path: field.path.clone(),
+                map: field
+                    .map
+                    .iter()
+                    .map(|(from, to)| Ok((from.clone(), canonical(to)?)))
+                    .collect::<Result<_, String>>()?,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -5,6 +5,13 @@
 
 use std::collections::BTreeMap;
 
+mod build;
+pub mod fixtures;
+
+pub use build::{
+    DEFAULT_REDACT_PATTERNS, MatchOutcome, REDACTED, Redactor, SpanBuilder, local_host_name,
+};
+
 /// Span kind, as in OpenTelemetry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -1,0 +1,340 @@
+use std::collections::HashMap;
+
+use super::*;
+use crate::spans::{AttrValue, SpanKind, SpanStatus};
+
+fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |name| map.get(name).cloned()
+}
+
+fn otlp(kind: ExportKind) -> ExportConfig {
+    ExportConfig {
+        kind,
+        ..ExportConfig::default()
+    }
+}
+
+#[test]
+fn endpoints_get_defaults_and_the_traces_path() {
+    assert_eq!(
+        otlp(ExportKind::OtlpGrpc).endpoint_url().unwrap(),
+        "http://localhost:4317"
+    );
+    assert_eq!(
+        otlp(ExportKind::OtlpHttp).endpoint_url().unwrap(),
+        "http://localhost:4318/v1/traces"
+    );
+    let with = |kind, e: &str| {
+        ExportConfig {
+            endpoint: Some(e.into()),
+            ..otlp(kind)
+        }
+        .endpoint_url()
+    };
+    assert_eq!(
+        with(ExportKind::OtlpHttp, "https://c.example:4318/").unwrap(),
+        "https://c.example:4318/v1/traces"
+    );
+    assert_eq!(
+        with(ExportKind::OtlpHttp, "https://c.example/otlp/traces").unwrap(),
+        "https://c.example/otlp/traces"
+    );
+    assert_eq!(
+        with(ExportKind::OtlpGrpc, "http://[::1]:4317").unwrap(),
+        "http://[::1]:4317"
+    );
+}
+
+#[test]
+fn plain_http_off_the_host_needs_insecure() {
+    let remote = ExportConfig {
+        endpoint: Some("http://collector.example:4317".into()),
+        ..otlp(ExportKind::OtlpGrpc)
+    };
+    assert!(remote.validate().unwrap_err().contains("insecure = true"));
+    assert!(
+        ExportConfig {
+            insecure: true,
+            ..remote.clone()
+        }
+        .validate()
+        .is_ok()
+    );
+    let ftp = ExportConfig {
+        endpoint: Some("ftp://x".into()),
+        ..otlp(ExportKind::OtlpGrpc)
+    };
+    assert!(ftp.validate().unwrap_err().contains("ftp"));
+    let ca_on_http = ExportConfig {
+        ca_file: Some("/x.pem".into()),
+        ..otlp(ExportKind::OtlpGrpc)
+    };
+    assert!(ca_on_http.validate().unwrap_err().contains("https"));
+}
+
+#[test]
+fn standard_variables_override_the_file() {
+    let mut config = otlp(ExportKind::OtlpGrpc);
+    config.headers.insert("x-file".into(), "1".into());
+    config
+        .apply_env(env(&[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "https://collector.example:4318/",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "Authorization=Bearer%20abc, x-tenant = shop",
+            ),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "2500"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "1"),
+        ]))
+        .unwrap();
+    assert_eq!(config.kind, ExportKind::OtlpHttp);
+    assert_eq!(
+        config.endpoint_url().unwrap(),
+        "https://collector.example:4318/v1/traces"
+    );
+    assert_eq!(config.headers["authorization"], "Bearer abc");
+    assert_eq!(config.headers["x-tenant"], "shop");
+    assert_eq!(config.headers["x-file"], "1");
+    assert_eq!(config.timeout_ms, 2500, "the traces-specific variable wins");
+
+    let mut config = otlp(ExportKind::OtlpHttp);
+    config
+        .apply_env(env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://ignored.example"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "https://c.example/custom",
+            ),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/ca.pem"),
+        ]))
+        .unwrap();
+    assert_eq!(config.endpoint_url().unwrap(), "https://c.example/custom");
+    assert_eq!(
+        config.ca_file.as_deref(),
+        Some(std::path::Path::new("/etc/ca.pem"))
+    );
+}
+
+#[test]
+fn exporter_selection_and_bad_variables() {
+    let mut config = ExportConfig::default();
+    config
+        .apply_env(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x:1")]))
+        .unwrap();
+    assert_eq!(
+        config.kind,
+        ExportKind::Stdout,
+        "endpoint variables alone do not turn stdout into OTLP"
+    );
+    config
+        .apply_env(env(&[("OTEL_TRACES_EXPORTER", "otlp")]))
+        .unwrap();
+    assert_eq!(config.kind, ExportKind::OtlpGrpc);
+    config
+        .apply_env(env(&[("OTEL_TRACES_EXPORTER", "none")]))
+        .unwrap();
+    assert_eq!(config.kind, ExportKind::None);
+    for (pairs, expected) in [
+        (
+            vec![("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")],
+            "http/json",
+        ),
+        (vec![("OTEL_EXPORTER_OTLP_TIMEOUT", "soon")], "milliseconds"),
+        (
+            vec![("OTEL_EXPORTER_OTLP_HEADERS", "novalue")],
+            "name=value",
+        ),
+        (vec![("OTEL_TRACES_EXPORTER", "zipkin")], "zipkin"),
+        (
+            vec![(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "http://collector.example:4317",
+            )],
+            "insecure",
+        ),
+    ] {
+        let err = otlp(ExportKind::OtlpGrpc)
+            .apply_env(env(&pairs))
+            .unwrap_err();
+        assert!(err.contains(expected), "{expected:?} in {err}");
+    }
+}
+
+#[test]
+fn headers_never_show_in_debug_output() {
+    let mut config = otlp(ExportKind::OtlpGrpc);
+    config
+        .headers
+        .insert("authorization".into(), "Bearer secret-token".into());
+    let text = format!("{config:?}");
+    assert!(
+        !text.contains("secret-token") && text.contains("authorization"),
+        "{text}"
+    );
+}
+
+#[test]
+fn config_section_parses_and_validates() {
+    let parse = |text: &str| crate::config::Config::parse(text, "t").map(|c| c.export);
+    let config = parse("[export]\nkind = \"otlp-http\"\nendpoint = \"https://c.example\"\nheaders = { authorization = \"x\" }\nqueue_size = 100\nbatch_size = 10\n").unwrap();
+    assert_eq!(
+        (config.kind, config.queue_size, config.batch_size),
+        (ExportKind::OtlpHttp, 100, 10)
+    );
+    for (text, expected) in [
+        ("[export]\nkind = \"zipkin\"\n", "zipkin"),
+        ("[export]\nbatch_size = 0\n", "batch_size"),
+        (
+            "[export]\nqueue_size = 10\nbatch_size = 20\n",
+            "batch_size <= queue_size",
+        ),
+        ("[export]\nclient_cert = \"c.pem\"\n", "client_key"),
+        (
+            "[export]\nredact_path_segments = [\"(\"]\n",
+            "regular expression",
+        ),
+        (
+            "[export]\nheaders = { \"bad header\" = \"x\" }\n",
+            "header name",
+        ),
+    ] {
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.contains(expected), "{expected:?} in {err}");
+    }
+}
+
+#[test]
+fn missing_tls_files_are_a_clear_error() {
+    let config = ExportConfig {
+        endpoint: Some("https://collector.example:4317".into()),
+        ca_file: Some("/nonexistent/ca.pem".into()),
+        ..otlp(ExportKind::OtlpGrpc)
+    };
+    let err = otlp::OtlpClient::new(&config).err().unwrap().to_string();
+    assert!(
+        err.contains("/nonexistent/ca.pem") && err.contains("PEM"),
+        "{err}"
+    );
+    let garbage = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(garbage.path(), "not a certificate").unwrap();
+    let config = ExportConfig {
+        kind: ExportKind::OtlpHttp,
+        ca_file: Some(garbage.path().into()),
+        ..config
+    };
+    let err = otlp::OtlpClient::new(&config).err().unwrap().to_string();
+    assert!(err.contains("no certificate"), "{err}");
+}
+
+fn record(service: &str, name: &str) -> SpanRecord {
+    SpanRecord {
+        trace_id: [1; 16],
+        span_id: [2; 8],
+        parent_span_id: None,
+        links: Vec::new(),
+        name: name.into(),
+        kind: SpanKind::Client,
+        start_unix_nano: 10,
+        end_unix_nano: 20,
+        status: SpanStatus::Error,
+        resource: [("service.name".to_string(), AttrValue::Str(service.into()))].into(),
+        attributes: [
+            ("n".to_string(), AttrValue::Double(f64::NAN)),
+            ("b".to_string(), AttrValue::Bool(true)),
+        ]
+        .into(),
+        events: Vec::new(),
+    }
+}
+
+#[test]
+fn requests_group_spans_by_resource() {
+    let request = to_request(&[record("a", "1"), record("b", "2"), record("a", "3")]);
+    let names: Vec<Vec<&str>> = request
+        .resource_spans
+        .iter()
+        .map(|rs| {
+            rs.scope_spans[0]
+                .spans
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect()
+        })
+        .collect();
+    assert_eq!(names, [vec!["1", "3"], vec!["2"]]);
+    let span = &request.resource_spans[0].scope_spans[0].spans[0];
+    assert!(span.parent_span_id.is_empty());
+    assert_eq!((span.kind, span.status.as_ref().unwrap().code), (3, 2));
+}
+
+#[test]
+fn a_line_is_written_even_for_odd_values() {
+    let mut out = Vec::new();
+    write_line(&mut out, &record("a", "1"));
+    let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(line["attributes"]["n"], serde_json::Value::Null);
+    assert_eq!(line["parent_span_id"], serde_json::Value::Null);
+    assert_eq!(line["kind"], "client");
+}
+
+#[tokio::test]
+async fn none_and_full_queues_never_block() {
+    let exporter = Exporter::start(&ExportConfig {
+        kind: ExportKind::None,
+        ..ExportConfig::default()
+    })
+    .unwrap();
+    exporter.handle().submit(record("a", "1"));
+    assert!(exporter.flush(std::time::Duration::from_secs(1)).await);
+    assert_eq!(exporter.handle().counters(), ExportCounters::default());
+}
+
+#[tokio::test]
+async fn fanout_gives_consumers_everything_and_the_exporter_the_sample() {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let exporter = Exporter::start_lines(&ExportConfig::default(), Box::new(std::io::sink()));
+    let sampling = crate::sampling::SamplingConfig {
+        default_ratio: 0.0,
+        ..Default::default()
+    };
+    let mut fanout =
+        Fanout::new(Sampler::new(sampling), exporter.handle()).with_consumer(Box::new(tx));
+    let mut ok = record("a", "ok");
+    ok.status = SpanStatus::Unset;
+    fanout.submit(ok);
+    fanout.submit(record("a", "failed"));
+    assert_eq!(rx.recv().await.unwrap().name, "ok");
+    assert_eq!(rx.recv().await.unwrap().name, "failed");
+    assert_eq!(
+        exporter
+            .shutdown(std::time::Duration::from_secs(5))
+            .await
+            .exported,
+        1,
+        "only the error passed sampling"
+    );
+}
+
+#[tokio::test]
+async fn a_full_consumer_is_counted_not_waited_for() {
+    let (tx, _rx) = tokio::sync::mpsc::channel(1);
+    let exporter = Exporter::start(&ExportConfig {
+        kind: ExportKind::None,
+        ..ExportConfig::default()
+    })
+    .unwrap();
+    let mut fanout = Fanout::new(Sampler::new(Default::default()), exporter.handle())
+        .with_consumer(Box::new(tx));
+    for _ in 0..3 {
+        fanout.submit(record("a", "x"));
+    }
+    assert_eq!(fanout.consumer_drops(), 2);
+}

@@ -1,0 +1,185 @@
+//! Reading single values out of an exchange: path segments, query parameters, headers and
+//! JSON fields. Everything read here stays in the agent; only the values a rule names leave.
+
+use std::borrow::Cow;
+
+use serde_json::Value;
+
+/// Longest order id accepted; longer values are garbage or not ids at all.
+pub const MAX_ORDER_ID_LEN: usize = 128;
+
+/// A JSON body parsed at most once per exchange, and only when a rule needs it.
+pub(super) struct LazyJson<'b> {
+    body: &'b [u8],
+    usable: bool,
+    parsed: Option<Option<Value>>,
+}
+
+impl<'b> LazyJson<'b> {
+    /// `usable` is false when the body was cut short: a JSON prefix is not JSON.
+    pub(super) fn new(body: &'b [u8], usable: bool) -> Self {
+        Self {
+            body,
+            usable,
+            parsed: None,
+        }
+    }
+
+    pub(super) fn get(&mut self) -> Option<&Value> {
+        let (body, usable) = (self.body, self.usable);
+        self.parsed
+            .get_or_insert_with(|| {
+                if usable && !body.is_empty() {
+                    serde_json::from_slice(body).ok()
+                } else {
+                    None
+                }
+            })
+            .as_ref()
+    }
+}
+
+/// A field by dotted path: object keys, and decimal indices into arrays.
+pub(super) fn json_field<'v>(root: &'v Value, path: &str) -> Option<&'v Value> {
+    path.split('.').try_fold(root, |value, step| match value {
+        Value::Object(map) => map.get(step),
+        Value::Array(items) => step.parse::<usize>().ok().and_then(|i| items.get(i)),
+        _ => None,
+    })
+}
+
+/// A scalar JSON value as text: strings as they are, numbers and booleans as written.
+pub(super) fn scalar_text(value: &Value) -> Option<Cow<'_, str>> {
+    match value {
+        Value::String(s) => Some(Cow::Borrowed(s.as_str())),
+        Value::Number(n) => Some(Cow::Owned(n.to_string())),
+        Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
+        _ => None,
+    }
+}
+
+/// The first value of query parameter `name` in a request target, percent-decoded.
+pub(super) fn query_param<'t>(target: &'t str, name: &str) -> Option<Cow<'t, str>> {
+    let (_, query) = target.split_once('?')?;
+    let query = query.split('#').next().unwrap_or("");
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(key).as_deref() == Some(name))
+            .then(|| percent_decode(value))
+            .flatten()
+    })
+}
+
+/// `%XX` decoding (and `+` left as is: ids do not contain spaces). Invalid escapes or
+/// non-UTF-8 results give `None`.
+pub(super) fn percent_decode(text: &str) -> Option<Cow<'_, str>> {
+    if !text.contains('%') {
+        return Some(Cow::Borrowed(text));
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok().map(Cow::Owned)
+}
+
+/// An order id as found, if it looks like one: non-empty, bounded, printable, no spaces.
+pub(super) fn clean_order_id(raw: &str) -> Option<String> {
+    let id = raw.trim();
+    let plausible = !id.is_empty()
+        && id.len() <= MAX_ORDER_ID_LEN
+        && id.chars().all(|c| !c.is_control() && !c.is_whitespace());
+    plausible.then(|| id.to_string())
+}
+
+/// `order.key`: the first 16 bytes of SHA-256 over the rule name and the key values, hex.
+/// The rule name keeps equal values of unrelated rules apart; values are length-prefixed so
+/// `("ab","c")` and `("a","bc")` differ. Never the raw values.
+pub(super) fn key_hash(rule: &str, values: &[Cow<'_, str>]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(b"order-tracer/key/v1:");
+    for part in std::iter::once(rule).chain(values.iter().map(|v| v.as_ref())) {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hex::encode(&hasher.finalize()[..16])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_paths_walk_objects_and_arrays() {
+        let v: Value =
+            serde_json::from_str(r#"{"deal":{"order":{"id":"SO-1"}},"items":[{"n":7}]}"#).unwrap();
+        assert_eq!(json_field(&v, "deal.order.id"), Some(&Value::from("SO-1")));
+        assert_eq!(
+            json_field(&v, "items.0.n").and_then(scalar_text).as_deref(),
+            Some("7")
+        );
+        assert_eq!(json_field(&v, "items.1.n"), None);
+        assert_eq!(json_field(&v, "deal.order.id.x"), None);
+        assert_eq!(json_field(&v, "deal.missing"), None);
+    }
+
+    #[test]
+    fn truncated_or_garbage_bodies_give_nothing() {
+        assert!(
+            LazyJson::new(br#"{"order_id":"SO-1"}"#, false)
+                .get()
+                .is_none()
+        );
+        assert!(LazyJson::new(br#"{"order_id":"SO"#, true).get().is_none());
+        assert!(LazyJson::new(b"\xff\x00garbage", true).get().is_none());
+        assert!(
+            LazyJson::new(br#"{"order_id":"SO-1"}"#, true)
+                .get()
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn query_parameters_are_found_and_decoded() {
+        assert_eq!(
+            query_param("/x?a=1&order=SO%2D9&b", "order").as_deref(),
+            Some("SO-9")
+        );
+        assert_eq!(query_param("/x?a=1", "order"), None);
+        assert_eq!(query_param("/x", "order"), None);
+        assert_eq!(query_param("/x?order=%zz", "order"), None);
+        assert_eq!(query_param("/x?order=%4", "order"), None);
+    }
+
+    #[test]
+    fn implausible_ids_are_refused() {
+        assert_eq!(clean_order_id(" SO-1 "), Some("SO-1".into()));
+        assert_eq!(clean_order_id(""), None);
+        assert_eq!(clean_order_id("a b"), None);
+        assert_eq!(clean_order_id(&"x".repeat(MAX_ORDER_ID_LEN + 1)), None);
+    }
+
+    #[test]
+    fn key_hash_separates_values() {
+        let h = |v: &[&str]| {
+            key_hash(
+                "r",
+                &v.iter().map(|s| Cow::Borrowed(*s)).collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(h(&["c1", "cart"]), h(&["c1", "cart"]));
+        assert_ne!(h(&["ab", "c"]), h(&["a", "bc"]));
+        assert_eq!(h(&["c1", "cart"]).len(), 32);
+    }
+}

@@ -1,0 +1,186 @@
+//! Path templates (`/api/v1/orders/{order_id}/submit`, `/static/*`), compiled once at load so
+//! matching an exchange is a walk over pre-split segments with no allocation.
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+/// A compiled path template: `{name}` matches exactly one non-empty segment, a final `*`
+/// matches the rest of the path (zero or more segments).
+#[derive(Clone, Debug)]
+pub struct Template {
+    segments: Vec<Segment>,
+    tail: bool,
+}
+
+/// The parameters one match captured, as (name index, raw segment) pairs.
+pub type Captures<'p> = Vec<(usize, &'p str)>;
+
+impl Template {
+    pub fn parse(template: &str) -> Result<Self, String> {
+        let rest = template.strip_prefix('/').ok_or_else(|| {
+            format!("path template {template:?} must start with '/' (e.g. \"/api/v1/orders/{{order_id}}\")")
+        })?;
+        let mut segments = Vec::new();
+        let mut tail = false;
+        let parts: Vec<&str> = if rest.is_empty() {
+            Vec::new()
+        } else {
+            rest.split('/').collect()
+        };
+        for (i, part) in parts.iter().enumerate() {
+            if *part == "*" {
+                if i + 1 != parts.len() {
+                    return Err(format!(
+                        "path template {template:?}: '*' is only allowed as the last segment"
+                    ));
+                }
+                tail = true;
+            } else if let Some(name) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(format!(
+                        "path template {template:?}: parameter {part:?} needs a name of letters, digits and '_'"
+                    ));
+                }
+                if segments
+                    .iter()
+                    .any(|s| *s == Segment::Param(name.to_string()))
+                {
+                    return Err(format!(
+                        "path template {template:?}: parameter {{{name}}} appears twice"
+                    ));
+                }
+                segments.push(Segment::Param(name.to_string()));
+            } else if part.contains(['{', '}', '*', '?', '#']) {
+                return Err(format!(
+                    "path template {template:?}: segment {part:?} mixes text with '{{', '}}', '*', '?' or '#'; \
+                     a parameter must be a whole segment"
+                ));
+            } else if part.is_empty() && i + 1 != parts.len() {
+                return Err(format!(
+                    "path template {template:?} has an empty segment (\"//\")"
+                ));
+            } else {
+                segments.push(Segment::Literal((*part).to_string()));
+            }
+        }
+        Ok(Self { segments, tail })
+    }
+
+    /// The index of parameter `name`, to look captures up without string compares per match.
+    pub fn param_index(&self, name: &str) -> Option<usize> {
+        self.segments
+            .iter()
+            .position(|s| matches!(s, Segment::Param(p) if p == name))
+    }
+
+    /// Whether segment `index` (0 = the first after the leading '/') is fixed text of the
+    /// template, i.e. configuration rather than something a client chose.
+    pub fn is_literal(&self, index: usize) -> bool {
+        matches!(self.segments.get(index), Some(Segment::Literal(_)))
+    }
+
+    /// Matches a path (no query); returns the captured parameters, by segment index.
+    pub fn matches<'p>(&self, path: &'p str) -> Option<Captures<'p>> {
+        let rest = path.strip_prefix('/')?;
+        // "/" has no segments (split would yield one empty one).
+        let mut parts = rest.split('/').filter(|_| !rest.is_empty());
+        let mut captures = Vec::new();
+        for (index, segment) in self.segments.iter().enumerate() {
+            let part = parts.next()?;
+            match segment {
+                Segment::Literal(text) => {
+                    if part != text {
+                        return None;
+                    }
+                }
+                Segment::Param(_) => {
+                    if part.is_empty() {
+                        return None;
+                    }
+                    captures.push((index, part));
+                }
+            }
+        }
+        if self.tail || parts.next().is_none() {
+            Some(captures)
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn captured(template: &str, path: &str) -> Option<Vec<String>> {
+        let t = Template::parse(template).unwrap();
+        t.matches(path)
+            .map(|c| c.into_iter().map(|(_, s)| s.to_string()).collect())
+    }
+
+    #[test]
+    fn literal_and_param_segments() {
+        assert_eq!(
+            captured(
+                "/api/v1/orders/{order_id}/submit",
+                "/api/v1/orders/SO-1/submit"
+            ),
+            Some(vec!["SO-1".into()])
+        );
+        assert_eq!(
+            captured(
+                "/api/v1/orders/{order_id}/submit",
+                "/api/v1/orders/SO-1/model"
+            ),
+            None
+        );
+        assert_eq!(
+            captured("/api/v1/orders/{order_id}", "/api/v1/orders/SO-1/submit"),
+            None
+        );
+        assert_eq!(
+            captured("/api/v1/orders/{order_id}", "/api/v1/orders/"),
+            None
+        );
+        assert_eq!(captured("/api/v1/orders", "/api/v1/orders"), Some(vec![]));
+        assert_eq!(captured("/api/v1/orders", "/api/v1/orders/"), None);
+        assert_eq!(captured("/", "/"), Some(vec![]));
+        assert_eq!(captured("/", "/x"), None);
+        assert_eq!(captured("/api/v1/orders", "api/v1/orders"), None);
+    }
+
+    #[test]
+    fn tail_matches_zero_or_more_segments() {
+        assert_eq!(captured("/static/*", "/static"), Some(vec![]));
+        assert_eq!(captured("/static/*", "/static/a/b"), Some(vec![]));
+        assert_eq!(captured("/{tenant}/*", "/t1/x"), Some(vec!["t1".into()]));
+        assert_eq!(captured("/*", "/anything/at/all"), Some(vec![]));
+    }
+
+    #[test]
+    fn bad_templates_are_rejected_with_a_reason() {
+        for bad in [
+            "api/x",
+            "/a/*/b",
+            "/a/{}",
+            "/a/{x-y}",
+            "/a/pre{x}",
+            "/a//b",
+            "/{x}/{x}",
+        ] {
+            let err = Template::parse(bad).unwrap_err();
+            assert!(err.contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn param_index_finds_names() {
+        let t = Template::parse("/mes/api/work-orders/{orderRef}/transitions").unwrap();
+        assert_eq!(t.param_index("orderRef"), Some(3));
+        assert_eq!(t.param_index("order_id"), None);
+    }
+}

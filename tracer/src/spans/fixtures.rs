@@ -1,0 +1,95 @@
+//! Hand-built [`Exchange`]s, for the tests and benchmarks of the stages after `http` (which
+//! take exchanges, not bytes).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::capture::{ConnKey, Role};
+use crate::http::{Exchange, Message, Outcome, RequestHead, ResponseHead};
+
+/// Builds an exchange of `service`: the request is `method target`, no headers, no body.
+/// The traced process is on `127.0.0.1:18080` when it answers, on `127.0.0.1:40000` when it
+/// calls `127.0.0.1:18081`. Times are 1 ms apart, starting at 1 s of monotonic time.
+pub fn exchange(service: &str, role: Role, method: &str, target: &str) -> Exchange {
+    let (local, peer): (SocketAddr, SocketAddr) = match role {
+        Role::Client => (
+            "127.0.0.1:40000".parse().unwrap(),
+            "127.0.0.1:18081".parse().unwrap(),
+        ),
+        Role::Server | Role::Unknown => (
+            "127.0.0.1:18080".parse().unwrap(),
+            "127.0.0.1:40001".parse().unwrap(),
+        ),
+    };
+    Exchange {
+        conn: ConnKey {
+            pid: 4242,
+            fd: 7,
+            conn_id: 1,
+        },
+        service: Arc::from(service),
+        role,
+        local: Some(local),
+        peer: Some(peer),
+        request: message(RequestHead {
+            method: method.to_string(),
+            target: target.to_string(),
+        }),
+        response: None,
+        start_ns: 1_000_000_000,
+        end_ns: 1_001_000_000,
+        outcome: Outcome::Reset,
+    }
+}
+
+fn message<H>(head: H) -> Message<H> {
+    Message {
+        head,
+        version: 1,
+        headers: Vec::new(),
+        body: Bytes::new(),
+        body_len: 0,
+        body_truncated: false,
+    }
+}
+
+/// Builder-style setters on a fixture exchange.
+pub trait ExchangeFixture: Sized {
+    fn request_body(self, body: &str) -> Self;
+    fn request_header(self, name: &str, value: &str) -> Self;
+    /// A complete response with this status and body.
+    fn respond(self, status: u16, body: &str) -> Self;
+    fn outcome(self, outcome: Outcome) -> Self;
+}
+
+impl ExchangeFixture for Exchange {
+    fn request_body(mut self, body: &str) -> Self {
+        self.request.body = Bytes::copy_from_slice(body.as_bytes());
+        self.request.body_len = body.len() as u64;
+        self
+    }
+
+    fn request_header(mut self, name: &str, value: &str) -> Self {
+        self.request.headers.push((
+            name.to_ascii_lowercase(),
+            Bytes::copy_from_slice(value.as_bytes()),
+        ));
+        self
+    }
+
+    fn respond(mut self, status: u16, body: &str) -> Self {
+        let mut response = message(ResponseHead { status });
+        response.body = Bytes::copy_from_slice(body.as_bytes());
+        response.body_len = body.len() as u64;
+        self.response = Some(response);
+        self.outcome = Outcome::Complete;
+        self
+    }
+
+    fn outcome(mut self, outcome: Outcome) -> Self {
+        self.outcome = outcome;
+        self
+    }
+}
