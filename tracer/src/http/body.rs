@@ -22,11 +22,17 @@ pub(crate) struct BodyDecoder {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    Length { remaining: u64 },
+    Length {
+        remaining: u64,
+    },
     ChunkSize,
-    ChunkData { remaining: u64 },
+    ChunkData {
+        remaining: u64,
+    },
     /// The CRLF after a chunk's data.
-    ChunkEnd { cr_seen: bool },
+    ChunkEnd {
+        cr_seen: bool,
+    },
     Trailers,
     UntilClose,
     Done,

@@ -237,7 +237,13 @@ mod tests {
         );
         let mut input = Bytes::from_static(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc");
         drain(&mut d, &mut input, ResponseCtx::default());
-        assert!(matches!(d.close(), CloseOutcome::Cut(End { truncated: true, .. })));
+        assert!(matches!(
+            d.close(),
+            CloseOutcome::Cut(End {
+                truncated: true,
+                ..
+            })
+        ));
         assert_eq!(d.close(), CloseOutcome::Idle);
     }
 

@@ -98,14 +98,14 @@ pub(crate) fn keep_alive_conversation(upload_len: usize) -> Vec<Write> {
                 r#"{{"order_id":"SO-000123","status":"FILE_UPLOADED","size_bytes":{upload_len}}}"#
             ),
         ),
-        request("GET /crm/v1/deals/SO-000123 HTTP/1.1\nhost: 127.0.0.1:18082\n\n", b""),
+        request(
+            "GET /crm/v1/deals/SO-000123 HTTP/1.1\nhost: 127.0.0.1:18082\n\n",
+            b"",
+        ),
         chunked_response(deal),
         (Kind::Request, pipelined),
         (Kind::Response, answers),
-        request(
-            "HEAD /api/v1/orders/SO-000123 HTTP/1.1\nhost: a\n\n",
-            b"",
-        ),
+        request("HEAD /api/v1/orders/SO-000123 HTTP/1.1\nhost: a\n\n", b""),
         response(
             "HTTP/1.1 200 OK\ncontent-type: application/json\ncontent-length: 45\n\n",
             b"",
@@ -128,7 +128,10 @@ pub(crate) fn keep_alive_conversation(upload_len: usize) -> Vec<Write> {
         ),
         response("HTTP/1.1 100 Continue\n\n", b""),
         (Kind::Request, model(300)),
-        json_response("200 OK", r#"{"order_id":"SO-000123","status":"FILE_UPLOADED"}"#),
+        json_response(
+            "200 OK",
+            r#"{"order_id":"SO-000123","status":"FILE_UPLOADED"}"#,
+        ),
     ]
 }
 

@@ -116,29 +116,39 @@ fn parse_content_length(value: &[u8]) -> Result<u64, HeadError> {
     Ok(len)
 }
 
-/// Copies httparse's borrowed headers into owned ones: names lower-cased, values as views
-/// into `head` (the consumed head bytes, which the borrowed values point into).
-fn own_headers(
-    raw: &[httparse::Header<'_>],
-    base: *const u8,
-    framing: &mut FramingHeaders,
-) -> Result<(Vec<(String, Bytes)>, Vec<(usize, usize)>), HeadError> {
-    let mut headers = Vec::with_capacity(raw.len());
-    let mut ranges = Vec::with_capacity(raw.len());
-    for h in raw {
-        let name = h.name.to_ascii_lowercase();
-        framing.note(&name, h.value)?;
-        // The value lies inside the parsed buffer, which starts at `base`.
-        let start = h.value.as_ptr() as usize - base as usize;
-        ranges.push((start, start + h.value.len()));
-        headers.push((name, Bytes::new()));
-    }
-    Ok((headers, ranges))
+/// Headers copied out of httparse's borrowed ones: names lower-cased; values filled in once
+/// the head bytes are taken from the input, as views into them (no copy).
+struct OwnedHeaders {
+    headers: Vec<(String, Bytes)>,
+    /// Where each value lies in the head.
+    ranges: Vec<(usize, usize)>,
 }
 
-fn fill_values(headers: &mut [(String, Bytes)], ranges: &[(usize, usize)], head: &Bytes) {
-    for ((_, value), &(start, end)) in headers.iter_mut().zip(ranges) {
-        *value = head.slice(start..end);
+impl OwnedHeaders {
+    fn collect(
+        raw: &[httparse::Header<'_>],
+        base: *const u8,
+        framing: &mut FramingHeaders,
+    ) -> Result<Self, HeadError> {
+        let mut headers = Vec::with_capacity(raw.len());
+        let mut ranges = Vec::with_capacity(raw.len());
+        for h in raw {
+            let name = h.name.to_ascii_lowercase();
+            framing.note(&name, h.value)?;
+            // The value lies inside the parsed buffer, which starts at `base`.
+            let start = h.value.as_ptr() as usize - base as usize;
+            ranges.push((start, start + h.value.len()));
+            headers.push((name, Bytes::new()));
+        }
+        Ok(OwnedHeaders { headers, ranges })
+    }
+
+    /// `head`: the parsed bytes, taken from the input (same memory the values pointed into).
+    fn fill(mut self, head: &Bytes) -> Vec<(String, Bytes)> {
+        for ((_, value), &(start, end)) in self.headers.iter_mut().zip(&self.ranges) {
+            *value = head.slice(start..end);
+        }
+        self.headers
     }
 }
 
@@ -184,7 +194,8 @@ impl Head for RequestHead {
     ) -> Result<Option<(Message<Self>, HeadInfo)>, HeadError> {
         let n_window = window(input, limits);
         let buf = &input.bytes()[..n_window];
-        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CEILING];
+        let mut slots =
+            [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CEILING];
         let mut req = httparse::Request::new(&mut []);
         let status = httparse::ParserConfig::default()
             .parse_request_with_uninit_headers(
@@ -198,7 +209,7 @@ impl Head for RequestHead {
             httparse::Status::Complete(len) => len,
         };
         let mut framing = FramingHeaders::default();
-        let (mut headers, ranges) = own_headers(req.headers, buf.as_ptr(), &mut framing)?;
+        let owned = OwnedHeaders::collect(req.headers, buf.as_ptr(), &mut framing)?;
         let head = RequestHead {
             method: req.method.unwrap_or_default().to_string(),
             target: req.path.unwrap_or_default().to_string(),
@@ -212,8 +223,7 @@ impl Head for RequestHead {
             (false, Some(0)) | (false, None) => Framing::Empty,
             (false, Some(n)) => Framing::Length(n),
         };
-        let bytes = input.take(len);
-        fill_values(&mut headers, &ranges, &bytes);
+        let headers = owned.fill(&input.take(len));
         let info = HeadInfo {
             framing,
             interim: false,
@@ -233,7 +243,8 @@ impl Head for ResponseHead {
     ) -> Result<Option<(Message<Self>, HeadInfo)>, HeadError> {
         let n_window = window(input, limits);
         let buf = &input.bytes()[..n_window];
-        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CEILING];
+        let mut slots =
+            [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CEILING];
         let mut resp = httparse::Response::new(&mut []);
         let status = httparse::ParserConfig::default()
             .parse_response_with_uninit_headers(
@@ -247,7 +258,7 @@ impl Head for ResponseHead {
             httparse::Status::Complete(len) => len,
         };
         let mut framing = FramingHeaders::default();
-        let (mut headers, ranges) = own_headers(resp.headers, buf.as_ptr(), &mut framing)?;
+        let owned = OwnedHeaders::collect(resp.headers, buf.as_ptr(), &mut framing)?;
         let code = resp.code.unwrap_or_default();
         let version = resp.version.unwrap_or(1);
         let interim = (100..200).contains(&code) && code != 101;
@@ -274,8 +285,7 @@ impl Head for ResponseHead {
                 None => Framing::UntilClose,
             }
         };
-        let bytes = input.take(len);
-        fill_values(&mut headers, &ranges, &bytes);
+        let headers = owned.fill(&input.take(len));
         let info = HeadInfo {
             framing,
             interim,

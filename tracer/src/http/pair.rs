@@ -189,8 +189,7 @@ impl Pairing {
             self.request_open = false;
             return;
         }
-        self.pending
-            .push_back(Assembling::new(msg, info, start_ns));
+        self.pending.push_back(Assembling::new(msg, info, start_ns));
         self.request_open = true;
     }
 
@@ -350,13 +349,7 @@ impl Pairing {
             let start_ns = request.start_ns;
             c.exchanges += 1;
             c.timeouts += 1;
-            out.push(meta.exchange(
-                request.finish(),
-                None,
-                start_ns,
-                now_ns,
-                Outcome::Timeout,
-            ));
+            out.push(meta.exchange(request.finish(), None, start_ns, now_ns, Outcome::Timeout));
         }
     }
 }

@@ -103,6 +103,14 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// The HTTP/2 connection preface (prior knowledge, as gRPC uses): a start line httparse
+/// rejects, on a connection that will never carry HTTP/1.
+pub(crate) fn is_http2_preface(bytes: &[u8]) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+    let n = bytes.len().min(PREFACE.len());
+    n > 0 && bytes[..n] == PREFACE[..n]
+}
+
 /// A TLS record header: content type 20..=23, protocol version 3.x, and a length no record
 /// exceeds (2^14 plus expansion).
 pub(crate) fn is_tls_record(bytes: &[u8]) -> bool {
@@ -186,6 +194,8 @@ mod tests {
         assert!(starts_like(b"HT", Kind::Response));
         assert!(!starts_like(b"SSH-2.0-OpenSSH", Kind::Response));
         assert!(is_tls_record(b"\x16\x03\x01\x02\x00"));
+        assert!(is_http2_preface(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
+        assert!(!is_http2_preface(b"POST / HTTP/1.1\r\n"));
         assert!(!is_tls_record(b"GET /"));
     }
 }

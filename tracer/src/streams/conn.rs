@@ -156,9 +156,7 @@ impl Conn {
             payload.advance(n);
             self.run(d, &mut buf, ts_ns, env);
         }
-        if self.ignored {
-            buf = BytesMut::new();
-        } else if buf.is_empty() && buf.capacity() > IDLE_CAPACITY {
+        if self.ignored || (buf.is_empty() && buf.capacity() > IDLE_CAPACITY) {
             buf = BytesMut::new();
         }
         self.dir_mut(d).buf = buf;
@@ -193,9 +191,13 @@ impl Conn {
     }
 
     fn scan<I: Input>(&mut self, d: Direction, input: &mut I, env: &mut Env<'_>) -> Flow {
-        let want = self
-            .request_dir
-            .map(|r| if r == d { Kind::Request } else { Kind::Response });
+        let want = self.request_dir.map(|r| {
+            if r == d {
+                Kind::Request
+            } else {
+                Kind::Response
+            }
+        });
         let window = RESYNC_WINDOW.min(env.config.max_buffered_bytes);
         match resync::find_start(input.bytes(), want, window) {
             Scan::Found { at, kind } => {
@@ -273,8 +275,9 @@ impl Conn {
         input: &mut I,
         env: &mut Env<'_>,
     ) {
-        if self.dir_mut(d).fresh && !self.seen_http && !resync::starts_like(input.bytes(), S::KIND)
-        {
+        let bytes = input.bytes();
+        let not_http = !resync::starts_like(bytes, S::KIND) || resync::is_http2_preface(bytes);
+        if self.dir_mut(d).fresh && !self.seen_http && not_http {
             self.ignore_non_http(env);
             return;
         }

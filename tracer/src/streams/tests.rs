@@ -33,7 +33,13 @@ fn open(conn: ConnKey, role: Role, ts_ns: u64) -> CaptureEvent {
 }
 
 /// Captured bytes `payload` of a syscall that moved `len` bytes.
-fn data(conn: ConnKey, direction: Direction, ts_ns: u64, payload: &[u8], len: usize) -> CaptureEvent {
+fn data(
+    conn: ConnKey,
+    direction: Direction,
+    ts_ns: u64,
+    payload: &[u8],
+    len: usize,
+) -> CaptureEvent {
     CaptureEvent::Data(DataChunk {
         conn,
         service: Arc::from("shop-api"),
@@ -87,7 +93,11 @@ fn seen(e: &Exchange) -> Seen {
         request_len: e.request.body_len,
         request_truncated: e.request.body_truncated,
         status: e.status(),
-        response_body: e.response.as_ref().map(|r| r.body.to_vec()).unwrap_or_default(),
+        response_body: e
+            .response
+            .as_ref()
+            .map(|r| r.body.to_vec())
+            .unwrap_or_default(),
         response_len: e.response.as_ref().map_or(0, |r| r.body_len),
         outcome: e.outcome,
         start_ns: e.start_ns,
@@ -156,12 +166,19 @@ fn keep_alive_conversation_gives_every_exchange() {
             ("GET", "/api/v1/orders/SO-000123", Some(200)),
             ("GET", "/api/v1/orders/SO-404", Some(404)),
             ("HEAD", "/api/v1/orders/SO-000123", Some(200)),
-            ("POST", "/mes/api/work-orders/SO-000123/transitions", Some(204)),
+            (
+                "POST",
+                "/mes/api/work-orders/SO-000123/transitions",
+                Some(204)
+            ),
             ("GET", "/api/v1/orders/SO-000123", Some(304)),
             ("PUT", "/api/v1/orders/SO-000123/model", Some(200)),
         ]
     );
-    assert!(got.iter().all(|s| s.outcome == Outcome::Complete && s.role == Role::Server));
+    assert!(
+        got.iter()
+            .all(|s| s.outcome == Outcome::Complete && s.role == Role::Server)
+    );
     assert_eq!(got[0].response_body, fixtures::CREATED.as_bytes());
     assert_eq!((got[0].start_ns, got[0].end_ns), (10, 20));
     assert_eq!(got[1].request_body, fixtures::model(2048));
@@ -172,10 +189,18 @@ fn keep_alive_conversation_gives_every_exchange() {
     );
     assert_eq!(got[5].response_len, 0);
     // 100-continue: the exchange spans the head, the interim answer, the body and the answer.
-    assert_eq!((got[8].request_len, got[8].start_ns, got[8].end_ns), (300, 150, 180));
+    assert_eq!(
+        (got[8].request_len, got[8].start_ns, got[8].end_ns),
+        (300, 150, 180)
+    );
     let c = run.streams.counters();
     assert_eq!(
-        (c.pairing.exchanges, c.resyncs, c.parse_errors, c.pairing.unpaired_responses),
+        (
+            c.pairing.exchanges,
+            c.resyncs,
+            c.parse_errors,
+            c.pairing.unpaired_responses
+        ),
         (9, 0, 0, 0)
     );
     assert_eq!(run.streams.connections(), 0);
@@ -251,7 +276,13 @@ fn replay_capped(role: Role, writes: &[Write], cap: usize, mut run: Run) -> Run 
     for (i, (kind, bytes)) in writes.iter().enumerate() {
         let captured = &bytes[..bytes.len().min(cap)];
         let ts = STEP_NS * (i as u64 + 1);
-        run.feed(data(conn, direction(role, *kind), ts, captured, bytes.len()));
+        run.feed(data(
+            conn,
+            direction(role, *kind),
+            ts,
+            captured,
+            bytes.len(),
+        ));
     }
     run
 }
@@ -259,7 +290,7 @@ fn replay_capped(role: Role, writes: &[Write], cap: usize, mut run: Run) -> Run 
 #[test]
 fn gap_in_a_body_of_known_length_keeps_the_next_message() {
     let big = 300 * 1024;
-    let writes = vec![
+    let writes = [
         fixtures::upload("SO-1", big),
         fixtures::json_response("200 OK", r#"{"status":"FILE_UPLOADED"}"#),
         fixtures::json_request("POST", "/api/v1/orders/SO-1/submit", "{}"),
@@ -283,7 +314,7 @@ fn gap_in_a_body_of_known_length_keeps_the_next_message() {
 
 #[test]
 fn gap_in_a_head_resyncs_on_the_next_message() {
-    let writes = vec![
+    let writes = [
         fixtures::json_request("POST", "/api/v1/orders", r#"{"cart_id":"K-1"}"#),
         fixtures::json_response("201 Created", fixtures::CREATED),
         fixtures::json_request("POST", "/api/v1/orders/SO-000123/submit", "{}"),
@@ -296,7 +327,13 @@ fn gap_in_a_head_resyncs_on_the_next_message() {
     for (i, (kind, bytes)) in writes.iter().enumerate() {
         let captured = if i == 0 { &bytes[..20] } else { &bytes[..] };
         let d = direction(Role::Server, *kind);
-        run.feed(data(conn, d, STEP_NS * (i as u64 + 1), captured, bytes.len()));
+        run.feed(data(
+            conn,
+            d,
+            STEP_NS * (i as u64 + 1),
+            captured,
+            bytes.len(),
+        ));
     }
     let got = run.seen();
     assert_eq!(got.len(), 1);
@@ -311,14 +348,19 @@ fn gap_in_a_head_resyncs_on_the_next_message() {
 #[test]
 fn chunked_body_losing_its_framing_still_reports_the_response() {
     let json = format!(r#"{{"deal":"{}"}}"#, "x".repeat(3000));
-    let writes = vec![
+    let writes = [
         fixtures::json_request("GET", "/crm/v1/deals/SO-1", ""),
         fixtures::chunked_response(&json),
         fixtures::json_request("GET", "/crm/v1/deals/SO-2", ""),
         fixtures::json_response("200 OK", "{}"),
     ];
     // The cap falls in the first chunk; the gap runs over the chunk boundary and the end.
-    let run = replay_capped(Role::Server, &writes, 1024, Run::new(StreamsConfig::default()));
+    let run = replay_capped(
+        Role::Server,
+        &writes,
+        1024,
+        Run::new(StreamsConfig::default()),
+    );
     let got = run.seen();
     assert_eq!(got.len(), 2);
     assert_eq!(got[0].status, Some(200));
@@ -329,25 +371,44 @@ fn chunked_body_losing_its_framing_still_reports_the_response() {
 
 #[test]
 fn close_mid_response_is_a_reset() {
-    let writes = vec![
-        fixtures::json_request("POST", "/mes/api/pricing-requests", r#"{"orderRef":"SO-1"}"#),
+    let writes = [
+        fixtures::json_request(
+            "POST",
+            "/mes/api/pricing-requests",
+            r#"{"orderRef":"SO-1"}"#,
+        ),
         fixtures::json_response("200 OK", r#"{"orderRef":"SO-1","state":"PRICED"}"#),
     ];
     let conn = key(7);
     let mut run = Run::new(StreamsConfig::default());
     run.feed(open(conn, Role::Client, 0));
-    run.feed(data(conn, Direction::Send, 10, &writes[0].1, writes[0].1.len()));
+    run.feed(data(
+        conn,
+        Direction::Send,
+        10,
+        &writes[0].1,
+        writes[0].1.len(),
+    ));
     let partial = &writes[1].1[..writes[1].1.len() - 5];
     run.feed(data(conn, Direction::Recv, 20, partial, partial.len()));
     run.feed(close(conn, 30));
     let got = run.seen();
     assert_eq!(got.len(), 1);
-    assert_eq!((got[0].outcome, got[0].status, got[0].end_ns), (Outcome::Reset, Some(200), 30));
+    assert_eq!(
+        (got[0].outcome, got[0].status, got[0].end_ns),
+        (Outcome::Reset, Some(200), 30)
+    );
 
     // No response at all (the pricing_no_answer fault): the client gives up and closes.
     let mut run = Run::new(StreamsConfig::default());
     run.feed(open(conn, Role::Client, 0));
-    run.feed(data(conn, Direction::Send, 10, &writes[0].1, writes[0].1.len()));
+    run.feed(data(
+        conn,
+        Direction::Send,
+        10,
+        &writes[0].1,
+        writes[0].1.len(),
+    ));
     run.feed(close(conn, 40));
     let got = run.seen();
     assert_eq!((got[0].outcome, got[0].status), (Outcome::Reset, None));
@@ -360,7 +421,13 @@ fn unanswered_request_times_out() {
     let conn = key(8);
     let mut run = Run::new(StreamsConfig::default());
     run.feed(open(conn, Role::Client, 0));
-    run.feed(data(conn, Direction::Send, 1_000, &request.1, request.1.len()));
+    run.feed(data(
+        conn,
+        Direction::Send,
+        1_000,
+        &request.1,
+        request.1.len(),
+    ));
     let mut out = Vec::new();
     run.streams.expire(1_000 + 29_999_999_999, &mut out);
     assert!(out.is_empty());
@@ -382,7 +449,13 @@ fn connection_entered_midway_resyncs_and_learns_its_role() {
     let conn = key(9);
     let mut run = Run::new(StreamsConfig::default());
     let upload = &writes[2].1;
-    run.feed(data(conn, Direction::Recv, 5, &upload[upload.len() - 1500..], 1500));
+    run.feed(data(
+        conn,
+        Direction::Recv,
+        5,
+        &upload[upload.len() - 1500..],
+        1500,
+    ));
     for (i, (kind, bytes)) in writes.iter().enumerate().skip(3) {
         let d = direction(Role::Server, *kind);
         run.feed(data(conn, d, STEP_NS * (i as u64 + 1), bytes, bytes.len()));
@@ -408,21 +481,30 @@ fn connection_entered_midway_resyncs_and_learns_its_role() {
 
 #[test]
 fn tls_and_garbage_are_counted_as_non_http() {
-    let client_hello: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
-    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let client_hello: &[u8] = &[
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let mut run = Run::new(StreamsConfig::default());
     for (fd, role, bytes) in [
         (1, Role::Client, client_hello),
         (2, Role::Unknown, client_hello),
         (3, Role::Server, &garbage[..]),
         (4, Role::Server, b"\0\0\0\x08\x04\xd2\x16\x2f".as_slice()),
+        (
+            5,
+            Role::Client,
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".as_slice(),
+        ),
     ] {
         run.feed(open(key(fd), role, 0));
         run.feed(data(key(fd), Direction::Send, 1, bytes, bytes.len()));
         run.feed(data(key(fd), Direction::Recv, 2, bytes, bytes.len()));
     }
     assert!(run.out.is_empty());
-    assert_eq!(run.streams.counters().non_http_connections, 4);
+    assert_eq!(run.streams.counters().non_http_connections, 5);
     assert_eq!(run.streams.buffered_bytes(), 0);
 }
 
@@ -435,7 +517,7 @@ fn oversized_head_is_dropped_and_the_next_message_parsed() {
     let many: String = (0..20).map(|i| format!("x-h{i}: v\r\n")).collect();
     let crowded = format!("GET /a HTTP/1.1\r\n{many}\r\n").into_bytes();
     let huge = format!("GET /b HTTP/1.1\r\nx-big: {}\r\n\r\n", "v".repeat(20_000)).into_bytes();
-    let writes = vec![
+    let writes = [
         (Kind::Request, crowded),
         (Kind::Request, huge),
         fixtures::json_request("GET", "/c", ""),
@@ -458,19 +540,31 @@ fn least_recently_active_connection_is_evicted() {
     let request = fixtures::json_request("GET", "/a", "");
     run.feed(open(key(1), Role::Server, 0));
     run.feed(open(key(2), Role::Server, 1));
-    run.feed(data(key(1), Direction::Recv, 2, &request.1, request.1.len()));
+    run.feed(data(
+        key(1),
+        Direction::Recv,
+        2,
+        &request.1,
+        request.1.len(),
+    ));
     run.feed(open(key(3), Role::Server, 3));
     assert_eq!(run.streams.connections(), 2);
     assert_eq!(run.streams.counters().connections_evicted, 1);
     // Connection 1 was used last, so 2 went; 1 still pairs its response.
     let response = fixtures::json_response("200 OK", "{}");
-    run.feed(data(key(1), Direction::Send, 4, &response.1, response.1.len()));
+    run.feed(data(
+        key(1),
+        Direction::Send,
+        4,
+        &response.1,
+        response.1.len(),
+    ));
     assert_eq!(run.out.len(), 1);
 }
 
 #[test]
 fn upgrade_ends_http_on_the_connection() {
-    let writes = vec![
+    let writes = [
         (
             Kind::Request,
             b"GET /ws HTTP/1.1\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n".to_vec(),
@@ -484,13 +578,16 @@ fn upgrade_ends_http_on_the_connection() {
     let run = replay(Role::Server, &writes, None);
     assert_eq!(run.seen().len(), 1);
     let c = run.streams.counters();
-    assert_eq!((c.upgraded_connections, c.parse_errors, c.resyncs), (1, 0, 0));
+    assert_eq!(
+        (c.upgraded_connections, c.parse_errors, c.resyncs),
+        (1, 0, 0)
+    );
 }
 
 #[test]
 fn early_response_to_an_upload_pairs_with_it() {
     let upload = fixtures::upload("SO-1", 8000);
-    let writes = vec![
+    let writes = [
         (Kind::Request, upload.1[..3000].to_vec()),
         fixtures::json_response("507 Insufficient Storage", r#"{"error":"storage full"}"#),
         (Kind::Request, upload.1[3000..].to_vec()),
@@ -514,7 +611,13 @@ fn pending_requests_are_bounded() {
     let mut run = Run::new(config);
     run.feed(open(key(1), Role::Server, 0));
     for ts in 1..=5 {
-        run.feed(data(key(1), Direction::Recv, ts, &request.1, request.1.len()));
+        run.feed(data(
+            key(1),
+            Direction::Recv,
+            ts,
+            &request.1,
+            request.1.len(),
+        ));
     }
     run.feed(close(key(1), 9));
     assert_eq!(run.out.len(), 2);
