@@ -83,7 +83,7 @@ impl<H: Head> Decoder<H> {
     }
 
     /// One step over the front of `input` (bytes stamped `ts_ns`). Errors are about a head
-    /// only; nothing is consumed then, and the decoder is ready for a message start.
+    /// only; its bytes are left in the input, and the decoder is ready for a message start.
     pub fn step<I: Input>(
         &mut self,
         input: &mut I,
@@ -245,6 +245,58 @@ mod tests {
             })
         ));
         assert_eq!(d.close(), CloseOutcome::Idle);
+    }
+
+    /// Feeds `bytes` in pieces the way the streams stage does (leftovers carried over), with
+    /// resync by skipping a byte after a head error. Returns the steps seen.
+    fn feed_pieces<H: Head>(bytes: &[u8], cuts: &[usize], ctx: H::Ctx) -> usize {
+        let mut d = Decoder::<H>::new();
+        let mut pending = bytes::BytesMut::new();
+        let mut steps = 0;
+        let mut rest = bytes;
+        for cut in cuts.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (piece, tail) = rest.split_at((*cut).min(rest.len()));
+            rest = tail;
+            pending.extend_from_slice(piece);
+            loop {
+                let before = pending.len();
+                match d.step(&mut pending, 1, &LIMITS, ctx) {
+                    Ok(Step::NeedMore) => break,
+                    Ok(Step::Head { .. } | Step::Body(_)) => assert!(pending.len() < before),
+                    Ok(Step::End(_)) => {}
+                    Err(_) => {
+                        assert!(!pending.is_empty(), "the bad head is left in the input");
+                        bytes::Buf::advance(&mut pending, 1);
+                        d.reset();
+                    }
+                }
+                steps += 1;
+                assert!(steps <= 4 * bytes.len() + 4, "no progress");
+            }
+            assert!(pending.len() <= LIMITS.max_header_bytes + 4096);
+        }
+        steps
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn random_bytes_and_splits_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048),
+            prefix in proptest::sample::select(vec![
+                &b""[..],
+                b"GET / HTTP/1.1\r\n",
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+                b"POST / HTTP/1.1\r\ncontent-length: 10\r\n\r\n",
+            ]),
+            cuts in proptest::collection::vec(1..300usize, 1..10),
+        ) {
+            let all = [prefix, &bytes[..]].concat();
+            feed_pieces::<RequestHead>(&all, &cuts, ());
+            feed_pieces::<ResponseHead>(&all, &cuts, ResponseCtx::default());
+        }
     }
 
     #[test]

@@ -106,9 +106,7 @@ fn is_tchar(b: u8) -> bool {
 /// The HTTP/2 connection preface (prior knowledge, as gRPC uses): a start line httparse
 /// rejects, on a connection that will never carry HTTP/1.
 pub(crate) fn is_http2_preface(bytes: &[u8]) -> bool {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
-    let n = bytes.len().min(PREFACE.len());
-    n > 0 && bytes[..n] == PREFACE[..n]
+    bytes.starts_with(b"PRI * HTTP/2")
 }
 
 /// A TLS record header: content type 20..=23, protocol version 3.x, and a length no record
@@ -196,6 +194,7 @@ mod tests {
         assert!(is_tls_record(b"\x16\x03\x01\x02\x00"));
         assert!(is_http2_preface(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
         assert!(!is_http2_preface(b"POST / HTTP/1.1\r\n"));
+        assert!(!is_http2_preface(b"P"));
         assert!(!is_tls_record(b"GET /"));
     }
 }

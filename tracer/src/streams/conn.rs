@@ -20,6 +20,10 @@ const RESYNC_WINDOW: usize = 8192;
 /// A connection that carried this much without one message start is taken for non-HTTP.
 /// Larger than any upload a connection entered mid-way may be in.
 const NON_HTTP_AFTER: u64 = 64 << 20;
+/// A connection whose data changed direction this often without one message start is taken
+/// for non-HTTP: in HTTP/1 a turn of the conversation starts a message, so a connection
+/// entered mid-way shows one within a turn or two.
+const NON_HTTP_TURNS: u8 = 6;
 
 pub(super) struct Conn {
     meta: ConnMeta,
@@ -36,6 +40,9 @@ pub(super) struct Conn {
     seen_http: bool,
     /// Bytes scanned for a message start while no HTTP had been seen.
     scanned: u64,
+    /// Changes of direction of the data while no HTTP had been seen.
+    turns: u8,
+    last_dir: Option<Direction>,
     last_ns: u64,
 }
 
@@ -45,9 +52,6 @@ struct Dir {
     buf: BytesMut,
     /// Position unknown: looking for the next message start.
     resync: bool,
-    /// At the connection's start and before its first head: an error here, on a
-    /// connection with no HTTP seen, means the connection is not HTTP.
-    fresh: bool,
 }
 
 #[derive(PartialEq, Eq)]
@@ -70,11 +74,12 @@ impl Conn {
             Role::Client => Some(Direction::Send),
             Role::Unknown => None,
         };
-        let from_start = request_dir.is_some();
+        // With the role known the connection is taken to start here. It may not (sockets
+        // found open when the agent started): a first head that is no message start then
+        // makes the direction resync, like one of an unknown role.
         let dir = || Dir {
             buf: BytesMut::new(),
-            resync: !from_start,
-            fresh: from_start,
+            resync: request_dir.is_none(),
         };
         Conn {
             meta,
@@ -87,6 +92,8 @@ impl Conn {
             ignored: false,
             seen_http: false,
             scanned: 0,
+            turns: 0,
+            last_dir: None,
             last_ns: ts_ns,
         }
     }
@@ -117,13 +124,23 @@ impl Conn {
             return;
         }
         let d = chunk.direction;
-        if !self.seen_http && self.dir_mut(d).resync && resync::is_tls_record(&chunk.payload) {
-            self.ignore_non_http(env);
-            return;
+        if !self.seen_http {
+            let payload = &chunk.payload[..];
+            if resync::is_tls_record(payload) || resync::is_http2_preface(payload) {
+                self.ignore_non_http(env);
+                return;
+            }
+            if self.last_dir.is_some_and(|last| last != d) {
+                self.turns = self.turns.saturating_add(1);
+            }
+            self.last_dir = Some(d);
         }
         let missing = chunk.len.saturating_sub(chunk.payload.len() as u64);
         if !chunk.payload.is_empty() {
             self.feed(d, chunk.payload, chunk.ts_ns, env);
+        }
+        if !self.seen_http && self.turns >= NON_HTTP_TURNS && !self.ignored {
+            self.ignore_non_http(env);
         }
         if missing > 0 && !self.ignored {
             self.gap(d, missing, chunk.ts_ns, env);
@@ -249,7 +266,6 @@ impl Conn {
                 start_ns,
             }) => {
                 self.seen_http = true;
-                self.dir_mut(d).fresh = false;
                 S::head(&mut self.pairing, msg, info, start_ns, env);
             }
             Ok(Step::Body(piece)) => S::body(&mut self.pairing, piece),
@@ -275,20 +291,21 @@ impl Conn {
         input: &mut I,
         env: &mut Env<'_>,
     ) {
-        let bytes = input.bytes();
-        let not_http = !resync::starts_like(bytes, S::KIND) || resync::is_http2_preface(bytes);
-        if self.dir_mut(d).fresh && !self.seen_http && not_http {
+        // Before any HTTP, bytes that do not even begin like a message are no bad head: the
+        // connection was entered mid-way, or is no HTTP (which the turns will tell).
+        if !self.seen_http && resync::is_http2_preface(input.bytes()) {
             self.ignore_non_http(env);
             return;
         }
+        let bad_head = self.seen_http || resync::starts_like(input.bytes(), S::KIND);
         // Step past the bad head so the resync scan does not find its start line again.
         let skip = match e {
             HeadError::TooLarge => {
-                env.counters.oversized_heads += 1;
+                env.counters.oversized_heads += u64::from(bad_head);
                 env.limits.max_header_bytes
             }
             HeadError::Invalid => {
-                env.counters.parse_errors += 1;
+                env.counters.parse_errors += u64::from(bad_head);
                 1
             }
         };
@@ -308,7 +325,6 @@ impl Conn {
     fn lose_sync_of<S: Side>(&mut self, d: Direction, env: &mut Env<'_>) {
         let dir = self.dir_mut(d);
         dir.resync = true;
-        dir.fresh = false;
         S::decoder(self).reset();
         S::lost(&mut self.pairing);
         env.counters.resyncs += 1;

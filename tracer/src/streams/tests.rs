@@ -480,6 +480,31 @@ fn connection_entered_midway_resyncs_and_learns_its_role() {
 }
 
 #[test]
+fn connection_found_open_mid_upload_resyncs() {
+    // The capture announces sockets already open when the agent starts, with their role,
+    // but their bytes start wherever the conversation was.
+    let writes = fixtures::keep_alive_conversation(4000);
+    let conn = key(10);
+    let mut run = Run::new(StreamsConfig::default());
+    run.feed(open(conn, Role::Server, 0));
+    let upload = &writes[2].1;
+    run.feed(data(
+        conn,
+        Direction::Recv,
+        5,
+        &upload[upload.len() - 1500..],
+        1500,
+    ));
+    for (i, (kind, bytes)) in writes.iter().enumerate().skip(3) {
+        let d = direction(Role::Server, *kind);
+        run.feed(data(conn, d, STEP_NS * (i as u64 + 1), bytes, bytes.len()));
+    }
+    assert_eq!(run.seen().len(), 7);
+    let c = run.streams.counters();
+    assert_eq!((c.non_http_connections, c.parse_errors), (0, 0));
+}
+
+#[test]
 fn tls_and_garbage_are_counted_as_non_http() {
     let client_hello: &[u8] = &[
         0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
@@ -500,8 +525,11 @@ fn tls_and_garbage_are_counted_as_non_http() {
         ),
     ] {
         run.feed(open(key(fd), role, 0));
-        run.feed(data(key(fd), Direction::Send, 1, bytes, bytes.len()));
-        run.feed(data(key(fd), Direction::Recv, 2, bytes, bytes.len()));
+        // A few turns of conversation: HTTP would have shown a message start by now.
+        for ts in 0..4 {
+            run.feed(data(key(fd), Direction::Send, ts, bytes, bytes.len()));
+            run.feed(data(key(fd), Direction::Recv, ts, bytes, bytes.len()));
+        }
     }
     assert!(run.out.is_empty());
     assert_eq!(run.streams.counters().non_http_connections, 5);
