@@ -159,25 +159,84 @@ fn map_error(e: httparse::Error) -> HeadError {
     }
 }
 
-/// The bytes httparse may look at: never more than the head limit, so a huge head costs one
-/// bounded parse and is reported as too large rather than rescanned forever.
-fn window<I: Input>(input: &I, limits: &Limits) -> usize {
-    input.bytes().len().min(limits.max_header_bytes)
+/// A start line and headers as httparse found them, copied out so the input can be let go.
+struct Raw<T> {
+    len: usize,
+    start: T,
+    version: u8,
+    headers: OwnedHeaders,
+    framing: FramingHeaders,
 }
 
-fn partial(window_len: usize, limits: &Limits) -> Result<Option<()>, HeadError> {
-    if window_len >= limits.max_header_bytes {
-        Err(HeadError::TooLarge)
-    } else {
-        Ok(None)
-    }
+/// A parsed head, its bytes consumed from the input.
+struct Parsed<T> {
+    start: T,
+    version: u8,
+    headers: Vec<(String, Bytes)>,
+    framing: FramingHeaders,
 }
 
-fn empty_message<H>(head: H, version: u8, headers: Vec<(String, Bytes)>) -> Message<H> {
-    Message {
-        head,
-        version,
+/// Runs `parse` (httparse on a request or a response) over the front of `input`, within the
+/// limits, and takes the head's bytes when it is complete. httparse never sees more than
+/// `max_header_bytes`, so a huge head costs one bounded parse and is reported as too large
+/// rather than rescanned as it grows.
+fn parse_head<I, T, F>(
+    input: &mut I,
+    limits: &Limits,
+    parse: F,
+) -> Result<Option<Parsed<T>>, HeadError>
+where
+    I: Input,
+    F: for<'b> FnOnce(
+        &'b [u8],
+        &mut [MaybeUninit<httparse::Header<'b>>],
+    ) -> Result<httparse::Status<Raw<T>>, HeadError>,
+{
+    let window = input.bytes().len().min(limits.max_header_bytes);
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS_CEILING];
+    let slots = &mut slots[..limits.max_headers.min(MAX_HEADERS_CEILING)];
+    let raw = match parse(&input.bytes()[..window], slots)? {
+        httparse::Status::Complete(raw) => raw,
+        httparse::Status::Partial if window >= limits.max_header_bytes => {
+            return Err(HeadError::TooLarge);
+        }
+        httparse::Status::Partial => return Ok(None),
+    };
+    let headers = raw.headers.fill(&input.take(raw.len));
+    Ok(Some(Parsed {
+        start: raw.start,
+        version: raw.version,
         headers,
+        framing: raw.framing,
+    }))
+}
+
+fn raw<T>(
+    status: httparse::Status<usize>,
+    start: impl FnOnce() -> T,
+    version: Option<u8>,
+    headers: &[httparse::Header<'_>],
+    buf: &[u8],
+) -> Result<httparse::Status<Raw<T>>, HeadError> {
+    let httparse::Status::Complete(len) = status else {
+        return Ok(httparse::Status::Partial);
+    };
+    let mut framing = FramingHeaders::default();
+    let headers = OwnedHeaders::collect(headers, buf.as_ptr(), &mut framing)?;
+    Ok(httparse::Status::Complete(Raw {
+        len,
+        start: start(),
+        version: version.unwrap_or(1),
+        headers,
+        framing,
+    }))
+}
+
+fn message<H>(parsed: Parsed<H>) -> Message<H> {
+    Message {
+        head: parsed.start,
+        version: parsed.version,
+        headers: parsed.headers,
         body: Bytes::new(),
         body_len: 0,
         body_truncated: false,
@@ -192,44 +251,35 @@ impl Head for RequestHead {
         limits: &Limits,
         _ctx: (),
     ) -> Result<Option<(Message<Self>, HeadInfo)>, HeadError> {
-        let n_window = window(input, limits);
-        let buf = &input.bytes()[..n_window];
-        let mut slots =
-            [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CEILING];
-        let mut req = httparse::Request::new(&mut []);
-        let status = httparse::ParserConfig::default()
-            .parse_request_with_uninit_headers(
-                &mut req,
-                buf,
-                &mut slots[..limits.max_headers.min(MAX_HEADERS_CEILING)],
-            )
-            .map_err(map_error)?;
-        let len = match status {
-            httparse::Status::Partial => return partial(n_window, limits).map(|_| None),
-            httparse::Status::Complete(len) => len,
+        let parsed = parse_head(input, limits, |buf, slots| {
+            let mut req = httparse::Request::new(&mut []);
+            let status = httparse::ParserConfig::default()
+                .parse_request_with_uninit_headers(&mut req, buf, slots)
+                .map_err(map_error)?;
+            let start = || RequestHead {
+                method: req.method.unwrap_or_default().to_string(),
+                target: req.path.unwrap_or_default().to_string(),
+            };
+            raw(status, start, req.version, req.headers, buf)
+        })?;
+        let Some(parsed) = parsed else {
+            return Ok(None);
         };
-        let mut framing = FramingHeaders::default();
-        let owned = OwnedHeaders::collect(req.headers, buf.as_ptr(), &mut framing)?;
-        let head = RequestHead {
-            method: req.method.unwrap_or_default().to_string(),
-            target: req.path.unwrap_or_default().to_string(),
-        };
-        let version = req.version.unwrap_or(1);
+        let f = &parsed.framing;
         // RFC 9112 §6.3: chunked must be the final coding of a request; any other transfer
         // coding leaves the length unknowable, which a server answers with 400.
-        let framing = match (framing.transfer_encoding, framing.content_length) {
-            (true, _) if framing.chunked_last => Framing::Chunked,
+        let framing = match (f.transfer_encoding, f.content_length) {
+            (true, _) if f.chunked_last => Framing::Chunked,
             (true, _) => return Err(HeadError::Invalid),
             (false, Some(0)) | (false, None) => Framing::Empty,
             (false, Some(n)) => Framing::Length(n),
         };
-        let headers = owned.fill(&input.take(len));
         let info = HeadInfo {
             framing,
             interim: false,
             upgrade: false,
         };
-        Ok(Some((empty_message(head, version, headers), info)))
+        Ok(Some((message(parsed), info)))
     }
 }
 
@@ -241,26 +291,25 @@ impl Head for ResponseHead {
         limits: &Limits,
         ctx: ResponseCtx,
     ) -> Result<Option<(Message<Self>, HeadInfo)>, HeadError> {
-        let n_window = window(input, limits);
-        let buf = &input.bytes()[..n_window];
-        let mut slots =
-            [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CEILING];
-        let mut resp = httparse::Response::new(&mut []);
-        let status = httparse::ParserConfig::default()
-            .parse_response_with_uninit_headers(
-                &mut resp,
+        let parsed = parse_head(input, limits, |buf, slots| {
+            let mut resp = httparse::Response::new(&mut []);
+            let status = httparse::ParserConfig::default()
+                .parse_response_with_uninit_headers(&mut resp, buf, slots)
+                .map_err(map_error)?;
+            let code = resp.code.unwrap_or_default();
+            raw(
+                status,
+                || ResponseHead { status: code },
+                resp.version,
+                resp.headers,
                 buf,
-                &mut slots[..limits.max_headers.min(MAX_HEADERS_CEILING)],
             )
-            .map_err(map_error)?;
-        let len = match status {
-            httparse::Status::Partial => return partial(n_window, limits).map(|_| None),
-            httparse::Status::Complete(len) => len,
+        })?;
+        let Some(parsed) = parsed else {
+            return Ok(None);
         };
-        let mut framing = FramingHeaders::default();
-        let owned = OwnedHeaders::collect(resp.headers, buf.as_ptr(), &mut framing)?;
-        let code = resp.code.unwrap_or_default();
-        let version = resp.version.unwrap_or(1);
+        let code = parsed.start.status;
+        let f = &parsed.framing;
         let interim = (100..200).contains(&code) && code != 101;
         let upgrade = code == 101 || (ctx.request_was_connect && (200..300).contains(&code));
         // RFC 9112 §6.3, in its order: no body after HEAD, 1xx, 204 and 304; then
@@ -272,29 +321,25 @@ impl Head for ResponseHead {
             || upgrade
         {
             Framing::Empty
-        } else if framing.transfer_encoding {
-            if framing.chunked_last {
+        } else if f.transfer_encoding {
+            if f.chunked_last {
                 Framing::Chunked
             } else {
                 Framing::UntilClose
             }
         } else {
-            match framing.content_length {
+            match f.content_length {
                 Some(0) => Framing::Empty,
                 Some(n) => Framing::Length(n),
                 None => Framing::UntilClose,
             }
         };
-        let headers = owned.fill(&input.take(len));
         let info = HeadInfo {
             framing,
             interim,
             upgrade,
         };
-        Ok(Some((
-            empty_message(ResponseHead { status: code }, version, headers),
-            info,
-        )))
+        Ok(Some((message(parsed), info)))
     }
 }
 

@@ -15,6 +15,8 @@ pub(crate) mod head;
 pub(crate) mod pair;
 pub(crate) mod resync;
 
+pub use pair::PairCounters;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

@@ -19,8 +19,9 @@ pub use config::StreamsConfig;
 
 use crate::capture::{CaptureEvent, ConnKey, Role};
 use crate::http::Exchange;
+use crate::http::PairCounters;
 use crate::http::head::Limits;
-use crate::http::pair::{ConnMeta, PairCounters};
+use crate::http::pair::ConnMeta;
 use conn::Conn;
 
 /// What the stage saw and dropped, for the agent's metrics. Monotonic.
