@@ -353,3 +353,138 @@ impl Pairing {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> ConnMeta {
+        ConnMeta {
+            conn: ConnKey {
+                pid: 1,
+                fd: 3,
+                conn_id: 9,
+            },
+            service: Arc::from("mes-api"),
+            role: Role::Server,
+            local: None,
+            peer: None,
+        }
+    }
+
+    fn info(framing: Framing) -> HeadInfo {
+        HeadInfo {
+            framing,
+            interim: false,
+            upgrade: false,
+        }
+    }
+
+    fn msg<H>(head: H) -> Message<H> {
+        Message {
+            head,
+            version: 1,
+            headers: Vec::new(),
+            body: Bytes::new(),
+            body_len: 0,
+            body_truncated: false,
+        }
+    }
+
+    const END: End = End {
+        body_len: 0,
+        truncated: false,
+        lost_sync: false,
+    };
+
+    /// A complete request for `target` whose first byte came at `ts`.
+    fn request(p: &mut Pairing, target: &str, ts: u64, c: &mut PairCounters) {
+        let head = RequestHead {
+            method: "GET".into(),
+            target: target.into(),
+        };
+        p.request_head(msg(head), info(Framing::Empty), ts, 8, c);
+        p.request_end(&END, ts);
+    }
+
+    /// A complete 200 response whose first byte came at `ts`; the targets it got paired with.
+    fn respond(p: &mut Pairing, ts: u64, c: &mut PairCounters) -> Vec<String> {
+        let mut out = Vec::new();
+        let head = ResponseHead { status: 200 };
+        p.response_head(msg(head), info(Framing::Empty), ts);
+        p.response_end(&END, ts, &meta(), &mut out, c);
+        out.into_iter().map(|e| e.request.head.target).collect()
+    }
+
+    #[test]
+    fn pipelined_requests_are_answered_in_order() {
+        let (mut p, mut c) = (Pairing::default(), PairCounters::default());
+        request(&mut p, "/a", 1, &mut c);
+        request(&mut p, "/b", 2, &mut c);
+        assert_eq!(respond(&mut p, 3, &mut c), ["/a"]);
+        assert_eq!(respond(&mut p, 4, &mut c), ["/b"]);
+        assert!(p.is_idle());
+        assert_eq!(respond(&mut p, 5, &mut c), Vec::<String>::new());
+        assert_eq!((c.exchanges, c.unpaired_responses), (2, 1));
+    }
+
+    #[test]
+    fn after_lost_responses_the_next_answers_the_newest_request_before_it() {
+        let (mut p, mut c) = (Pairing::default(), PairCounters::default());
+        request(&mut p, "/a", 1, &mut c);
+        request(&mut p, "/b", 2, &mut c);
+        request(&mut p, "/c", 9, &mut c);
+        p.responses_lost();
+        assert_eq!(respond(&mut p, 5, &mut c), ["/b"]);
+        assert_eq!(c.unanswered_requests, 1);
+        assert_eq!(respond(&mut p, 10, &mut c), ["/c"]);
+    }
+
+    #[test]
+    fn after_lost_requests_an_older_response_is_not_paired() {
+        let (mut p, mut c) = (Pairing::default(), PairCounters::default());
+        p.requests_lost();
+        request(&mut p, "/b", 5, &mut c);
+        assert_eq!(respond(&mut p, 3, &mut c), Vec::<String>::new());
+        assert_eq!(respond(&mut p, 6, &mut c), ["/b"]);
+        assert_eq!(c.unpaired_responses, 1);
+    }
+
+    #[test]
+    fn interim_responses_leave_the_request_waiting() {
+        let (mut p, mut c) = (Pairing::default(), PairCounters::default());
+        request(&mut p, "/upload", 1, &mut c);
+        let mut out = Vec::new();
+        let interim = HeadInfo {
+            interim: true,
+            ..info(Framing::Empty)
+        };
+        p.response_head(msg(ResponseHead { status: 100 }), interim, 2);
+        p.response_end(&END, 2, &meta(), &mut out, &mut c);
+        assert!(out.is_empty());
+        assert_eq!(respond(&mut p, 3, &mut c), ["/upload"]);
+    }
+
+    #[test]
+    fn timeouts_count_from_the_request_end() {
+        let (mut p, mut c) = (Pairing::default(), PairCounters::default());
+        let head = RequestHead {
+            method: "PUT".into(),
+            target: "/slow".into(),
+        };
+        p.request_head(msg(head), info(Framing::Length(10)), 1, 8, &mut c);
+        let mut out = Vec::new();
+        // Still uploading: nothing to time out yet.
+        p.expire(1_000, 10, &meta(), &mut out, &mut c);
+        assert!(out.is_empty());
+        p.request_end(&END, 1_000);
+        p.expire(1_009, 10, &meta(), &mut out, &mut c);
+        assert!(out.is_empty());
+        p.expire(1_010, 10, &meta(), &mut out, &mut c);
+        assert_eq!(
+            (out.len(), out[0].outcome, out[0].end_ns),
+            (1, Outcome::Timeout, 1_010)
+        );
+        assert_eq!(c.timeouts, 1);
+    }
+}
