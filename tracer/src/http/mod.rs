@@ -1,10 +1,10 @@
 //! HTTP/1.x: push parsing of reassembled streams into messages, and pairing of each request
 //! with its response into an [`Exchange`].
 //!
-//! The parts, in the order bytes flow through them: [`head`] (httparse into owned heads and
-//! the framing they declare), [`body`] (Content-Length, chunked and close-delimited bodies,
-//! with capture gaps), [`decoder`] (one direction's push parser: head, body, end), [`resync`]
-//! (finding the next message start in a stream entered mid-way), [`pair`] (requests matched
+//! The parts, in the order bytes flow through them: `head` (httparse into owned heads and
+//! the framing they declare), `body` (Content-Length, chunked and close-delimited bodies,
+//! with capture gaps), `decoder` (one direction's push parser: head, body, end), `resync`
+//! (finding the next message start in a stream entered mid-way), `pair` (requests matched
 //! with responses into exchanges). The `streams` stage owns the bytes and drives these.
 
 pub(crate) mod body;
