@@ -1,4 +1,5 @@
-//! Random bytes and random splits: no panic, bounded memory.
+//! Random bytes and random splits: no panic, bounded memory; random splits of real traffic:
+//! the same exchanges.
 
 use proptest::prelude::*;
 
@@ -99,5 +100,34 @@ proptest! {
             prop_assert!(e.response.as_ref().is_none_or(|r| r.body.len() <= config.max_body_bytes));
             prop_assert!(e.end_ns >= e.start_ns);
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Any number of cuts in every write gives what whole writes give.
+    #[test]
+    fn any_splits_of_a_conversation_give_the_same_exchanges(
+        cuts in prop::collection::vec(prop::collection::vec(1..400usize, 0..4), 18),
+        client in any::<bool>(),
+    ) {
+        let role = if client { Role::Client } else { Role::Server };
+        let writes = fixtures::keep_alive_conversation(900);
+        let reference = replay(role, &writes, None).seen();
+        let conn = key(3);
+        let mut run = Run::new(StreamsConfig::default());
+        run.feed(open(conn, role, 0));
+        for (i, (kind, bytes)) in writes.iter().enumerate() {
+            let mut rest = &bytes[..];
+            for cut in cuts[i % cuts.len()].iter().chain([&usize::MAX]) {
+                let (part, tail) = rest.split_at((*cut).min(rest.len()));
+                rest = tail;
+                let ts = STEP_NS * (i as u64 + 1);
+                run.feed(data(conn, direction(role, *kind), ts, part, part.len()));
+            }
+        }
+        run.feed(close(conn, STEP_NS * (writes.len() as u64 + 1)));
+        prop_assert_eq!(run.seen(), reference);
     }
 }
