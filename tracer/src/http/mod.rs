@@ -1,10 +1,26 @@
 //! HTTP/1.x: push parsing of reassembled streams into messages, and pairing of each request
 //! with its response into an [`Exchange`].
+//!
+//! The parts, in the order bytes flow through them: `head` (httparse into owned heads and
+//! the framing they declare), `body` (Content-Length, chunked and close-delimited bodies,
+//! with capture gaps), `decoder` (one direction's push parser: head, body, end), `resync`
+//! (finding the next message start in a stream entered mid-way), `pair` (requests matched
+//! with responses into exchanges). The `streams` stage owns the bytes and drives these.
+
+pub(crate) mod body;
+pub(crate) mod decoder;
+#[cfg(test)]
+pub(crate) mod fixtures;
+pub(crate) mod head;
+pub(crate) mod pair;
+pub(crate) mod resync;
+
+pub use pair::PairCounters;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::capture::{ConnKey, Role};
 
@@ -75,5 +91,57 @@ impl<H> Message<H> {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, value)| value)
+    }
+}
+
+impl Exchange {
+    /// Status code of the response, when one came.
+    pub fn status(&self) -> Option<u16> {
+        self.response.as_ref().map(|r| r.head.status)
+    }
+
+    /// Time from the request's first byte to the response's last (or to giving up).
+    pub fn duration_ns(&self) -> u64 {
+        self.end_ns.saturating_sub(self.start_ns)
+    }
+}
+
+/// Which kind of message a direction of a connection carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Request,
+    Response,
+}
+
+/// Contiguous bytes a parser reads from the front of: a captured payload (`Bytes`) or a
+/// connection's reassembly buffer (`BytesMut`). `take` hands out a shared view, so heads and
+/// kept body prefixes cost no copy when they sit inside one capture.
+pub(crate) trait Input {
+    fn bytes(&self) -> &[u8];
+    fn take(&mut self, n: usize) -> Bytes;
+    fn skip(&mut self, n: usize);
+}
+
+impl Input for Bytes {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn take(&mut self, n: usize) -> Bytes {
+        self.split_to(n)
+    }
+    fn skip(&mut self, n: usize) {
+        self.advance(n)
+    }
+}
+
+impl Input for BytesMut {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn take(&mut self, n: usize) -> Bytes {
+        self.split_to(n).freeze()
+    }
+    fn skip(&mut self, n: usize) {
+        self.advance(n)
     }
 }

@@ -1,0 +1,201 @@
+//! Streams: per-connection reassembly of captured bytes into HTTP exchanges.
+//!
+//! The agent feeds every [`CaptureEvent`] to [`Streams::on_event`] and calls
+//! [`Streams::expire`] on a clock tick; finished [`Exchange`]s are appended to the caller's
+//! vector. Per connection and direction the bytes are reassembled (reads split anywhere,
+//! many messages per read), capture gaps are stepped over where the framing allows and
+//! resynced on otherwise, and everything held is bounded by [`StreamsConfig`].
+
+mod config;
+mod conn;
+#[cfg(test)]
+mod tests;
+
+use hashlink::LinkedHashMap;
+use hashlink::linked_hash_map::{Entry, RawEntryMut};
+use serde::Serialize;
+
+pub use config::StreamsConfig;
+
+use crate::capture::{CaptureEvent, ConnKey, Role};
+use crate::http::Exchange;
+use crate::http::PairCounters;
+use crate::http::head::Limits;
+use crate::http::pair::ConnMeta;
+use conn::Conn;
+
+/// What the stage saw and dropped, for the agent's metrics. Monotonic.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StreamCounters {
+    /// Capture events fed in.
+    pub events: u64,
+    /// Bytes the traced syscalls moved (captured or not).
+    pub bytes: u64,
+    /// Data events truncated at the capture cap.
+    pub gaps: u64,
+    /// Bytes missing because of those truncations.
+    pub gap_bytes: u64,
+    /// Times a direction lost its place and looked for the next message start.
+    pub resyncs: u64,
+    /// Connections recognised as not HTTP (TLS, other protocols, garbage) and ignored.
+    pub non_http_connections: u64,
+    /// Connections that switched protocol (101, CONNECT) and were ignored from then on.
+    pub upgraded_connections: u64,
+    /// Message heads that were not valid HTTP on an HTTP connection.
+    pub parse_errors: u64,
+    /// Message heads over `max_header_bytes` or `max_headers`, dropped.
+    pub oversized_heads: u64,
+    /// Times a direction's buffer passed `max_buffered_bytes` and was dropped.
+    pub dropped_over_budget: u64,
+    /// Connections forgotten to stay within `max_connections`.
+    pub connections_evicted: u64,
+    /// Connections forgotten after `idle_timeout_ms` without traffic.
+    pub connections_expired: u64,
+    #[serde(flatten)]
+    pub pairing: PairCounters,
+}
+
+/// The per-connection state machine of the stage. See the module documentation.
+pub struct Streams {
+    config: StreamsConfig,
+    limits: Limits,
+    /// In order of last activity, least recent first: eviction takes the front.
+    conns: LinkedHashMap<ConnKey, Conn>,
+    counters: StreamCounters,
+}
+
+/// What a connection's handlers need besides the connection.
+struct Env<'a> {
+    config: &'a StreamsConfig,
+    limits: &'a Limits,
+    counters: &'a mut StreamCounters,
+    out: &'a mut Vec<Exchange>,
+}
+
+impl Streams {
+    /// `config` must have passed [`StreamsConfig::validate`].
+    pub fn new(config: StreamsConfig) -> Self {
+        Streams {
+            limits: config.limits(),
+            config,
+            conns: LinkedHashMap::new(),
+            counters: StreamCounters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> &StreamCounters {
+        &self.counters
+    }
+
+    /// Connections currently followed.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Bytes held in reassembly buffers, over all connections (kept bodies not included).
+    pub fn buffered_bytes(&self) -> usize {
+        self.conns.values().map(Conn::buffered_bytes).sum()
+    }
+
+    /// Feeds one capture event; exchanges it completes are appended to `out`.
+    pub fn on_event(&mut self, ev: CaptureEvent, out: &mut Vec<Exchange>) {
+        self.counters.events += 1;
+        let mut env = Env {
+            config: &self.config,
+            limits: &self.limits,
+            counters: &mut self.counters,
+            out,
+        };
+        match ev {
+            CaptureEvent::Open(open) => {
+                let meta = ConnMeta {
+                    conn: open.conn,
+                    service: open.service,
+                    role: open.role,
+                    local: open.local,
+                    peer: open.peer,
+                };
+                // A reused key means the close was missed: finish the old connection first.
+                if let Some(mut old) = self.conns.remove(&open.conn) {
+                    old.close(open.ts_ns, &mut env);
+                }
+                let conn = Conn::new(meta, open.ts_ns);
+                insert(&mut self.conns, open.conn, conn, env.config, env.counters);
+            }
+            CaptureEvent::Data(chunk) => {
+                env.counters.bytes += chunk.len;
+                let missing = chunk.len.saturating_sub(chunk.payload.len() as u64);
+                if missing > 0 {
+                    env.counters.gaps += 1;
+                    env.counters.gap_bytes += missing;
+                }
+                let conn = match self.conns.raw_entry_mut().from_key(&chunk.conn) {
+                    RawEntryMut::Occupied(mut entry) => {
+                        entry.to_back();
+                        entry.into_mut()
+                    }
+                    // Traffic of a connection opened before the agent looked: which side
+                    // is which is learnt from the first message start found.
+                    RawEntryMut::Vacant(_) => {
+                        let meta = ConnMeta {
+                            conn: chunk.conn,
+                            service: chunk.service.clone(),
+                            role: Role::Unknown,
+                            local: None,
+                            peer: None,
+                        };
+                        let conn = Conn::new(meta, chunk.ts_ns);
+                        insert(&mut self.conns, chunk.conn, conn, env.config, env.counters)
+                    }
+                };
+                conn.on_data(chunk, &mut env);
+            }
+            CaptureEvent::Close(close) => {
+                if let Some(mut conn) = self.conns.remove(&close.conn) {
+                    conn.close(close.ts_ns, &mut env);
+                }
+            }
+        }
+    }
+
+    /// Times out requests unanswered for `response_timeout_ms` and forgets connections idle
+    /// for `idle_timeout_ms`, as of `now_ns` (CLOCK_MONOTONIC, like event timestamps).
+    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Exchange>) {
+        let timeout_ns = self.config.response_timeout_ms.saturating_mul(1_000_000);
+        for conn in self.conns.values_mut() {
+            conn.expire(now_ns, timeout_ns, out, &mut self.counters.pairing);
+        }
+        let idle_ns = self.config.idle_timeout_ms.saturating_mul(1_000_000);
+        while let Some((_, conn)) = self.conns.front() {
+            if conn.last_ns().saturating_add(idle_ns) > now_ns {
+                break;
+            }
+            self.conns.pop_front();
+            self.counters.connections_expired += 1;
+        }
+    }
+}
+
+/// Inserts a connection as the most recent, evicting the least recent beyond the bound.
+fn insert<'m>(
+    conns: &'m mut LinkedHashMap<ConnKey, Conn>,
+    key: ConnKey,
+    conn: Conn,
+    config: &StreamsConfig,
+    counters: &mut StreamCounters,
+) -> &'m mut Conn {
+    while conns.len() >= config.max_connections {
+        if conns.pop_front().is_none() {
+            break;
+        }
+        counters.connections_evicted += 1;
+    }
+    match conns.entry(key) {
+        Entry::Occupied(mut entry) => {
+            entry.insert(conn);
+            entry.to_back();
+            entry.into_mut()
+        }
+        Entry::Vacant(entry) => entry.insert(conn),
+    }
+}
