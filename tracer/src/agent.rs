@@ -1,9 +1,285 @@
-//! The agent: wires capture → streams → http → orders → spans → export.
+//! The agent: wires capture → streams → http → orders → spans → sampling/export.
+//!
+//! One task does all the per-event work in order (streams, parsing, rules, span building),
+//! so nothing is shared on the hot path; the capture reader and the exporter run beside it,
+//! joined by bounded queues that drop and count rather than wait.
 
-/// Placeholder until the pipeline lands.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::capture::event::{monotonic_now_ns, monotonic_to_unix_offset_ns};
+use crate::capture::{Capture, CaptureCounters, CaptureEvent};
+use crate::config::Config;
+use crate::export::{ExportCounters, ExportKind, Exporter, Fanout, SpanConsumer};
+use crate::http::Exchange;
+use crate::orders::RuleSet;
+use crate::sampling::{Sampler, SamplingCounters};
+use crate::spans::{MatchOutcome, Redactor, SpanBuilder, local_host_name};
+use crate::streams::{StreamCounters, Streams};
+
+/// How often in-flight requests are checked for time-outs and counters are published.
+const TICK: Duration = Duration::from_millis(250);
+/// How long the exporter may take to send what it holds at shutdown.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
+
 #[derive(Debug, clap::Args)]
-pub struct AgentArgs {}
+pub struct AgentArgs {
+    /// Config file (TOML). Without it: the embedded default, which traces the testbed.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Where spans go, overriding the config: stdout, otlp-grpc, otlp-http or none.
+    #[arg(long, value_parser = parse_export_kind)]
+    pub export: Option<ExportKind>,
+}
 
-pub async fn run(_args: AgentArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`tracer agent` is not built yet")
+fn parse_export_kind(text: &str) -> Result<ExportKind, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_string()))
+        .map_err(|_| format!("unknown exporter {text:?}: use stdout, otlp-grpc, otlp-http or none"))
+}
+
+/// The config an agent-side command runs with: the file given, or the embedded default, with
+/// the exporter optionally overridden.
+pub fn load_config(path: Option<&PathBuf>, export: Option<ExportKind>) -> anyhow::Result<Config> {
+    let mut config = match path {
+        Some(path) => Config::load(path)?,
+        None => Config::embedded_default(),
+    };
+    if let Some(kind) = export {
+        config.export.kind = kind;
+    }
+    Ok(config)
+}
+
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let config = load_config(args.config.as_ref(), args.export)?;
+    let agent = Agent::start(&config, None)?;
+    wait_for_shutdown(|| log_counters(&agent.counters())).await?;
+    let last = agent.shutdown().await;
+    log_counters(&last);
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM; calls `on_usr1` at each SIGUSR1.
+pub async fn wait_for_shutdown(on_usr1: impl Fn()) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut usr1 = signal(SignalKind::user_defined1()).context("cannot watch SIGUSR1")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = usr1.recv() => on_usr1(),
+        }
+    }
+}
+
+/// One JSON line on stderr: what tools (the bench, tests) read the agent's counters from.
+pub fn log_counters(counters: &AgentCounters) {
+    match serde_json::to_string(&CountersLine {
+        event: "counters",
+        counters,
+    }) {
+        Ok(line) => eprintln!("{line}"),
+        Err(e) => tracing::warn!("cannot encode counters: {e}"),
+    }
+}
+
+#[derive(Serialize)]
+struct CountersLine<'a> {
+    event: &'static str,
+    #[serde(flatten)]
+    counters: &'a AgentCounters,
+}
+
+/// Every stage's counters.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AgentCounters {
+    pub capture: CaptureCounters,
+    #[serde(flatten)]
+    pub pipeline: PipelineSnapshot,
+    pub export: ExportCounters,
+}
+
+/// The counters of the stages the pipeline task owns, published by it each tick.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PipelineSnapshot {
+    pub streams: StreamCounters,
+    pub pipeline: PipelineCounters,
+    pub sampling: SamplingCounters,
+}
+
+/// What the rules made of the exchanges.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct PipelineCounters {
+    /// Exchanges a rule matched and found an order id in.
+    pub order_exchanges: u64,
+    /// Exchanges a rule matched, but without an order id where the rule looks for it.
+    pub no_order_id: u64,
+    /// Exchanges no rule matched (still counted: they are the services' other traffic).
+    pub unmatched: u64,
+    /// Spans built (before sampling).
+    pub spans: u64,
+    /// Spans the in-process monitor could not take (its queue was full).
+    pub monitor_drops: u64,
+}
+
+/// A running agent: capture, the pipeline task, the exporter.
+pub struct Agent {
+    capture: Capture,
+    pipeline: JoinHandle<()>,
+    exporter: Exporter,
+    snapshot: watch::Receiver<PipelineSnapshot>,
+}
+
+impl Agent {
+    /// Loads the eBPF programs and starts every stage. `monitor` (all-in-one mode) receives
+    /// every span, sampled or not.
+    pub fn start(config: &Config, monitor: Option<Box<dyn SpanConsumer>>) -> anyhow::Result<Self> {
+        let rules =
+            RuleSet::compile(&config.services).map_err(|e| anyhow::anyhow!("config rules: {e}"))?;
+        let redactor = Redactor::new(&config.export.redact_path_segments)
+            .map_err(|e| anyhow::anyhow!("config [export] redact_path_segments: {e}"))?;
+        let builder = SpanBuilder::new(
+            rules,
+            redactor,
+            local_host_name(),
+            monotonic_to_unix_offset_ns(),
+        );
+        let mut export_config = config.export.clone();
+        export_config
+            .apply_env(|name| std::env::var(name).ok())
+            .map_err(|e| anyhow::anyhow!("OTEL_* environment: {e}"))?;
+        let exporter = Exporter::start(&export_config).context("cannot start the exporter")?;
+        let mut fanout = Fanout::new(Sampler::new(config.sampling.clone()), exporter.handle());
+        if let Some(monitor) = monitor {
+            fanout = fanout.with_consumer(monitor);
+        }
+
+        let mut capture = Capture::start(&config.capture)?;
+        let events = capture
+            .take_events()
+            .context("the capture's event queue was already taken")?;
+        let (snapshot_tx, snapshot) = watch::channel(PipelineSnapshot::default());
+        let stages = Stages {
+            streams: Streams::new(config.streams.clone()),
+            builder,
+            fanout,
+            counters: PipelineCounters::default(),
+            exchanges: Vec::new(),
+        };
+        let pipeline = tokio::spawn(stages.run(events, snapshot_tx));
+        Ok(Self {
+            capture,
+            pipeline,
+            exporter,
+            snapshot,
+        })
+    }
+
+    /// Every stage's counters: the pipeline's as of its last tick, the others live.
+    pub fn counters(&self) -> AgentCounters {
+        AgentCounters {
+            capture: self.capture.counters(),
+            pipeline: self.snapshot.borrow().clone(),
+            export: self.exporter.handle().counters(),
+        }
+    }
+
+    /// Detaches from the kernel, drains the pipeline, flushes the exporter; returns the final
+    /// counters.
+    pub async fn shutdown(self) -> AgentCounters {
+        let Agent {
+            capture,
+            pipeline,
+            exporter,
+            snapshot,
+        } = self;
+        let capture_counters = capture.counters();
+        // Dropping the capture detaches the programs and closes the event queue, which ends
+        // the pipeline task once it has processed what was queued.
+        drop(capture);
+        if let Err(e) = pipeline.await {
+            tracing::warn!("the pipeline task failed: {e}");
+        }
+        let pipeline = snapshot.borrow().clone();
+        AgentCounters {
+            capture: capture_counters,
+            pipeline,
+            export: exporter.shutdown(SHUTDOWN_FLUSH).await,
+        }
+    }
+}
+
+/// The per-event stages, owned by one task.
+struct Stages {
+    streams: Streams,
+    builder: SpanBuilder,
+    fanout: Fanout,
+    counters: PipelineCounters,
+    /// Reused output buffer of the streams stage.
+    exchanges: Vec<Exchange>,
+}
+
+impl Stages {
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<Vec<CaptureEvent>>,
+        snapshot: watch::Sender<PipelineSnapshot>,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                batch = events.recv() => match batch {
+                    Some(batch) => self.on_batch(batch),
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    self.streams.expire(monotonic_now_ns(), &mut self.exchanges);
+                    self.on_exchanges();
+                    snapshot.send_replace(self.snapshot());
+                }
+            }
+        }
+        snapshot.send_replace(self.snapshot());
+    }
+
+    fn on_batch(&mut self, batch: Vec<CaptureEvent>) {
+        for event in batch {
+            self.streams.on_event(event, &mut self.exchanges);
+        }
+        self.on_exchanges();
+    }
+
+    fn on_exchanges(&mut self) {
+        for exchange in self.exchanges.drain(..) {
+            let (outcome, span) = self.builder.build(&exchange);
+            match outcome {
+                MatchOutcome::Order => self.counters.order_exchanges += 1,
+                MatchOutcome::NoOrderId => self.counters.no_order_id += 1,
+                MatchOutcome::Unmatched => self.counters.unmatched += 1,
+            }
+            if let Some(span) = span {
+                self.counters.spans += 1;
+                self.fanout.submit(span);
+            }
+        }
+    }
+
+    fn snapshot(&self) -> PipelineSnapshot {
+        PipelineSnapshot {
+            streams: self.streams.counters().clone(),
+            pipeline: PipelineCounters {
+                monitor_drops: self.fanout.consumer_drops(),
+                ..self.counters
+            },
+            sampling: self.fanout.sampler().counters().clone(),
+        }
+    }
 }

@@ -372,7 +372,7 @@ impl Agent {
             .context("cannot start the agent")?;
         // The agent logs when it starts capturing a target's sockets.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !std::fs::read_to_string(&stderr_log)?.contains("now tracing") {
+        while !std::fs::read_to_string(&stderr_log)?.contains("tracing pid") {
             if Instant::now() > deadline {
                 bail!(
                     "the agent did not start tracing mes-api within 30 s; see {}",
