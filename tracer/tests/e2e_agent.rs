@@ -1,0 +1,258 @@
+//! End to end, as root: the testbed runs with faults while `tracer agent` traces it from the
+//! kernel and exports over OTLP/gRPC to a receiver built from opentelemetry-proto. Every
+//! exchange of the testbed's own request log must arrive as one span with the right order,
+//! service, side, route and status code; an order's spans share its trace id; healthy orders
+//! show all ten statuses accepted by their owners; faulted ones stop where the truth says.
+
+#[path = "support/otlp_receiver.rs"]
+mod otlp_receiver;
+#[path = "support/testbed_run.rs"]
+mod testbed_run;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use otlp_receiver::{OtlpReceiver, ReceivedSpan};
+use testbed::requestlog::{RequestLogRecord, Side, read_request_log};
+use testbed::truth::read_truth;
+use testbed::{FaultKind, Service, Status};
+use testbed_run::{Run, bin_dir, free_base_port, scratch};
+
+const SPAN_KIND_SERVER: i32 = 2;
+const SPAN_KIND_CLIENT: i32 = 3;
+
+/// `tracer agent`, exporting to the receiver, its stderr in a file.
+struct Agent {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Agent {
+    fn start(receiver: &OtlpReceiver, dir: &std::path::Path) -> Agent {
+        let log = dir.join("agent.log");
+        let child = Command::new(bin_dir().join("tracer"))
+            .args(["agent", "--export", "otlp-grpc"])
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.grpc_endpoint())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start tracer agent");
+        let agent = Agent { child, log };
+        // Attached once it waits for (or traces) its three targets.
+        agent.wait_for_log(|log| log.matches("waiting for target").count() >= 3);
+        agent
+    }
+
+    fn log(&self) -> String {
+        let mut text = String::new();
+        std::fs::File::open(&self.log)
+            .and_then(|mut f| f.read_to_string(&mut text))
+            .unwrap();
+        text
+    }
+
+    fn wait_for_log(&self, done: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done(&self.log()) {
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not get ready:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGINT, then the counters line it prints on exit.
+    fn stop(mut self) -> serde_json::Value {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().unwrap();
+        let log = self.log();
+        assert!(status.success(), "agent exited with {status}:\n{log}");
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("{\"event\":\"counters\""))
+            .unwrap_or_else(|| panic!("no counters line in the agent's log:\n{log}"));
+        serde_json::from_str(line).unwrap()
+    }
+}
+
+/// What one side of one exchange looks like, from the request log or from a span.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Seen {
+    service: String,
+    side: &'static str,
+    method: String,
+    path: String,
+    status_code: Option<u16>,
+    order_id: Option<String>,
+}
+
+fn from_log(record: &RequestLogRecord) -> Seen {
+    Seen {
+        service: record.service.as_str().to_string(),
+        side: match record.side {
+            Side::Server => "server",
+            Side::Client => "client",
+        },
+        method: record.method.clone(),
+        path: record.path.clone(),
+        status_code: record.status_code,
+        order_id: record.order_id.clone(),
+    }
+}
+
+fn from_span(span: &ReceivedSpan) -> Seen {
+    Seen {
+        service: span.resource_attr("service.name").unwrap_or_default(),
+        side: match span.span.kind {
+            SPAN_KIND_SERVER => "server",
+            SPAN_KIND_CLIENT => "client",
+            _ => "other",
+        },
+        method: span.attr("http.request.method").unwrap_or_default(),
+        path: span.attr("url.path").unwrap_or_default(),
+        status_code: span
+            .attr("http.response.status_code")
+            .and_then(|s| s.parse().ok()),
+        order_id: span.attr("order.id"),
+    }
+}
+
+fn owner(status: Status) -> Service {
+    match status {
+        Status::Initiated | Status::FileUploaded | Status::Submitted => Service::Shop,
+        Status::ManufacturingApproved | Status::Closed => Service::Crm,
+        _ => Service::Mes,
+    }
+}
+
+fn multiset(items: impl Iterator<Item = Seen>) -> BTreeMap<Seen, usize> {
+    let mut counts = BTreeMap::new();
+    for item in items {
+        *counts.entry(item).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_testbed_exchange_becomes_an_order_span() {
+    let dir = scratch("e2e-agent");
+    let receiver = OtlpReceiver::start().await;
+    let agent = Agent::start(&receiver, &dir);
+
+    let run = Run {
+        orders: 80,
+        rate: 20.0,
+        faults: "all=0.03",
+        seed: 42,
+        base_port: free_base_port(),
+        dir: &dir,
+    };
+    tokio::task::block_in_place(|| run.run());
+
+    let log: Vec<RequestLogRecord> = read_request_log(run.request_log()).unwrap();
+    let expected: Vec<Seen> = log
+        .iter()
+        .filter(|r| r.service != Service::Queue)
+        .map(from_log)
+        .collect();
+    assert!(
+        expected.len() > 500,
+        "too little traffic: {}",
+        expected.len()
+    );
+    receiver
+        .wait_for_spans(expected.len(), Duration::from_secs(30))
+        .await;
+    // A moment more, so spans beyond the expected count show as a mismatch below.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let spans = receiver.spans();
+    let counters = agent.stop();
+
+    // Every exchange is exactly one span, and nothing else is.
+    let want = multiset(expected.iter().cloned());
+    let got = multiset(spans.iter().map(from_span));
+    let missing: Vec<_> = want
+        .iter()
+        .filter(|(k, n)| got.get(*k).copied().unwrap_or(0) < **n)
+        .take(10)
+        .collect();
+    let extra: Vec<_> = got
+        .iter()
+        .filter(|(k, n)| want.get(*k).copied().unwrap_or(0) < **n)
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "spans differ from the request log ({} expected, {} spans)\nmissing: {missing:#?}\nextra: {extra:#?}\ncounters: {counters}",
+        expected.len(),
+        spans.len()
+    );
+
+    // One trace per order, with the documented id and the root span as parent.
+    for span in &spans {
+        let order = span.attr("order.id").expect("order.id");
+        assert_eq!(span.span.trace_id, tracer::spans::order_trace_id(&order));
+        assert_eq!(
+            span.span.parent_span_id,
+            tracer::spans::order_root_span_id(&order)
+        );
+        assert!(span.attr("order.rule").is_some());
+        assert!(span.attr("http.route").is_some());
+    }
+
+    // Healthy orders: all ten statuses, each accepted by the service that owns it. Faulted
+    // orders: the last status accepted is the one the systems really reached, but where the
+    // wire cannot show it (a save lost after a 2xx: the monitor's lookups catch that).
+    let mut accepted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for span in spans.iter().filter(|s| s.span.kind == SPAN_KIND_SERVER) {
+        if let (Some(order), Some(status)) = (span.attr("order.id"), span.attr("order.status")) {
+            let service = span.resource_attr("service.name").unwrap();
+            let owned = Status::ALL
+                .iter()
+                .any(|s| s.as_str() == status && owner(*s).as_str() == service);
+            if owned {
+                accepted.entry(order).or_default().insert(status);
+            }
+        }
+    }
+    let truth = read_truth(run.truth()).unwrap();
+    let mut healthy = 0;
+    for order in &truth {
+        let seen = accepted.get(&order.order_id).cloned().unwrap_or_default();
+        if order.faults.is_empty() {
+            healthy += 1;
+            let all: BTreeSet<String> =
+                Status::ALL.iter().map(|s| s.as_str().to_string()).collect();
+            assert_eq!(seen, all, "healthy order {} lacks statuses", order.order_id);
+        } else if !order
+            .faults
+            .iter()
+            .any(|f| f.kind == FaultKind::CompletionLost)
+        {
+            let last = Status::ALL
+                .iter()
+                .rev()
+                .find(|s| seen.contains(s.as_str()))
+                .copied();
+            assert_eq!(
+                last, order.final_status,
+                "faulted order {} ({:?}) stops elsewhere on the wire",
+                order.order_id, order.faults
+            );
+        }
+    }
+    assert!(healthy > 5, "too few healthy orders to judge: {healthy}");
+
+    // Nothing was lost or misread on the way.
+    assert_eq!(counters["capture"]["ring_full"], 0, "{counters}");
+    assert_eq!(counters["streams"]["parse_errors"], 0, "{counters}");
+    assert_eq!(counters["export"]["dropped_queue_full"], 0, "{counters}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
