@@ -382,8 +382,8 @@ fn bad_rules_are_refused_with_a_clear_message() {
 
 #[test]
 fn the_production_example_is_valid() {
-    let text = include_str!("../../../deploy/config/example-production.toml");
-    let config = crate::config::Config::parse(text, "example-production.toml").unwrap();
+    let text = include_str!("../../../deploy/k8s/agent.toml");
+    let config = crate::config::Config::parse(text, "deploy/k8s/agent.toml").unwrap();
     let set = RuleSet::compile(&config.services).unwrap();
     let ex = exchange("mes-gateway", Role::Server, "PATCH", "/v2/jobs/J-77")
         .request_body(r#"{"state":"BOXED"}"#)
