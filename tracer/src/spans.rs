@@ -113,7 +113,10 @@ mod id_tests {
     #[test]
     fn trace_id_matches_the_documented_python_one_liner() {
         // python3 -c 'import hashlib; print(hashlib.sha256(b"order-tracer/trace/v1:ord-1").hexdigest()[:32])'
-        assert_eq!(hex::encode(order_trace_id("ord-1")), "a5f2507f5c5d9a01f0653511f49b1326");
+        assert_eq!(
+            hex::encode(order_trace_id("ord-1")),
+            "a5f2507f5c5d9a01f0653511f49b1326"
+        );
         assert_eq!(hex::encode(order_root_span_id("ord-1")), "4be63fe819188f3b");
     }
 
