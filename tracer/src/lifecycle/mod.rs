@@ -38,7 +38,7 @@ use crate::spans::{AttrValue, SpanKind, SpanRecord, SpanStatus};
 use config::secs_to_ns;
 pub use config::{LifecycleConfig, StatusConfig, TransitConfig};
 pub use order::{Creation, HistoryEntry, OrderState, PendingFailure, PendingTransit};
-pub use root::root_span;
+pub use root::{MONITOR_SERVICE, root_span};
 
 /// Creations remembered per duplicate key.
 const MAX_CREATIONS_PER_KEY: usize = 16;
