@@ -236,25 +236,25 @@ async fn get_order(
     }
 }
 
+// Each query struct lists `limit` and `offset` itself: `serde(flatten)` would hand the
+// numbers over as strings, which the query decoder then refuses.
 #[derive(Deserialize)]
 struct Paging {
     limit: Option<u32>,
     offset: Option<u64>,
 }
 
-impl Paging {
-    fn limit(&self, state: &ApiState) -> Result<u32, ApiError> {
-        match self.limit.unwrap_or(DEFAULT_PAGE) {
-            0 => Err(ApiError(
-                StatusCode::BAD_REQUEST,
-                "limit must be at least 1".into(),
-            )),
-            n if n > state.config.max_page => Err(ApiError(
-                StatusCode::BAD_REQUEST,
-                format!("limit is at most {}", state.config.max_page),
-            )),
-            n => Ok(n),
-        }
+fn page_limit(limit: Option<u32>, state: &ApiState) -> Result<u32, ApiError> {
+    match limit.unwrap_or(DEFAULT_PAGE) {
+        0 => Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "limit must be at least 1".into(),
+        )),
+        n if n > state.config.max_page => Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("limit is at most {}", state.config.max_page),
+        )),
+        n => Ok(n),
     }
 }
 
@@ -282,16 +282,16 @@ fn page<T>(mut items: Vec<T>, limit: u32, offset: u64) -> Page<T> {
 #[derive(Deserialize)]
 struct OrdersParams {
     status: Option<String>,
-    #[serde(flatten)]
-    paging: Paging,
+    limit: Option<u32>,
+    offset: Option<u64>,
 }
 
 async fn list_orders(
     State(state): State<Arc<ApiState>>,
     Query(params): Query<OrdersParams>,
 ) -> Result<Json<Page<crate::store::OrderSummary>>, ApiError> {
-    let limit = params.paging.limit(&state)?;
-    let offset = params.paging.offset.unwrap_or(0);
+    let limit = page_limit(params.limit, &state)?;
+    let offset = params.offset.unwrap_or(0);
     let query = OrderQuery {
         status: params.status.filter(|s| !s.is_empty()),
         limit: limit + 1,
@@ -307,8 +307,8 @@ struct DetectionParams {
     kind: Option<String>,
     service: Option<String>,
     order_id: Option<String>,
-    #[serde(flatten)]
-    paging: Paging,
+    limit: Option<u32>,
+    offset: Option<u64>,
 }
 
 async fn detections_page(
@@ -316,8 +316,8 @@ async fn detections_page(
     params: DetectionParams,
     kind: Option<DetectionKind>,
 ) -> Result<Json<Page<DetectionView>>, ApiError> {
-    let limit = params.paging.limit(&state)?;
-    let offset = params.paging.offset.unwrap_or(0);
+    let limit = page_limit(params.limit, &state)?;
+    let offset = params.offset.unwrap_or(0);
     let kind = match (kind, params.kind.as_deref().filter(|k| !k.is_empty())) {
         (Some(kind), _) => Some(kind),
         (None, Some(text)) => Some(DetectionKind::parse(text).ok_or_else(|| {
@@ -380,7 +380,7 @@ async fn list_audit(
     State(state): State<Arc<ApiState>>,
     Query(paging): Query<Paging>,
 ) -> Result<Json<Page<AuditView>>, ApiError> {
-    let limit = paging.limit(&state)?;
+    let limit = page_limit(paging.limit, &state)?;
     let offset = paging.offset.unwrap_or(0);
     let items = read(&state, move |store| store.audit_entries(limit + 1, offset)).await?;
     let views = items
