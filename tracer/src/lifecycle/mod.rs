@@ -485,8 +485,10 @@ impl Lifecycle {
         });
     }
 
-    /// A hung creation followed (within the window) by another with the same key: the later
-    /// order is a possible duplicate. Either span may arrive first: the hung one ends late.
+    /// A hung creation followed (within the window) by another with the same key: that next
+    /// creation is the customer's retry, a possible duplicate. Only the first one after the
+    /// hung creation is: later orders with the same key are new purchases. Either span may
+    /// arrive first (the hung one ends late), so the pairing is redone on each creation.
     fn check_duplicates(
         &mut self,
         order_id: &str,
@@ -495,22 +497,27 @@ impl Lifecycle {
         out: &mut Vec<Event>,
     ) {
         let window = secs_to_ns(self.config.duplicate_window_secs);
-        let Some(others) = self.creations.get(&creation.key) else {
-            return;
-        };
-        let mut duplicates = Vec::new();
-        for other in others.iter().filter(|o| o.order_id != order_id) {
-            if other.hung && other.start < creation.start && creation.start - other.start <= window
-            {
-                duplicates.push(order_id.to_string());
-            }
-            if creation.hung
-                && creation.start < other.start
-                && other.start - creation.start <= window
-            {
-                duplicates.push(other.order_id.clone());
-            }
-        }
+        let mut all: Vec<(&str, u64, bool)> = self
+            .creations
+            .get(&creation.key)
+            .map(|list| {
+                list.iter()
+                    .filter(|c| c.order_id != order_id)
+                    .map(|c| (c.order_id.as_str(), c.start, c.hung))
+                    .collect()
+            })
+            .unwrap_or_default();
+        all.push((order_id, creation.start, creation.hung));
+        let duplicates: Vec<String> = all
+            .iter()
+            .filter(|(_, _, hung)| *hung)
+            .filter_map(|(_, hung_start, _)| {
+                all.iter()
+                    .filter(|(_, start, _)| start > hung_start && start - hung_start <= window)
+                    .min_by_key(|(_, start, _)| *start)
+                    .map(|(next, _, _)| next.to_string())
+            })
+            .collect();
         for duplicate in duplicates {
             if let Some(order) = self.orders.get_mut(&duplicate) {
                 order.raise(

@@ -120,9 +120,27 @@ fn hung_session_gives_stuck_first_order_and_duplicate_second() {
 }
 
 #[test]
+fn only_the_first_creation_after_a_hung_one_is_a_duplicate() {
+    let mut spans = hung_pair("SO-A", "SO-B", T0);
+    let mut later = walk("SO-C", None, T0 + 5 * S);
+    later[0] = spans[0].clone();
+    later[0]
+        .attributes
+        .insert("order.id".into(), AttrValue::Str("SO-C".into()));
+    later[0].start_unix_nano = T0 + 5 * S;
+    later[0].end_unix_nano = T0 + 5 * S + S / 10;
+    spans.extend(later);
+    let (lifecycle, _) = run(spans, 60.0);
+    assert_eq!(detections_of(&lifecycle, "SO-B").len(), 1);
+    assert!(detections_of(&lifecycle, "SO-C").is_empty());
+}
+
+#[test]
 fn same_key_without_a_hung_creation_is_no_duplicate() {
-    let mut spans = walk("SO-A", None, T0);
-    spans.extend(walk("SO-B", None, T0 + 2_100_000_000));
+    let mut spans = hung_pair("SO-A", "SO-B", T0);
+    // The first creation answered in time this once.
+    spans[0].end_unix_nano = spans[0].start_unix_nano + S / 10;
+    spans.extend(walk("SO-A", None, T0).into_iter().skip(1));
     let (lifecycle, _) = run(spans, 60.0);
     assert!(detections_of(&lifecycle, "SO-A").is_empty());
     assert!(detections_of(&lifecycle, "SO-B").is_empty());

@@ -109,6 +109,7 @@ impl Monitor {
     /// Opens the store, resumes the orders it holds, and starts the lifecycle thread.
     /// Call inside a tokio runtime (alerts and audit export run as tasks).
     pub async fn start(settings: MonitorSettings) -> anyhow::Result<Self> {
+        install_crypto_provider();
         let config = settings.config;
         if !config.api.auth.is_configured() && !settings.anonymous_loopback {
             anyhow::bail!(

@@ -71,7 +71,13 @@ pub const FAULTS: [(&str, &str, &str, &str); 15] = [
 /// creates the second order 2.1 s after the first (same key) and goes on to CLOSED.
 pub fn hung_pair(first: &str, second: &str, base: u64) -> Vec<SpanRecord> {
     let mut spans = walk(first, Some("session_hung"), base);
-    spans.extend(walk(second, None, base + 2_100_000_000));
+    let mut retry = walk(second, None, base + 2_100_000_000);
+    // Same customer, same cart: the same duplicate key.
+    retry[0].attributes.insert(
+        "order.key".into(),
+        AttrValue::Str(format!("key-of-{first}")),
+    );
+    spans.extend(retry);
     spans
 }
 
@@ -152,7 +158,7 @@ pub fn walk(order: &str, fault: Option<&str>, base: u64) -> Vec<SpanRecord> {
     let mut spans = Vec::new();
     let create = Span::server(order, "shop-api", "shop.create", base)
         .reached("INITIATED")
-        .attr("order.key", "cart-key-1");
+        .attr("order.key", &format!("key-of-{order}"));
     if f("session_hung") {
         spans.push(create.at(0.0, 4.0));
         return spans;
