@@ -196,7 +196,9 @@ async fn every_request_is_authenticated_and_audited() {
     // Every case above, plus the polling with the static token.
     for (_, _, want) in &cases {
         assert!(
-            on_order.iter().any(|e| e["result"] == want.to_string()),
+            on_order
+                .iter()
+                .any(|e| e["result"].as_str().and_then(|r| r.parse::<u16>().ok()) == Some(*want)),
             "no audit entry with result {want}: {on_order:?}"
         );
     }
@@ -231,6 +233,40 @@ async fn every_request_is_authenticated_and_audited() {
             .any(|kv| kv.key == "audit.result" && format!("{:?}", kv.value).contains("\"403\""))
     });
     assert!(forbidden, "the 403 is in the exported audit log");
+    monitor.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_provider_keys_come_from_a_jwks_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let (idp, jwks) = Idp::new(dir.path());
+    let keys = std::fs::read_to_string(&jwks).unwrap();
+    let app = axum::Router::new().route("/certs", axum::routing::get(move || async move { keys }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let idp_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let extra = auth_toml(&jwks).replace(
+        &format!("jwks_file = {:?}", jwks.display().to_string()),
+        &format!("jwks_url = \"http://{idp_addr}/certs\""),
+    );
+    assert!(extra.contains("jwks_url"));
+    let (monitor, api) = start_monitor(config(&dir.path().join("m.db"), &extra), false).await;
+    let client = reqwest::Client::new();
+    let url = format!("{api}/api/v1/detections");
+    let ok = client
+        .get(&url)
+        .bearer_auth(idp.token(AUDIENCE, &[ROLE], 300))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let forbidden = client
+        .get(&url)
+        .bearer_auth(idp.token(AUDIENCE, &[], 300))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forbidden.status(), 403);
     monitor.shutdown();
 }
 

@@ -47,7 +47,7 @@ pub(super) fn routes() -> Router<Arc<ApiState>> {
 /// The order a request is about, for the audit log.
 pub(super) fn order_of(matched_path: &str, uri: &Uri) -> Option<String> {
     if matched_path == "/api/v1/orders/{id}" {
-        return uri.path().rsplit('/').next().map(|id| percent_decode(id));
+        return uri.path().rsplit('/').next().map(percent_decode);
     }
     uri.query()?
         .split('&')
