@@ -287,14 +287,8 @@ async fn detections_equal_the_truth_and_alert_once_each() {
     let waited = tokio::time::timeout(
         Duration::from_secs(20),
         wait_for(Duration::from_secs(20), "all detections", || async {
-            let v: serde_json::Value = client
-                .get(format!("{api}/api/v1/detections?limit=100"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let v: serde_json::Value =
+                get_json(&client, &format!("{api}/api/v1/detections?limit=100")).await?;
             (v["items"].as_array()?.len() >= expected).then_some(())
         }),
     )
@@ -309,14 +303,12 @@ async fn detections_equal_the_truth_and_alert_once_each() {
     assert!(problems.is_empty(), "{problems:#?}");
 
     // Open detections: newest first, paged.
-    let first: serde_json::Value = client
-        .get(format!("{api}/api/v1/detections?open=true&limit=5"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let first: serde_json::Value = get_json(
+        &client,
+        &format!("{api}/api/v1/detections?open=true&limit=5"),
+    )
+    .await
+    .unwrap();
     let items = first["items"].as_array().unwrap();
     assert_eq!(items.len(), 5);
     assert_eq!(first["next_offset"], 5);
@@ -326,21 +318,11 @@ async fn detections_equal_the_truth_and_alert_once_each() {
         "newest first: {times:?}"
     );
     assert!(items.iter().all(|d| d["resolved_at"].is_null()));
-    let stuck: serde_json::Value = client
-        .get(format!("{api}/api/v1/stuck"))
-        .send()
-        .await
-        .unwrap()
-        .json()
+    let stuck: serde_json::Value = get_json(&client, &format!("{api}/api/v1/stuck"))
         .await
         .unwrap();
     assert_eq!(stuck["items"].as_array().unwrap().len(), 4, "{stuck}");
-    let lost: serde_json::Value = client
-        .get(format!("{api}/api/v1/lost"))
-        .send()
-        .await
-        .unwrap()
-        .json()
+    let lost: serde_json::Value = get_json(&client, &format!("{api}/api/v1/lost"))
         .await
         .unwrap();
     assert_eq!(lost["items"].as_array().unwrap().len(), 2);

@@ -63,23 +63,11 @@ async fn page_shows_an_orders_timeline_and_the_open_detections() {
     }
     let client = reqwest::Client::new();
     wait_for(Duration::from_secs(10), "three open detections", || async {
-        let v: serde_json::Value = client
-            .get(format!("{api}/api/v1/detections?open=true"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let v: serde_json::Value =
+            get_json(&client, &format!("{api}/api/v1/detections?open=true")).await?;
         (v["items"].as_array()?.len() == 2 && {
-            let dup: serde_json::Value = client
-                .get(format!("{api}/api/v1/orders/SO-B-dup"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let dup: serde_json::Value =
+                get_json(&client, &format!("{api}/api/v1/orders/SO-B-dup")).await?;
             dup["status"] == "CLOSED"
         })
         .then_some(())

@@ -150,25 +150,15 @@ async fn central_monitor_survives_a_kill_and_forwards_everything() {
     // and transit timers of several orders still running. (Spans still in the monitor's
     // memory when it is killed are lost, as in any collector's queue.)
     wait_for(Duration::from_secs(10), "run 1 stored", || async {
-        let v: serde_json::Value = client
-            .get(format!("{api}/api/v1/orders/SO-C-dup"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let v: serde_json::Value =
+            get_json(&client, &format!("{api}/api/v1/orders/SO-C-dup")).await?;
         (v["status"] == "CLOSED").then_some(())
     })
     .await;
-    let before: serde_json::Value = client
-        .get(format!("{api}/api/v1/detections?limit=100"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let before: serde_json::Value =
+        get_json(&client, &format!("{api}/api/v1/detections?limit=100"))
+            .await
+            .unwrap();
     let open_before = before["items"].as_array().unwrap().len();
     assert!(
         open_before < truth_1.matches("\"detection\"").count(),
@@ -179,12 +169,7 @@ async fn central_monitor_survives_a_kill_and_forwards_everything() {
     let child = spawn_monitor(&config, &store, &ports, upstream);
     wait_healthy(&client, ports.api).await;
     // Nothing raised before the kill is gone.
-    let after: serde_json::Value = client
-        .get(format!("{api}/api/v1/detections?limit=100"))
-        .send()
-        .await
-        .unwrap()
-        .json()
+    let after: serde_json::Value = get_json(&client, &format!("{api}/api/v1/detections?limit=100"))
         .await
         .unwrap();
     for detection in before["items"].as_array().unwrap() {
@@ -216,14 +201,8 @@ async fn central_monitor_survives_a_kill_and_forwards_everything() {
     let truth = format!("{truth_1}{truth_2}");
     let expected = truth_1.matches("\"detection\"").count();
     wait_for(Duration::from_secs(20), "every detection", || async {
-        let v: serde_json::Value = client
-            .get(format!("{api}/api/v1/detections?limit=100"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let v: serde_json::Value =
+            get_json(&client, &format!("{api}/api/v1/detections?limit=100")).await?;
         (v["items"].as_array()?.len() >= expected).then_some(())
     })
     .await;

@@ -341,9 +341,9 @@ impl Core {
     }
 }
 
-/// `tracer run`: agent + monitor on one host.
+/// Options both shapes take.
 #[derive(Debug, clap::Args)]
-pub struct RunArgs {
+pub struct CommonArgs {
     /// Config file (TOML); without it, the embedded testbed config.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -358,15 +358,18 @@ pub struct RunArgs {
     pub store: Option<PathBuf>,
 }
 
+/// `tracer run`: agent + monitor on one host.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
 /// `tracer monitor`: central monitor fed over OTLP.
 #[derive(Debug, clap::Args)]
 pub struct MonitorArgs {
-    /// Config file (TOML); without it, the embedded testbed config.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Address of the operator API, page and /metrics (overrides [api] listen).
-    #[arg(long)]
-    pub listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub common: CommonArgs,
     /// OTLP/gRPC receiver address.
     #[arg(long, default_value = "0.0.0.0:4317")]
     pub otlp_grpc: SocketAddr,
@@ -377,32 +380,21 @@ pub struct MonitorArgs {
     /// `http://jaeger:4318/v1/traces`: received spans and the orders' root spans go there.
     #[arg(long)]
     pub forward_to: Option<String>,
-    /// Serve local callers without a token (demo and tests only; needs a loopback --listen).
-    #[arg(long)]
-    pub allow_anonymous_loopback: bool,
-    /// SQLite file for order state (overrides [store] path).
-    #[arg(long)]
-    pub store: Option<PathBuf>,
 }
 
 /// Config file, with the command line's overrides applied and checked.
-fn load_config(
-    path: Option<&PathBuf>,
-    listen: Option<SocketAddr>,
-    store: Option<PathBuf>,
-    anonymous: bool,
-) -> anyhow::Result<Config> {
-    let mut config = match path {
+fn load_config(args: &CommonArgs) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::embedded_default(),
     };
-    if let Some(listen) = listen {
+    if let Some(listen) = args.listen {
         config.api.listen = listen;
     }
-    if let Some(store) = store {
-        config.store.path = store;
+    if let Some(store) = &args.store {
+        config.store.path = store.clone();
     }
-    if anonymous && !config.api.listen.ip().is_loopback() {
+    if args.allow_anonymous_loopback && !config.api.listen.ip().is_loopback() {
         anyhow::bail!(
             "--allow-anonymous-loopback refuses {}: anonymous access is for a loopback address only (e.g. --listen 127.0.0.1:8480)",
             config.api.listen
@@ -439,12 +431,7 @@ pub async fn run_all_in_one(args: RunArgs) -> anyhow::Result<()> {
 
 /// `tracer run` with the agent pipeline started by `agent` (the hook for the agent side).
 pub async fn run_all_in_one_with(args: RunArgs, agent: Option<AgentStart>) -> anyhow::Result<()> {
-    let config = load_config(
-        args.config.as_ref(),
-        args.listen,
-        args.store,
-        args.allow_anonymous_loopback,
-    )?;
+    let config = load_config(&args.common)?;
     let listen = config.api.listen;
     let (root_tx, root_rx) = tokio::sync::mpsc::channel(ROOT_SPAN_QUEUE);
     let metrics: SharedMetrics = Arc::new(Metrics::new());
@@ -452,7 +439,7 @@ pub async fn run_all_in_one_with(args: RunArgs, agent: Option<AgentStart>) -> an
     let monitor = Monitor::start(MonitorSettings {
         config: config.clone(),
         metrics,
-        anonymous_loopback: args.allow_anonymous_loopback,
+        anonymous_loopback: args.common.allow_anonymous_loopback,
         root_spans: Some(Box::new(move |span| {
             if root_tx.try_send(span).is_err() {
                 root_metrics.count_drop("root_span_queue_full");
@@ -498,12 +485,7 @@ pub async fn run_all_in_one_with(args: RunArgs, agent: Option<AgentStart>) -> an
 
 /// `tracer monitor`: OTLP in (gRPC + HTTP), lifecycle, API; spans forwarded upstream.
 pub async fn run_central(args: MonitorArgs) -> anyhow::Result<()> {
-    let config = load_config(
-        args.config.as_ref(),
-        args.listen,
-        args.store,
-        args.allow_anonymous_loopback,
-    )?;
+    let config = load_config(&args.common)?;
     let listen = config.api.listen;
     install_crypto_provider();
     let metrics: SharedMetrics = Arc::new(Metrics::new());
@@ -515,7 +497,7 @@ pub async fn run_central(args: MonitorArgs) -> anyhow::Result<()> {
     let monitor = Monitor::start(MonitorSettings {
         config,
         metrics,
-        anonymous_loopback: args.allow_anonymous_loopback,
+        anonymous_loopback: args.common.allow_anonymous_loopback,
         root_spans: root_forwarder.map(|forwarder| -> RootSpanOut {
             Box::new(move |span| {
                 let request = crate::receiver::otlp_from_spans(&[span]);

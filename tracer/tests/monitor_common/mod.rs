@@ -79,6 +79,11 @@ pub fn now_ns() -> u64 {
     tracer::monitor::unix_now()
 }
 
+/// GETs `url` as JSON; `None` on any failure (for polling).
+pub async fn get_json(client: &reqwest::Client, url: &str) -> Option<serde_json::Value> {
+    client.get(url).send().await.ok()?.json().await.ok()
+}
+
 /// Polls `check` every 100 ms until it gives a value or `limit` passes.
 pub async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
 where
