@@ -275,7 +275,9 @@ async fn detections_equal_the_truth_and_alert_once_each() {
     let dir = tempfile::tempdir().unwrap();
     let (capture, capture_addr) = Capture::start().await;
     let extra = format!("alert_webhook = \"http://{capture_addr}/alerts\"\n");
-    let (monitor, api) = start_monitor(config(&dir.path().join("m.db"), &extra), true).await;
+    let config = config(&dir.path().join("m.db"), &extra);
+    let limits = config.lifecycle.clone();
+    let (monitor, api) = start_monitor(config, true).await;
     let (spans, truth) = fault_run("SO-T", now_ns());
     replay(spans, &monitor.span_sink()).await;
     let client = reqwest::Client::new();
@@ -294,12 +296,12 @@ async fn detections_equal_the_truth_and_alert_once_each() {
     )
     .await;
     if waited.is_err() {
-        let problems = compare_with_truth(&client, &api, None, &truth).await;
+        let problems = compare_with_truth(&client, &api, None, &truth, &limits).await;
         panic!("{problems:#?}");
     }
     // Let anything spurious show up too before comparing.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let problems = compare_with_truth(&client, &api, None, &truth).await;
+    let problems = compare_with_truth(&client, &api, None, &truth, &limits).await;
     assert!(problems.is_empty(), "{problems:#?}");
 
     // Open detections: newest first, paged.
@@ -326,6 +328,19 @@ async fn detections_equal_the_truth_and_alert_once_each() {
         .await
         .unwrap();
     assert_eq!(lost["items"].as_array().unwrap().len(), 2);
+    let closed = get_json(
+        &client,
+        &format!("{api}/api/v1/orders?status=CLOSED&limit=2"),
+    )
+    .await
+    .unwrap();
+    let items = closed["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert!(items.iter().all(|o| o["status"] == "CLOSED"));
+    assert_eq!(
+        closed["next_offset"], 2,
+        "more closed orders follow: {closed}"
+    );
     let bad = client
         .get(format!("{api}/api/v1/detections?kind=nope"))
         .send()

@@ -199,6 +199,7 @@ async fn central_monitor_survives_a_kill_and_forwards_everything() {
     replay_otlp(healthy, &Transport::Http(ports.http)).await;
 
     let truth = format!("{truth_1}{truth_2}");
+    let limits = monitor_common::config(&store, "").lifecycle;
     let expected = truth_1.matches("\"detection\"").count();
     wait_for(Duration::from_secs(20), "every detection", || async {
         let v: serde_json::Value =
@@ -207,7 +208,7 @@ async fn central_monitor_survives_a_kill_and_forwards_everything() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let problems = compare_with_truth(&client, &api, None, &truth).await;
+    let problems = compare_with_truth(&client, &api, None, &truth, &limits).await;
     assert!(problems.is_empty(), "{problems:#?}");
 
     // One firing alert per detection, across the restart.

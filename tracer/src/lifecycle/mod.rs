@@ -384,13 +384,13 @@ impl Lifecycle {
         });
     }
 
-    /// Gives an order up: ends its root span if it never closed, resolves what is open.
+    /// Gives an order up: resolves what is open, ends its root span if it never closed.
     fn forget(&mut self, order_id: &str, now: u64, out: &mut Vec<Event>) {
         let Some(mut order) = self.orders.remove(order_id) else {
             return;
         };
+        order.resolve_where(now, out, |_| true);
         if order.closed_at.is_none() {
-            order.resolve_where(now, out, |_| true);
             out.push(Event::RootSpan(Box::new(root_span(&order, now))));
         }
         self.dirty.remove(order_id);

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use tracer::config::Config;
+use tracer::lifecycle::LifecycleConfig;
 use tracer::spans::{
     AttrValue, SpanKind, SpanRecord, SpanStatus, order_root_span_id, order_trace_id,
 };
@@ -256,24 +257,35 @@ fn parse_time(text: &str) -> u64 {
         .unix_timestamp_nanos() as u64
 }
 
-/// How long after the fault a detection of `kind` may come: its limit (+ 5 s, checked by
-/// the caller).
-fn limit_of(kind: &str) -> f64 {
-    match kind {
-        "stuck" => STUCK_SECS,
-        "lost_in_transit" => TRANSIT_SECS,
-        "failed_step" => GRACE_SECS,
+/// How long after the fault a detection may come by `config`: its limit (the caller adds
+/// the 5 s of slack), plus the reorder wait every span goes through.
+pub fn limit_of(config: &LifecycleConfig, kind: &str, step: &str) -> f64 {
+    let limit = match kind {
+        "stuck" => config
+            .index_of(step)
+            .and_then(|i| i.checked_sub(1))
+            .and_then(|before| config.statuses[before].stuck_after_secs)
+            .unwrap_or(0.0),
+        "lost_in_transit" => config
+            .transits
+            .iter()
+            .find(|t| t.step == step)
+            .map_or(0.0, |t| t.limit_secs),
+        "failed_step" => config.retry_grace_secs,
         _ => 0.0,
-    }
+    };
+    limit + config.reorder_secs
 }
 
 /// Compares the monitor's detections (via `GET /api/v1/orders/{id}`) with a truth file:
-/// returns the mismatches (empty = precision and recall 100 %, every detection in time).
+/// returns the mismatches (empty = precision and recall 100 %, every detection within its
+/// limit + 5 s). Works on the testbed's truth file as well as on [`fault_run`]'s.
 pub async fn compare_with_truth(
     client: &reqwest::Client,
     api: &str,
     token: Option<&str>,
     truth: &str,
+    limits: &LifecycleConfig,
 ) -> Vec<String> {
     let mut problems = Vec::new();
     for line in truth.lines().filter(|l| !l.trim().is_empty()) {
@@ -314,9 +326,9 @@ pub async fn compare_with_truth(
                 .position(|(k, s, v, _)| (k.as_str(), s.as_str(), v.as_str()) == want)
             {
                 Some(i) => {
-                    let (kind, _, _, detected) = seen.remove(i);
+                    let (kind, step, _, detected) = seen.remove(i);
                     let late = detected as f64 / 1e9 - at as f64 / 1e9;
-                    if late > limit_of(&kind) + 5.0 {
+                    if late > limit_of(limits, &kind, &step) + 5.0 {
                         problems.push(format!("{id}: {kind} came {late:.1} s after the fault"));
                     }
                 }
