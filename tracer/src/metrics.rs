@@ -5,6 +5,7 @@
 //! sets stay small and no order data leaves through metrics.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -66,6 +67,35 @@ impl PipelineCounters {
     pub fn add_export_failures(&self, n: u64) {
         self.export_failures.inc_by(n);
     }
+
+    /// For an agent that keeps its own running totals (a counters snapshot): sets each
+    /// counter to the total, never lower than it was (Prometheus counters only go up).
+    pub fn set_totals(&self, totals: &PipelineTotals<'_>) {
+        let raise = |counter: &Counter, total: u64| {
+            counter.inner().fetch_max(total, Ordering::Relaxed);
+        };
+        raise(&self.events, totals.events);
+        raise(&self.parse_errors, totals.parse_errors);
+        raise(&self.export_failures, totals.export_failures);
+        for (reason, total) in totals.drops {
+            raise(
+                &self.drops.get_or_create(&ReasonLabel {
+                    reason: (*reason).to_string(),
+                }),
+                *total,
+            );
+        }
+    }
+}
+
+/// Running totals of the agent pipeline, for [`PipelineCounters::set_totals`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PipelineTotals<'a> {
+    pub events: u64,
+    /// (reason, total) pairs.
+    pub drops: &'a [(&'a str, u64)],
+    pub parse_errors: u64,
+    pub export_failures: u64,
 }
 
 /// Every metric the monitor exposes.
@@ -270,6 +300,12 @@ mod tests {
         let metrics = Metrics::new();
         metrics.pipeline().add_events(5);
         metrics.pipeline().add_drops("ring_full", 2);
+        // Totals from a snapshot never lower a counter.
+        metrics.pipeline().set_totals(&PipelineTotals {
+            events: 3,
+            drops: &[("ring_full", 2), ("connections_full", 7)],
+            ..Default::default()
+        });
         let detection = Detection {
             id: "x".into(),
             order_id: "SO-1".into(),
@@ -293,6 +329,7 @@ mod tests {
         for needle in [
             "order_tracer_pipeline_events_total 5",
             "order_tracer_pipeline_drops_total{reason=\"ring_full\"} 2",
+            "order_tracer_pipeline_drops_total{reason=\"connections_full\"} 7",
             "order_tracer_open_detections{kind=\"stuck\",service=\"crm-api\"} 1",
             "order_tracer_status_dwell_seconds_count{status=\"SHIPPED\"} 1",
         ] {
