@@ -231,6 +231,8 @@ pub struct Lifecycle {
     buffer: VecDeque<(u64, SpanRecord)>,
     creations: HashMap<String, Vec<CreationRef>>,
     dirty: BTreeSet<String>,
+    /// The buffer changed since the last `take_buffer_if_changed`.
+    buffer_changed: bool,
     counters: LifecycleCounters,
 }
 
@@ -247,6 +249,7 @@ impl Lifecycle {
             buffer: VecDeque::new(),
             creations: HashMap::new(),
             dirty: BTreeSet::new(),
+            buffer_changed: false,
             counters: LifecycleCounters::default(),
         };
         for order in orders {
@@ -278,6 +281,20 @@ impl Lifecycle {
         self.buffer.len()
     }
 
+    /// The spans not applied yet (arrival ns, span), when they changed since the last call:
+    /// what a store keeps so that a crash loses no acknowledged span.
+    pub fn buffer_if_changed(&mut self) -> Option<Vec<(u64, &SpanRecord)>> {
+        if !std::mem::take(&mut self.buffer_changed) {
+            return None;
+        }
+        Some(
+            self.buffer
+                .iter()
+                .map(|(arrival, span)| (*arrival, span))
+                .collect(),
+        )
+    }
+
     /// Takes a span in; it is applied by a later `tick` once the reorder window has passed.
     pub fn ingest(&mut self, span: SpanRecord, now: u64) -> Vec<Event> {
         let mut out = Vec::new();
@@ -288,6 +305,7 @@ impl Lifecycle {
             self.apply(&oldest, &mut out);
         }
         self.buffer.push_back((now, span));
+        self.buffer_changed = true;
         out
     }
 
@@ -345,6 +363,7 @@ impl Lifecycle {
         if batch.is_empty() {
             return;
         }
+        self.buffer_changed = true;
         // Stragglers that ended before the newest released span go with it, in order.
         let newest = batch.iter().map(|s| s.end_unix_nano).max().unwrap_or(0);
         let (early, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.buffer)
@@ -438,6 +457,7 @@ impl Lifecycle {
         } else if view.succeeded {
             if let Some(status) = view.status
                 && let Some(index) = config.index_of(status)
+                && !is_stale(config, order, index, view.end)
             {
                 order.set_service_status(view.owner, status);
                 order.reach(config, index, view.cause(status), out);
@@ -533,6 +553,17 @@ impl Lifecycle {
     }
 }
 
+/// A status change already applied (a span delivered again: OTLP is at-least-once), or an
+/// earlier status from an exchange older than the current status (later than the reorder
+/// window): neither is a step back.
+fn is_stale(config: &LifecycleConfig, order: &OrderState, index: usize, end: u64) -> bool {
+    let status = &config.statuses[index].name;
+    order.history.iter().any(|h| &h.status == status && h.at == end)
+        || order
+            .status_index(config)
+            .is_some_and(|current| index < current && end < order.status_since)
+}
+
 /// A status lookup: compared with what the answering service itself reported earlier.
 fn apply_lookup(
     config: &LifecycleConfig,
@@ -541,6 +572,16 @@ fn apply_lookup(
     found: bool,
     out: &mut Vec<Event>,
 ) {
+    // A lookup older than the service's own latest change says nothing new (redelivery).
+    if order
+        .history
+        .iter()
+        .rev()
+        .find(|h| h.service == view.owner)
+        .is_some_and(|h| view.end < h.at)
+    {
+        return;
+    }
     let current = order.status_index(config);
     let own = order.service_status(view.owner).map(str::to_string);
     if !found {

@@ -278,3 +278,22 @@ fn spans_without_an_order_id_are_counted_not_applied() {
     assert_eq!(lifecycle.counters().spans_without_order, 1);
     assert_eq!(lifecycle.orders().count(), 0);
 }
+
+#[test]
+fn spans_delivered_again_after_the_order_moved_on_change_nothing() {
+    for fault in [None, Some("completion_lost"), Some("created_not_saved")] {
+        let spans = walk("SO-D", fault, T0);
+        let mut lifecycle = Lifecycle::new(test_config());
+        for span in &spans {
+            lifecycle.ingest(span.clone(), T0 + 20 * S);
+        }
+        lifecycle.tick(T0 + 21 * S);
+        let before = lifecycle.order("SO-D").unwrap().clone();
+        // The exporter retries a batch the monitor had already taken.
+        for span in spans {
+            lifecycle.ingest(span, T0 + 22 * S);
+        }
+        lifecycle.tick(T0 + 23 * S);
+        assert_eq!(lifecycle.order("SO-D").unwrap(), &before, "fault {fault:?}");
+    }
+}

@@ -126,10 +126,17 @@ impl Monitor {
         let reader = Store::open(path)?;
         let orders = writer.load_active()?;
         let resumed = orders.len();
-        let lifecycle = Lifecycle::restore(config.lifecycle.clone(), orders);
+        let mut lifecycle = Lifecycle::restore(config.lifecycle.clone(), orders);
+        let inbox = writer.load_inbox()?;
+        let requeued = inbox.len();
+        for (arrival, span) in inbox {
+            // Nothing is applied by `ingest` below the buffer bound, so no event is lost here.
+            let _ = lifecycle.ingest(span, arrival);
+        }
         tracing::info!(
             store = %path.display(),
             resumed,
+            requeued,
             "lifecycle monitor started"
         );
         let metrics = settings.metrics;
@@ -290,7 +297,8 @@ impl Core {
     /// Saves, then tells: store first, so a crash cannot make a restart re-alert.
     fn settle(&mut self, events: Vec<Event>) {
         let dirty = self.lifecycle.take_dirty();
-        if let Err(err) = self.store.save_orders(&dirty) {
+        let inbox = self.lifecycle.buffer_if_changed();
+        if let Err(err) = self.store.save_state(&dirty, inbox.as_deref()) {
             self.metrics.store_errors.inc();
             tracing::error!("saving orders: {err}");
         }

@@ -13,6 +13,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Deserialize;
 
 use crate::lifecycle::OrderState;
+use crate::spans::SpanRecord;
 
 pub use query::{AuditEntry, DetectionQuery, OrderQuery, OrderSummary};
 
@@ -116,6 +117,13 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX audit_by_time ON audit(at);
     CREATE TRIGGER audit_is_append_only BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;",
+    // 2: spans received and not yet applied (the lifecycle's reorder buffer), so a crash
+    // loses none of what the receivers acknowledged.
+    "CREATE TABLE inbox (
+        seq INTEGER PRIMARY KEY,
+        arrival INTEGER NOT NULL,
+        span TEXT NOT NULL
+    );",
 ];
 
 pub struct Store {
@@ -151,7 +159,18 @@ impl Store {
 
     /// Writes orders' current state and their detections, in one transaction.
     pub fn save_orders(&mut self, orders: &[OrderState]) -> Result<(), StoreError> {
-        if orders.is_empty() {
+        self.save_state(orders, None)
+    }
+
+    /// Writes orders (with their detections) and, when given, replaces the inbox with the
+    /// spans not applied yet, all in one transaction: after a crash every span is either in
+    /// the orders' state or in the inbox, never in both, never in neither.
+    pub fn save_state(
+        &mut self,
+        orders: &[OrderState],
+        inbox: Option<&[(u64, &SpanRecord)]>,
+    ) -> Result<(), StoreError> {
+        if orders.is_empty() && inbox.is_none() {
             return Ok(());
         }
         let tx = self.conn.transaction()?;
@@ -188,9 +207,33 @@ impl Store {
                     ])?;
                 }
             }
+            if let Some(inbox) = inbox {
+                tx.execute("DELETE FROM inbox", [])?;
+                let mut insert =
+                    tx.prepare_cached("INSERT INTO inbox (arrival, span) VALUES (?1, ?2)")?;
+                for (arrival, span) in inbox {
+                    insert.execute(params![to_sql_time(*arrival), serde_json::to_string(span)?])?;
+                }
+            }
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// The spans received but not applied when the monitor stopped, in arrival order.
+    pub fn load_inbox(&self) -> Result<Vec<(u64, SpanRecord)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT arrival, span FROM inbox ORDER BY seq")?;
+        let rows = stmt.query_map([], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+        })?;
+        let mut spans = Vec::new();
+        for row in rows {
+            let (arrival, span) = row?;
+            spans.push((from_sql_time(arrival), serde_json::from_str(&span)?));
+        }
+        Ok(spans)
     }
 
     /// Marks orders as no longer followed (expired or evicted); they stay queryable until

@@ -1,5 +1,6 @@
 use super::*;
 use crate::lifecycle::{Detection, DetectionKind, HistoryEntry};
+use crate::spans::SpanRecord;
 
 const S: u64 = 1_000_000_000;
 
@@ -174,4 +175,44 @@ fn a_newer_schema_is_refused_with_a_clear_message() {
     }
     let err = Store::open(&path).err().unwrap();
     assert!(err.to_string().contains("newer"), "{err}");
+}
+
+#[test]
+fn the_inbox_is_replaced_with_the_orders_in_one_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let span = SpanRecord {
+        trace_id: [1; 16],
+        span_id: [2; 8],
+        parent_span_id: None,
+        links: Vec::new(),
+        name: "POST /api/v1/orders".into(),
+        kind: crate::spans::SpanKind::Server,
+        start_unix_nano: 1,
+        end_unix_nano: 2,
+        status: crate::spans::SpanStatus::Unset,
+        resource: Default::default(),
+        attributes: [(
+            "order.id".to_string(),
+            crate::spans::AttrValue::Str("SO-1".into()),
+        )]
+        .into(),
+        events: Vec::new(),
+    };
+    {
+        let mut store = Store::open(&path).unwrap();
+        store
+            .save_state(&[], Some(&[(5, &span), (6, &span)]))
+            .unwrap();
+        store
+            .save_state(&[order("SO-1", "INITIATED", S, true)], Some(&[(6, &span)]))
+            .unwrap();
+        // No inbox given: the inbox stays as it was.
+        store
+            .save_orders(&[order("SO-2", "INITIATED", S, true)])
+            .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.load_inbox().unwrap(), vec![(6, span)]);
+    assert_eq!(store.load_active().unwrap().len(), 2);
 }
