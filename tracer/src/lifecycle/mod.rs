@@ -558,7 +558,10 @@ impl Lifecycle {
 /// window): neither is a step back.
 fn is_stale(config: &LifecycleConfig, order: &OrderState, index: usize, end: u64) -> bool {
     let status = &config.statuses[index].name;
-    order.history.iter().any(|h| &h.status == status && h.at == end)
+    order
+        .history
+        .iter()
+        .any(|h| &h.status == status && h.at == end)
         || order
             .status_index(config)
             .is_some_and(|current| index < current && end < order.status_since)
