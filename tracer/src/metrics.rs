@@ -1,1 +1,346 @@
-//! TODO(stage owner): metrics
+//! Prometheus exposition (`GET /metrics`): orders per status, dwell time per status, open
+//! detections by kind and service, and the pipeline's counters (agent and monitor).
+//!
+//! Labels carry statuses, kinds, services and drop reasons only, never order ids: the label
+//! sets stay small and no order data leaves through metrics.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::lifecycle::{Event, Lifecycle};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DetectionLabels {
+    kind: String,
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+/// The agent pipeline's counters. Cheap to clone (shared atomics): the agent keeps a clone
+/// and adds to it; `/metrics` shows the totals.
+#[derive(Clone, Default)]
+pub struct PipelineCounters {
+    events: Counter,
+    drops: Family<ReasonLabel, Counter>,
+    parse_errors: Counter,
+    export_failures: Counter,
+}
+
+impl PipelineCounters {
+    /// Kernel events (socket reads/writes, connects, closes) taken from the ring buffer.
+    pub fn add_events(&self, n: u64) {
+        self.events.inc_by(n);
+    }
+
+    /// Things dropped on purpose to stay bounded, by reason (e.g. `ring_full`,
+    /// `connections_full`, `export_queue_full`).
+    pub fn add_drops(&self, reason: &str, n: u64) {
+        self.drops
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc_by(n);
+    }
+
+    /// Bytes that were not HTTP/1.x or broke a message.
+    pub fn add_parse_errors(&self, n: u64) {
+        self.parse_errors.inc_by(n);
+    }
+
+    /// Batches the exporter could not deliver.
+    pub fn add_export_failures(&self, n: u64) {
+        self.export_failures.inc_by(n);
+    }
+
+    /// For an agent that keeps its own running totals (a counters snapshot): sets each
+    /// counter to the total, never lower than it was (Prometheus counters only go up).
+    pub fn set_totals(&self, totals: &PipelineTotals<'_>) {
+        let raise = |counter: &Counter, total: u64| {
+            counter.inner().fetch_max(total, Ordering::Relaxed);
+        };
+        raise(&self.events, totals.events);
+        raise(&self.parse_errors, totals.parse_errors);
+        raise(&self.export_failures, totals.export_failures);
+        for (reason, total) in totals.drops {
+            raise(
+                &self.drops.get_or_create(&ReasonLabel {
+                    reason: (*reason).to_string(),
+                }),
+                *total,
+            );
+        }
+    }
+}
+
+/// Running totals of the agent pipeline, for [`PipelineCounters::set_totals`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PipelineTotals<'a> {
+    pub events: u64,
+    /// (reason, total) pairs.
+    pub drops: &'a [(&'a str, u64)],
+    pub parse_errors: u64,
+    pub export_failures: u64,
+}
+
+/// Every metric the monitor exposes.
+pub struct Metrics {
+    registry: Registry,
+    orders: Family<StatusLabel, Gauge>,
+    dwell: Family<StatusLabel, Histogram, fn() -> Histogram>,
+    open_detections: Family<DetectionLabels, Gauge>,
+    detections_raised: Family<DetectionLabels, Counter>,
+    pipeline: PipelineCounters,
+    /// Spans the monitor received (agent channel or OTLP).
+    pub spans_received: Counter,
+    /// Spans refused because the monitor's queue was full, and other monitor-side drops.
+    monitor_drops: Family<ReasonLabel, Counter>,
+    pub alerts_sent: Counter,
+    pub alerts_failed: Counter,
+    pub store_errors: Counter,
+}
+
+fn dwell_histogram() -> Histogram {
+    // 0.1 s … about 5 days: testbed limits are seconds, a shop's are hours to days.
+    Histogram::new(exponential_buckets(0.1, 4.0, 12))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut metrics = Self {
+            registry: Registry::with_prefix("order_tracer"),
+            orders: Family::default(),
+            dwell: Family::new_with_constructor(dwell_histogram),
+            open_detections: Family::default(),
+            detections_raised: Family::default(),
+            pipeline: PipelineCounters::default(),
+            spans_received: Counter::default(),
+            monitor_drops: Family::default(),
+            alerts_sent: Counter::default(),
+            alerts_failed: Counter::default(),
+            store_errors: Counter::default(),
+        };
+        let r = &mut metrics.registry;
+        r.register(
+            "orders",
+            "Orders followed, by current status",
+            metrics.orders.clone(),
+        );
+        r.register(
+            "status_dwell_seconds",
+            "Time orders spent in a status before leaving it",
+            metrics.dwell.clone(),
+        );
+        r.register(
+            "open_detections",
+            "Open detections, by kind and the service responsible",
+            metrics.open_detections.clone(),
+        );
+        r.register(
+            "detections_raised",
+            "Detections raised, by kind and service",
+            metrics.detections_raised.clone(),
+        );
+        r.register(
+            "pipeline_events",
+            "Kernel events taken by the agent",
+            metrics.pipeline.events.clone(),
+        );
+        r.register(
+            "pipeline_drops",
+            "Items the agent dropped to stay bounded, by reason",
+            metrics.pipeline.drops.clone(),
+        );
+        r.register(
+            "pipeline_parse_errors",
+            "Streams the agent could not parse as HTTP",
+            metrics.pipeline.parse_errors.clone(),
+        );
+        r.register(
+            "pipeline_export_failures",
+            "Span batches the exporter could not deliver",
+            metrics.pipeline.export_failures.clone(),
+        );
+        r.register(
+            "monitor_spans_received",
+            "Spans the lifecycle monitor received",
+            metrics.spans_received.clone(),
+        );
+        r.register(
+            "monitor_drops",
+            "Spans or alerts the monitor dropped, by reason",
+            metrics.monitor_drops.clone(),
+        );
+        r.register(
+            "alerts_sent",
+            "Alert notifications delivered to the webhook",
+            metrics.alerts_sent.clone(),
+        );
+        r.register(
+            "alerts_failed",
+            "Alert notifications given up after retries",
+            metrics.alerts_failed.clone(),
+        );
+        r.register(
+            "store_errors",
+            "Store writes that failed",
+            metrics.store_errors.clone(),
+        );
+        metrics
+    }
+
+    /// The counters the agent adds to (all-in-one mode).
+    pub fn pipeline(&self) -> PipelineCounters {
+        self.pipeline.clone()
+    }
+
+    pub fn count_drop(&self, reason: &str) {
+        self.monitor_drops
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Sets the gauges from the lifecycle's current state (at start and periodically).
+    pub fn refresh(&self, lifecycle: &Lifecycle) {
+        for (status, count) in lifecycle.status_counts() {
+            self.orders
+                .get_or_create(&StatusLabel { status })
+                .set(count as i64);
+        }
+        self.open_detections.clear();
+        for order in lifecycle.orders() {
+            for d in order.open_detections() {
+                self.open_detections
+                    .get_or_create(&DetectionLabels {
+                        kind: d.kind.as_str().to_string(),
+                        service: d.service.clone(),
+                    })
+                    .inc();
+            }
+        }
+    }
+
+    /// Accounts for what the lifecycle reported.
+    pub fn observe(&self, events: &[Event]) {
+        for event in events {
+            match event {
+                Event::StatusChanged {
+                    from: Some(from),
+                    dwell_ns: Some(dwell),
+                    ..
+                } => self
+                    .dwell
+                    .get_or_create(&StatusLabel {
+                        status: from.clone(),
+                    })
+                    .observe(*dwell as f64 / 1e9),
+                Event::Raised(d) => {
+                    let labels = DetectionLabels {
+                        kind: d.kind.as_str().to_string(),
+                        service: d.service.clone(),
+                    };
+                    self.detections_raised.get_or_create(&labels).inc();
+                    self.open_detections.get_or_create(&labels).inc();
+                }
+                Event::Resolved(d) => {
+                    self.open_detections
+                        .get_or_create(&DetectionLabels {
+                            kind: d.kind.as_str().to_string(),
+                            service: d.service.clone(),
+                        })
+                        .dec();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Shared handle, as the API and the monitor loop hold it.
+pub type SharedMetrics = Arc<Metrics>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::{Detection, DetectionKind};
+
+    #[test]
+    fn exposition_has_the_documented_families() {
+        let metrics = Metrics::new();
+        metrics.pipeline().add_events(5);
+        metrics.pipeline().add_drops("ring_full", 2);
+        // Totals from a snapshot never lower a counter.
+        metrics.pipeline().set_totals(&PipelineTotals {
+            events: 3,
+            drops: &[("ring_full", 2), ("connections_full", 7)],
+            ..Default::default()
+        });
+        let detection = Detection {
+            id: "x".into(),
+            order_id: "SO-1".into(),
+            kind: DetectionKind::Stuck,
+            step: "CLOSED".into(),
+            service: "crm-api".into(),
+            at: 0,
+            resolved_at: None,
+        };
+        metrics.observe(&[
+            Event::Raised(detection.clone()),
+            Event::StatusChanged {
+                order_id: "SO-1".into(),
+                from: Some("SHIPPED".into()),
+                to: "CLOSED".into(),
+                at: 0,
+                dwell_ns: Some(3_000_000_000),
+            },
+        ]);
+        let text = metrics.encode();
+        for needle in [
+            "order_tracer_pipeline_events_total 5",
+            "order_tracer_pipeline_drops_total{reason=\"ring_full\"} 2",
+            "order_tracer_pipeline_drops_total{reason=\"connections_full\"} 7",
+            "order_tracer_open_detections{kind=\"stuck\",service=\"crm-api\"} 1",
+            "order_tracer_status_dwell_seconds_count{status=\"SHIPPED\"} 1",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in\n{text}");
+        }
+        assert!(!text.contains("SO-1"), "no order ids in metrics");
+        metrics.observe(&[Event::Resolved(detection)]);
+        assert!(
+            metrics
+                .encode()
+                .contains("order_tracer_open_detections{kind=\"stuck\",service=\"crm-api\"} 0")
+        );
+    }
+}

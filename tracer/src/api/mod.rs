@@ -1,0 +1,208 @@
+//! The operator API (JSON, `/api/v1`), the built-in page over it, and `/metrics`; every
+//! request authenticated and audited.
+//!
+//! - `GET /api/v1/orders/{id}`: the order with its timeline and detections;
+//! - `GET /api/v1/orders?status=&limit=&offset=`: orders, most recently active first;
+//! - `GET /api/v1/detections?open=&kind=&service=&order_id=&limit=&offset=`: newest first;
+//! - `GET /api/v1/stuck`, `GET /api/v1/lost`: the open `stuck` / `lost_in_transit` ones;
+//! - `GET /api/v1/audit?limit=&offset=`: the audit log, newest first;
+//! - `GET /` (page), `GET /metrics` (Prometheus), `GET /healthz` (liveness, no data).
+
+mod audit;
+mod auth;
+mod routes;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+pub use audit::{AuditLog, logs_request};
+pub use auth::{Auth, AuthConfig, AuthError, AuthSetupError, OidcConfig, Principal, StaticToken};
+pub use routes::rfc3339;
+
+use crate::metrics::SharedMetrics;
+use crate::store::{AuditEntry, Store};
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address of the API, page and `/metrics` (`--listen` overrides it).
+    pub listen: SocketAddr,
+    /// PEM certificate chain and key: both or neither. With them the API speaks HTTPS only.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub auth: AuthConfig,
+    /// Alertmanager-compatible webhook receiving one notification per detection raised and
+    /// resolved.
+    pub alert_webhook: Option<String>,
+    /// OTLP/HTTP logs endpoint (`…/v1/logs`) the audit log is copied to.
+    pub audit_otlp_logs: Option<String>,
+    /// Serve `/metrics` without a token (metrics carry no order ids).
+    pub metrics_public: bool,
+    /// Largest page a list request may ask for.
+    pub max_page: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8480)),
+            tls_cert: None,
+            tls_key: None,
+            auth: AuthConfig::default(),
+            alert_webhook: None,
+            audit_otlp_logs: None,
+            metrics_public: false,
+            max_page: 500,
+        }
+    }
+}
+
+impl ApiConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("[api] give both tls_cert and tls_key, or neither".into());
+        }
+        for (field, url) in [
+            ("alert_webhook", &self.alert_webhook),
+            ("audit_otlp_logs", &self.audit_otlp_logs),
+        ] {
+            if let Some(url) = url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(format!("[api] {field}: give an http:// or https:// URL"));
+            }
+        }
+        if self.max_page == 0 {
+            return Err("[api] max_page must be at least 1".into());
+        }
+        self.auth.validate()
+    }
+}
+
+/// What the handlers share.
+pub struct ApiState {
+    pub store: Arc<Mutex<Store>>,
+    pub auth: Auth,
+    pub audit: AuditLog,
+    pub metrics: SharedMetrics,
+    pub config: ApiConfig,
+}
+
+/// The whole HTTP surface.
+pub fn router(state: Arc<ApiState>) -> Router {
+    routes::routes()
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .with_state(state)
+}
+
+/// Binds and serves until the process ends; HTTPS when TLS files are configured.
+pub async fn serve(state: Arc<ApiState>, listen: SocketAddr) -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind(listen).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {listen} for the API: {e} (pick a free address with --listen)"
+        )
+    })?;
+    serve_on(state, listener).await
+}
+
+/// Serves on a bound listener (tests bind port 0 first).
+pub async fn serve_on(state: Arc<ApiState>, listener: std::net::TcpListener) -> anyhow::Result<()> {
+    let tls = match (&state.config.tls_cert, &state.config.tls_key) {
+        (Some(cert), Some(key)) => {
+            crate::monitor::install_crypto_provider();
+            Some(
+                axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "cannot load TLS certificate {} / key {}: {e}",
+                            cert.display(),
+                            key.display()
+                        )
+                    })?,
+            )
+        }
+        _ => None,
+    };
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    match tls {
+        Some(tls) => {
+            axum_server::tls_rustls::from_tcp_rustls(listener, tls)?
+                .serve(app)
+                .await?
+        }
+        None => axum_server::from_tcp(listener)?.serve(app).await?,
+    }
+    Ok(())
+}
+
+/// Authenticates, then audits, every request.
+async fn guard(
+    State(state): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let path = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| request.uri().path().to_string());
+    let action = format!("{} {}", request.method(), path);
+    let order_id = routes::order_of(&path, request.uri());
+    let public = path == "/metrics" && state.config.metrics_public;
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or("invalid"));
+    let checked = if public {
+        Ok(Principal(format!("public@{}", peer.ip())))
+    } else {
+        state.auth.check(authorization, peer).await
+    };
+    let (who, response) = match checked {
+        Ok(principal) => {
+            let who = principal.0.clone();
+            request.extensions_mut().insert(principal);
+            (who, next.run(request).await)
+        }
+        Err(err) => {
+            let status = match err {
+                AuthError::Forbidden => StatusCode::FORBIDDEN,
+                _ => StatusCode::UNAUTHORIZED,
+            };
+            let mut response = (
+                status,
+                axum::Json(serde_json::json!({"error": err.to_string()})),
+            )
+                .into_response();
+            if status == StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"order-tracer\""),
+                );
+            }
+            (format!("refused@{}", peer.ip()), response)
+        }
+    };
+    state
+        .audit
+        .record(AuditEntry {
+            at: crate::monitor::unix_now(),
+            who,
+            action,
+            order_id,
+            result: response.status().as_u16().to_string(),
+        })
+        .await;
+    response
+}

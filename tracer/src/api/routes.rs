@@ -1,0 +1,447 @@
+//! Handlers of the operator API and the page's static assets.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::ApiState;
+use crate::lifecycle::{Detection, DetectionKind, OrderState};
+use crate::store::{DetectionQuery, OrderQuery, Store};
+
+const PAGE_HTML: &str = include_str!("page/index.html");
+const PAGE_JS: &str = include_str!("page/app.js");
+const PAGE_CSS: &str = include_str!("page/style.css");
+
+/// Default page size of the lists.
+const DEFAULT_PAGE: u32 = 50;
+
+pub(super) fn routes() -> Router<Arc<ApiState>> {
+    Router::new()
+        .route("/api/v1/orders", get(list_orders))
+        .route("/api/v1/orders/{id}", get(get_order))
+        .route("/api/v1/detections", get(list_detections))
+        .route("/api/v1/stuck", get(list_stuck))
+        .route("/api/v1/lost", get(list_lost))
+        .route("/api/v1/audit", get(list_audit))
+        .route("/metrics", get(metrics))
+        .route("/", get(|| asset("text/html; charset=utf-8", PAGE_HTML)))
+        .route(
+            "/app.js",
+            get(|| asset("text/javascript; charset=utf-8", PAGE_JS)),
+        )
+        .route(
+            "/style.css",
+            get(|| asset("text/css; charset=utf-8", PAGE_CSS)),
+        )
+}
+
+/// The order a request is about, for the audit log.
+pub(super) fn order_of(matched_path: &str, uri: &Uri) -> Option<String> {
+    if matched_path == "/api/v1/orders/{id}" {
+        return uri.path().rsplit('/').next().map(percent_decode);
+    }
+    uri.query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("order_id="))
+        .map(percent_decode)
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(byte) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-store"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; object-src 'none'; frame-ancestors 'none'",
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+pub(super) struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+/// Runs a store read off the async threads.
+async fn read<T: Send + 'static>(
+    state: &Arc<ApiState>,
+    job: impl FnOnce(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = state.store.clone();
+    let internal = |e: String| {
+        tracing::error!("store read: {e}");
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "store unavailable".into(),
+        )
+    };
+    tokio::task::spawn_blocking(move || {
+        let store = store
+            .lock()
+            .map_err(|_| "store lock poisoned".to_string())?;
+        job(&store).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| internal(e.to_string()))?
+    .map_err(internal)
+}
+
+/// Unix ns as RFC 3339 (UTC), the API's and the alerts' time format.
+pub fn rfc3339(ns: u64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct HistoryView {
+    status: String,
+    at: String,
+    service: String,
+    rule: String,
+    span_id: String,
+    /// Seconds spent in this status (until the next change, or until now).
+    dwell_secs: f64,
+}
+
+#[derive(Serialize)]
+pub(super) struct DetectionView {
+    id: String,
+    order_id: String,
+    kind: DetectionKind,
+    step: String,
+    service: String,
+    at: String,
+    resolved_at: Option<String>,
+}
+
+impl From<&Detection> for DetectionView {
+    fn from(d: &Detection) -> Self {
+        Self {
+            id: d.id.clone(),
+            order_id: d.order_id.clone(),
+            kind: d.kind,
+            step: d.step.clone(),
+            service: d.service.clone(),
+            at: rfc3339(d.at),
+            resolved_at: d.resolved_at.map(rfc3339),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct OrderView {
+    order_id: String,
+    status: Option<String>,
+    trace_id: String,
+    first_seen: String,
+    last_activity: String,
+    closed_at: Option<String>,
+    history: Vec<HistoryView>,
+    /// Total seconds per status, over the whole history.
+    time_in_status: BTreeMap<String, f64>,
+    detections: Vec<DetectionView>,
+}
+
+fn order_view(order: &OrderState, now: u64) -> OrderView {
+    let mut history = Vec::with_capacity(order.history.len());
+    let mut time_in_status = BTreeMap::new();
+    for (i, entry) in order.history.iter().enumerate() {
+        let until = match order.history.get(i + 1) {
+            Some(next) => next.at,
+            None => order.closed_at.unwrap_or(now).max(entry.at),
+        };
+        let dwell = until.saturating_sub(entry.at) as f64 / 1e9;
+        *time_in_status.entry(entry.status.clone()).or_insert(0.0) += dwell;
+        history.push(HistoryView {
+            status: entry.status.clone(),
+            at: rfc3339(entry.at),
+            service: entry.service.clone(),
+            rule: entry.rule.clone(),
+            span_id: entry.span_id.clone(),
+            dwell_secs: dwell,
+        });
+    }
+    OrderView {
+        order_id: order.order_id.clone(),
+        status: order.status.clone(),
+        trace_id: hex::encode(crate::spans::order_trace_id(&order.order_id)),
+        first_seen: rfc3339(order.first_seen),
+        last_activity: rfc3339(order.last_activity),
+        closed_at: order.closed_at.map(rfc3339),
+        history,
+        time_in_status,
+        detections: order.detections.iter().map(DetectionView::from).collect(),
+    }
+}
+
+async fn get_order(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Json<OrderView>, ApiError> {
+    let wanted = id.clone();
+    let order = read(&state, move |store| store.order(&wanted)).await?;
+    match order {
+        Some(order) => Ok(Json(order_view(&order, crate::monitor::unix_now()))),
+        None => Err(ApiError(StatusCode::NOT_FOUND, format!("no order {id}"))),
+    }
+}
+
+// Each query struct lists `limit` and `offset` itself: `serde(flatten)` would hand the
+// numbers over as strings, which the query decoder then refuses.
+#[derive(Deserialize)]
+struct Paging {
+    limit: Option<u32>,
+    offset: Option<u64>,
+}
+
+fn page_limit(limit: Option<u32>, state: &ApiState) -> Result<u32, ApiError> {
+    match limit.unwrap_or(DEFAULT_PAGE) {
+        0 => Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "limit must be at least 1".into(),
+        )),
+        n if n > state.config.max_page => Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("limit is at most {}", state.config.max_page),
+        )),
+        n => Ok(n),
+    }
+}
+
+#[derive(Serialize)]
+struct Page<T> {
+    items: Vec<T>,
+    limit: u32,
+    offset: u64,
+    /// Offset of the next page, absent on the last one.
+    next_offset: Option<u64>,
+}
+
+/// Cuts the one extra row asked for to learn whether another page follows.
+fn page<T>(mut items: Vec<T>, limit: u32, offset: u64) -> Page<T> {
+    let more = items.len() > limit as usize;
+    items.truncate(limit as usize);
+    Page {
+        next_offset: more.then(|| offset + u64::from(limit)),
+        items,
+        limit,
+        offset,
+    }
+}
+
+#[derive(Deserialize)]
+struct OrdersParams {
+    status: Option<String>,
+    limit: Option<u32>,
+    offset: Option<u64>,
+}
+
+async fn list_orders(
+    State(state): State<Arc<ApiState>>,
+    Query(params): Query<OrdersParams>,
+) -> Result<Json<Page<crate::store::OrderSummary>>, ApiError> {
+    let limit = page_limit(params.limit, &state)?;
+    let offset = params.offset.unwrap_or(0);
+    let query = OrderQuery {
+        status: params.status.filter(|s| !s.is_empty()),
+        limit: limit + 1,
+        offset,
+    };
+    let items = read(&state, move |store| store.list_orders(&query)).await?;
+    Ok(Json(page(items, limit, offset)))
+}
+
+#[derive(Deserialize)]
+struct DetectionParams {
+    open: Option<bool>,
+    kind: Option<String>,
+    service: Option<String>,
+    order_id: Option<String>,
+    limit: Option<u32>,
+    offset: Option<u64>,
+}
+
+async fn detections_page(
+    state: Arc<ApiState>,
+    params: DetectionParams,
+    kind: Option<DetectionKind>,
+) -> Result<Json<Page<DetectionView>>, ApiError> {
+    let limit = page_limit(params.limit, &state)?;
+    let offset = params.offset.unwrap_or(0);
+    let kind = match (kind, params.kind.as_deref().filter(|k| !k.is_empty())) {
+        (Some(kind), _) => Some(kind),
+        (None, Some(text)) => Some(DetectionKind::parse(text).ok_or_else(|| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "unknown kind {text}; use one of {}",
+                    DetectionKind::ALL.map(|k| k.as_str()).join(", ")
+                ),
+            )
+        })?),
+        (None, None) => None,
+    };
+    let query = DetectionQuery {
+        open: params.open,
+        kind,
+        service: params.service.filter(|s| !s.is_empty()),
+        order_id: params.order_id.filter(|s| !s.is_empty()),
+        limit: limit + 1,
+        offset,
+    };
+    let items = read(&state, move |store| store.detections(&query)).await?;
+    let views = items.iter().map(DetectionView::from).collect();
+    Ok(Json(page(views, limit, offset)))
+}
+
+async fn list_detections(
+    State(state): State<Arc<ApiState>>,
+    Query(params): Query<DetectionParams>,
+) -> Result<Json<Page<DetectionView>>, ApiError> {
+    detections_page(state, params, None).await
+}
+
+async fn list_stuck(
+    State(state): State<Arc<ApiState>>,
+    Query(mut params): Query<DetectionParams>,
+) -> Result<Json<Page<DetectionView>>, ApiError> {
+    params.open = Some(params.open.unwrap_or(true));
+    detections_page(state, params, Some(DetectionKind::Stuck)).await
+}
+
+async fn list_lost(
+    State(state): State<Arc<ApiState>>,
+    Query(mut params): Query<DetectionParams>,
+) -> Result<Json<Page<DetectionView>>, ApiError> {
+    params.open = Some(params.open.unwrap_or(true));
+    detections_page(state, params, Some(DetectionKind::LostInTransit)).await
+}
+
+#[derive(Serialize)]
+struct AuditView {
+    at: String,
+    who: String,
+    action: String,
+    order_id: Option<String>,
+    result: String,
+}
+
+async fn list_audit(
+    State(state): State<Arc<ApiState>>,
+    Query(paging): Query<Paging>,
+) -> Result<Json<Page<AuditView>>, ApiError> {
+    let limit = page_limit(paging.limit, &state)?;
+    let offset = paging.offset.unwrap_or(0);
+    let items = read(&state, move |store| store.audit_entries(limit + 1, offset)).await?;
+    let views = items
+        .into_iter()
+        .map(|e| AuditView {
+            at: rfc3339(e.at),
+            who: e.who,
+            action: e.action,
+            order_id: e.order_id,
+            result: e.result,
+        })
+        .collect();
+    Ok(Json(page(views, limit, offset)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_audited_order_comes_from_the_path_or_the_query() {
+        let uri: Uri = "/api/v1/orders/SO-1%2F2".parse().unwrap();
+        assert_eq!(
+            order_of("/api/v1/orders/{id}", &uri).as_deref(),
+            Some("SO-1/2")
+        );
+        let uri: Uri = "/api/v1/detections?open=true&order_id=SO-9"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            order_of("/api/v1/detections", &uri).as_deref(),
+            Some("SO-9")
+        );
+        let uri: Uri = "/api/v1/detections?open=true".parse().unwrap();
+        assert_eq!(order_of("/api/v1/detections", &uri), None);
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+
+    #[test]
+    fn pages_know_whether_more_follow() {
+        let p = page(vec![1, 2, 3], 2, 10);
+        assert_eq!(p.items, vec![1, 2]);
+        assert_eq!(p.next_offset, Some(12));
+        assert_eq!(page(vec![1], 2, 0).next_offset, None);
+    }
+
+    #[test]
+    fn timeline_has_dwell_per_status() {
+        let mut order = OrderState::new("SO-1", 0);
+        for (status, at) in [("INITIATED", 0), ("FILE_UPLOADED", 2_000_000_000)] {
+            order.history.push(crate::lifecycle::HistoryEntry {
+                status: status.into(),
+                at,
+                service: "shop-api".into(),
+                rule: "r".into(),
+                span_id: "00".into(),
+            });
+        }
+        let view = order_view(&order, 5_000_000_000);
+        assert_eq!(view.history[0].dwell_secs, 2.0);
+        assert_eq!(view.time_in_status["FILE_UPLOADED"], 3.0);
+        assert_eq!(view.history[0].at, "1970-01-01T00:00:00Z");
+    }
+}

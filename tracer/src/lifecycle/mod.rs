@@ -1,0 +1,692 @@
+//! The lifecycle monitor's logic: where each order is, which are stuck, which were lost.
+//!
+//! [`Lifecycle`] is fed exchange spans ([`SpanRecord`], attributes per docs/contracts.md §2)
+//! and a clock ([`Lifecycle::tick`]); it answers with [`Event`]s: status changes, detections
+//! raised and resolved, and each order's root span. No I/O: the monitor persists, alerts and
+//! exports what comes out.
+//!
+//! Detections (kind, step = the canonical status the order did not reach, service blamed):
+//! - `stuck`: longer in a status than its limit, and nothing else explains it;
+//! - `lost_in_transit`: a configured hand-over was sent and never received within its limit;
+//! - `failed_step`: a call toward a step failed (5xx/4xx, reset, timeout) and no retry reached
+//!   the step within the retry grace;
+//! - `skipped` / `backwards`: a status change that jumps over statuses or goes back (also a
+//!   lookup at a service answering an earlier status than that service itself reported);
+//! - `vanished`: the service that holds the order answers a lookup with "not found";
+//! - `possible_duplicate`: a creation with the same key soon after a hung creation.
+//!
+//! Resolution ("the order moves on"): `stuck` on any status change; `failed_step`,
+//! `lost_in_transit`, `vanished`, `backwards` when the order reaches the detection's step (a
+//! found lookup also resolves `vanished`); `skipped` and `possible_duplicate` describe the
+//! order's past, so they resolve when it closes. An order given up (expiry) resolves all.
+//! A resolved detection stays on the order's record: the set of detections ever raised per
+//! order is what a truth file is compared with.
+
+mod config;
+mod order;
+mod root;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::spans::{AttrValue, SpanKind, SpanRecord, SpanStatus};
+
+use config::secs_to_ns;
+pub use config::{LifecycleConfig, StatusConfig, TransitConfig};
+pub use order::{Creation, HistoryEntry, OrderState, PendingFailure, PendingTransit};
+pub use root::{MONITOR_SERVICE, root_span};
+
+/// Creations remembered per duplicate key.
+const MAX_CREATIONS_PER_KEY: usize = 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DetectionKind {
+    Stuck,
+    LostInTransit,
+    FailedStep,
+    Skipped,
+    Backwards,
+    Vanished,
+    PossibleDuplicate,
+}
+
+impl DetectionKind {
+    pub const ALL: [DetectionKind; 7] = [
+        Self::Stuck,
+        Self::LostInTransit,
+        Self::FailedStep,
+        Self::Skipped,
+        Self::Backwards,
+        Self::Vanished,
+        Self::PossibleDuplicate,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stuck => "stuck",
+            Self::LostInTransit => "lost_in_transit",
+            Self::FailedStep => "failed_step",
+            Self::Skipped => "skipped",
+            Self::Backwards => "backwards",
+            Self::Vanished => "vanished",
+            Self::PossibleDuplicate => "possible_duplicate",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+
+    /// Kinds that explain why an order stopped, so that no `stuck` is raised on top.
+    pub fn blocks(self) -> bool {
+        !matches!(self, Self::Skipped | Self::PossibleDuplicate)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Detection {
+    /// Stable: a function of order, kind and step, so a restart cannot raise it twice.
+    pub id: String,
+    pub order_id: String,
+    pub kind: DetectionKind,
+    pub step: String,
+    pub service: String,
+    /// Unix ns when raised.
+    pub at: u64,
+    pub resolved_at: Option<u64>,
+}
+
+impl Detection {
+    pub fn id_for(order_id: &str, kind: DetectionKind, step: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(b"order-tracer/detection/v1:");
+        for part in [order_id, kind.as_str(), step] {
+            hasher.update(part.as_bytes());
+            hasher.update([0u8]);
+        }
+        hex::encode(&hasher.finalize()[..12])
+    }
+}
+
+/// What the lifecycle tells the rest of the monitor.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    StatusChanged {
+        order_id: String,
+        from: Option<String>,
+        to: String,
+        at: u64,
+        /// Time spent in `from`.
+        dwell_ns: Option<u64>,
+    },
+    Raised(Detection),
+    Resolved(Detection),
+    /// The order's root span, emitted once: at its final status or when it is given up.
+    RootSpan(Box<SpanRecord>),
+    /// The order left memory (expired, or evicted over `max_orders`); the store keeps it.
+    Forgotten {
+        order_id: String,
+    },
+}
+
+/// Counters of what the lifecycle could not use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LifecycleCounters {
+    pub spans_applied: u64,
+    pub spans_without_order: u64,
+    pub spans_applied_early: u64,
+    pub orders_evicted: u64,
+}
+
+/// The fields of an exchange span the lifecycle reads.
+struct SpanView<'a> {
+    order_id: &'a str,
+    owner: &'a str,
+    rule: &'a str,
+    kind: SpanKind,
+    status: Option<&'a str>,
+    step: Option<&'a str>,
+    observed: Option<&'a str>,
+    lookup_found: Option<bool>,
+    key: Option<&'a str>,
+    failed: bool,
+    succeeded: bool,
+    gave_up: bool,
+    start: u64,
+    end: u64,
+    span_id: String,
+}
+
+fn str_attr<'a>(span: &'a SpanRecord, key: &str) -> Option<&'a str> {
+    match span.attributes.get(key) {
+        Some(AttrValue::Str(s)) if !s.is_empty() => Some(s),
+        _ => None,
+    }
+}
+
+impl<'a> SpanView<'a> {
+    fn of(span: &'a SpanRecord) -> Option<Self> {
+        let order_id = str_attr(span, "order.id")?;
+        let service = match span.resource.get("service.name") {
+            Some(AttrValue::Str(s)) => s.as_str(),
+            _ => "unknown",
+        };
+        let code = match span.attributes.get("http.response.status_code") {
+            Some(AttrValue::Int(code)) => Some(*code),
+            Some(AttrValue::Str(code)) => code.parse().ok(),
+            _ => None,
+        };
+        let error_type = str_attr(span, "error.type");
+        let failed = error_type.is_some()
+            || span.status == SpanStatus::Error
+            || code.is_some_and(|c| c >= 400);
+        Some(Self {
+            order_id,
+            owner: str_attr(span, "order.owner").unwrap_or(service),
+            rule: str_attr(span, "order.rule").unwrap_or(""),
+            kind: span.kind,
+            status: str_attr(span, "order.status"),
+            step: str_attr(span, "order.step"),
+            observed: str_attr(span, "order.observed_status"),
+            lookup_found: str_attr(span, "order.lookup").map(|l| l == "found"),
+            key: str_attr(span, "order.key"),
+            failed,
+            succeeded: !failed && code.is_some_and(|c| (200..400).contains(&c)),
+            gave_up: matches!(error_type, Some("timeout" | "reset" | "no_response")),
+            start: span.start_unix_nano,
+            end: span.end_unix_nano.max(span.start_unix_nano),
+            span_id: hex::encode(span.span_id),
+        })
+    }
+
+    fn cause(&self, status: &str) -> HistoryEntry {
+        HistoryEntry {
+            status: status.to_string(),
+            at: self.end,
+            service: self.owner.to_string(),
+            rule: self.rule.to_string(),
+            span_id: self.span_id.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct CreationRef {
+    order_id: String,
+    start: u64,
+    hung: bool,
+}
+
+/// The status machine over all orders in memory.
+pub struct Lifecycle {
+    config: LifecycleConfig,
+    orders: HashMap<String, OrderState>,
+    /// Spans waiting out the reorder window, in arrival order: (arrival ns, span).
+    buffer: VecDeque<(u64, SpanRecord)>,
+    creations: HashMap<String, Vec<CreationRef>>,
+    dirty: BTreeSet<String>,
+    /// The buffer changed since the last `take_buffer_if_changed`.
+    buffer_changed: bool,
+    counters: LifecycleCounters,
+}
+
+impl Lifecycle {
+    pub fn new(config: LifecycleConfig) -> Self {
+        Self::restore(config, Vec::new())
+    }
+
+    /// Resumes from orders a store kept (timers, pending hand-overs, detections included).
+    pub fn restore(config: LifecycleConfig, orders: Vec<OrderState>) -> Self {
+        let mut lifecycle = Self {
+            config,
+            orders: HashMap::with_capacity(orders.len()),
+            buffer: VecDeque::new(),
+            creations: HashMap::new(),
+            dirty: BTreeSet::new(),
+            buffer_changed: false,
+            counters: LifecycleCounters::default(),
+        };
+        for order in orders {
+            if let Some(creation) = &order.creation {
+                lifecycle.remember_creation(&order.order_id, creation);
+            }
+            lifecycle.orders.insert(order.order_id.clone(), order);
+        }
+        lifecycle
+    }
+
+    pub fn config(&self) -> &LifecycleConfig {
+        &self.config
+    }
+
+    pub fn counters(&self) -> LifecycleCounters {
+        self.counters
+    }
+
+    pub fn order(&self, order_id: &str) -> Option<&OrderState> {
+        self.orders.get(order_id)
+    }
+
+    pub fn orders(&self) -> impl Iterator<Item = &OrderState> {
+        self.orders.values()
+    }
+
+    pub fn buffered_spans(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// The spans not applied yet (arrival ns, span), when they changed since the last call:
+    /// what a store keeps so that a crash loses no acknowledged span.
+    pub fn buffer_if_changed(&mut self) -> Option<Vec<(u64, &SpanRecord)>> {
+        if !std::mem::take(&mut self.buffer_changed) {
+            return None;
+        }
+        Some(
+            self.buffer
+                .iter()
+                .map(|(arrival, span)| (*arrival, span))
+                .collect(),
+        )
+    }
+
+    /// Takes a span in; it is applied by a later `tick` once the reorder window has passed.
+    pub fn ingest(&mut self, span: SpanRecord, now: u64) -> Vec<Event> {
+        let mut out = Vec::new();
+        if self.buffer.len() >= self.config.max_buffered_spans
+            && let Some((_, oldest)) = self.buffer.pop_front()
+        {
+            self.counters.spans_applied_early += 1;
+            self.apply(&oldest, &mut out);
+        }
+        self.buffer.push_back((now, span));
+        self.buffer_changed = true;
+        out
+    }
+
+    /// Applies the spans whose reorder window passed, then the timers.
+    pub fn tick(&mut self, now: u64) -> Vec<Event> {
+        let cutoff = now.saturating_sub(secs_to_ns(self.config.reorder_secs));
+        let mut out = Vec::new();
+        self.release(|arrival| arrival <= cutoff, &mut out);
+        self.run_timers(now, &mut out);
+        out
+    }
+
+    /// Applies every buffered span now (shutdown), then the timers.
+    pub fn flush(&mut self, now: u64) -> Vec<Event> {
+        let mut out = Vec::new();
+        self.release(|_| true, &mut out);
+        self.run_timers(now, &mut out);
+        out
+    }
+
+    /// Orders changed since the last call, for the store.
+    pub fn take_dirty(&mut self) -> Vec<OrderState> {
+        std::mem::take(&mut self.dirty)
+            .into_iter()
+            .filter_map(|id| self.orders.get(&id).cloned())
+            .collect()
+    }
+
+    /// Number of orders in memory per current status (statuses in lifecycle order).
+    pub fn status_counts(&self) -> Vec<(String, u64)> {
+        let mut counts: Vec<(String, u64)> = self
+            .config
+            .statuses
+            .iter()
+            .map(|s| (s.name.clone(), 0))
+            .collect();
+        for order in self.orders.values() {
+            if let Some(i) = order.status_index(&self.config) {
+                counts[i].1 += 1;
+            }
+        }
+        counts
+    }
+
+    fn release(&mut self, ready: impl Fn(u64) -> bool, out: &mut Vec<Event>) {
+        let mut batch: Vec<SpanRecord> = Vec::new();
+        while let Some((arrival, _)) = self.buffer.front() {
+            if !ready(*arrival) {
+                break;
+            }
+            if let Some((_, span)) = self.buffer.pop_front() {
+                batch.push(span);
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        self.buffer_changed = true;
+        // Stragglers that ended before the newest released span go with it, in order.
+        let newest = batch.iter().map(|s| s.end_unix_nano).max().unwrap_or(0);
+        let (early, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.buffer)
+            .into_iter()
+            .partition(|(_, span)| span.end_unix_nano <= newest);
+        self.buffer = later.into();
+        batch.extend(early.into_iter().map(|(_, span)| span));
+        batch.sort_by_key(|s| (s.end_unix_nano, s.start_unix_nano));
+        for span in &batch {
+            self.apply(span, out);
+        }
+    }
+
+    fn run_timers(&mut self, now: u64, out: &mut Vec<Event>) {
+        let expiry = secs_to_ns(self.config.order_expiry_secs);
+        let mut expired = Vec::new();
+        for order in self.orders.values_mut() {
+            if now >= order.last_activity.saturating_add(expiry) {
+                expired.push(order.order_id.clone());
+                continue;
+            }
+            let before = out.len();
+            if order.closed_at.is_none() {
+                order.on_tick(&self.config, now, out);
+            }
+            if out.len() != before {
+                self.dirty.insert(order.order_id.clone());
+            }
+        }
+        for order_id in expired {
+            self.forget(&order_id, now, out);
+        }
+        let keep = secs_to_ns(2.0 * self.config.duplicate_window_secs);
+        self.creations.retain(|_, list| {
+            list.retain(|c| c.start.saturating_add(keep) > now);
+            !list.is_empty()
+        });
+    }
+
+    /// Gives an order up: resolves what is open, ends its root span if it never closed.
+    fn forget(&mut self, order_id: &str, now: u64, out: &mut Vec<Event>) {
+        let Some(mut order) = self.orders.remove(order_id) else {
+            return;
+        };
+        order.resolve_where(now, out, |_| true);
+        if order.closed_at.is_none() {
+            out.push(Event::RootSpan(Box::new(root_span(&order, now))));
+        }
+        self.dirty.remove(order_id);
+        for list in self.creations.values_mut() {
+            list.retain(|c| c.order_id != order_id);
+        }
+        out.push(Event::Forgotten {
+            order_id: order_id.to_string(),
+        });
+    }
+
+    fn apply(&mut self, span: &SpanRecord, out: &mut Vec<Event>) {
+        let Some(view) = SpanView::of(span) else {
+            self.counters.spans_without_order += 1;
+            return;
+        };
+        self.counters.spans_applied += 1;
+        if !self.orders.contains_key(view.order_id) {
+            if self.orders.len() >= self.config.max_orders
+                && let Some(oldest) = self
+                    .orders
+                    .values()
+                    .min_by_key(|o| o.last_activity)
+                    .map(|o| o.order_id.clone())
+            {
+                self.counters.orders_evicted += 1;
+                self.forget(&oldest, view.end, out);
+            }
+            self.orders.insert(
+                view.order_id.to_string(),
+                OrderState::new(view.order_id, view.start),
+            );
+        }
+        self.dirty.insert(view.order_id.to_string());
+        let config = &self.config;
+        let Some(order) = self.orders.get_mut(view.order_id) else {
+            return;
+        };
+        order.first_seen = order.first_seen.min(view.start);
+        order.last_activity = order.last_activity.max(view.end);
+        let was_closed = order.closed_at.is_some();
+
+        if let Some(found) = view.lookup_found {
+            apply_lookup(config, order, &view, found, out);
+        } else if view.succeeded {
+            if let Some(status) = view.status
+                && let Some(index) = config.index_of(status)
+                && !is_stale(config, order, index, view.end)
+            {
+                order.set_service_status(view.owner, status);
+                order.reach(config, index, view.cause(status), out);
+            }
+            if let Some(step) = view.step {
+                order.pending_failures.retain(|f| f.step != step);
+            }
+        } else if view.failed {
+            note_failure(config, order, &view);
+        }
+        apply_transits(config, order, &view, out);
+        if !was_closed && order.closed_at.is_some() {
+            out.push(Event::RootSpan(Box::new(root_span(order, view.end))));
+        }
+        if let Some(key) = view.key {
+            let creation = Creation {
+                key: format!("{}/{key}", view.rule),
+                start: view.start,
+                hung: view.gave_up
+                    || view.end.saturating_sub(view.start) >= secs_to_ns(config.hung_creation_secs),
+                service: view.owner.to_string(),
+                step: view
+                    .status
+                    .or(view.step)
+                    .unwrap_or(&config.statuses[0].name)
+                    .to_string(),
+            };
+            if order.creation.is_none() {
+                order.creation = Some(creation.clone());
+                self.check_duplicates(view.order_id, &creation, view.end, out);
+                self.remember_creation(view.order_id, &creation);
+            }
+        }
+    }
+
+    fn remember_creation(&mut self, order_id: &str, creation: &Creation) {
+        let list = self.creations.entry(creation.key.clone()).or_default();
+        if list.len() == MAX_CREATIONS_PER_KEY {
+            list.remove(0);
+        }
+        list.push(CreationRef {
+            order_id: order_id.to_string(),
+            start: creation.start,
+            hung: creation.hung,
+        });
+    }
+
+    /// A hung creation followed (within the window) by another with the same key: that next
+    /// creation is the customer's retry, a possible duplicate. Only the first one after the
+    /// hung creation is: later orders with the same key are new purchases. Either span may
+    /// arrive first (the hung one ends late), so the pairing is redone on each creation.
+    fn check_duplicates(
+        &mut self,
+        order_id: &str,
+        creation: &Creation,
+        at: u64,
+        out: &mut Vec<Event>,
+    ) {
+        let window = secs_to_ns(self.config.duplicate_window_secs);
+        let mut all: Vec<(&str, u64, bool)> = self
+            .creations
+            .get(&creation.key)
+            .map(|list| {
+                list.iter()
+                    .filter(|c| c.order_id != order_id)
+                    .map(|c| (c.order_id.as_str(), c.start, c.hung))
+                    .collect()
+            })
+            .unwrap_or_default();
+        all.push((order_id, creation.start, creation.hung));
+        let duplicates: Vec<String> = all
+            .iter()
+            .filter(|(_, _, hung)| *hung)
+            .filter_map(|(_, hung_start, _)| {
+                all.iter()
+                    .filter(|(_, start, _)| start > hung_start && start - hung_start <= window)
+                    .min_by_key(|(_, start, _)| *start)
+                    .map(|(next, _, _)| next.to_string())
+            })
+            .collect();
+        for duplicate in duplicates {
+            if let Some(order) = self.orders.get_mut(&duplicate) {
+                order.raise(
+                    DetectionKind::PossibleDuplicate,
+                    &creation.step,
+                    &creation.service,
+                    at,
+                    out,
+                );
+                self.dirty.insert(duplicate);
+            }
+        }
+    }
+}
+
+/// A status change already applied (a span delivered again: OTLP is at-least-once), or an
+/// earlier status from an exchange older than the current status (later than the reorder
+/// window): neither is a step back.
+fn is_stale(config: &LifecycleConfig, order: &OrderState, index: usize, end: u64) -> bool {
+    let status = &config.statuses[index].name;
+    order
+        .history
+        .iter()
+        .any(|h| &h.status == status && h.at == end)
+        || order
+            .status_index(config)
+            .is_some_and(|current| index < current && end < order.status_since)
+}
+
+/// A status lookup: compared with what the answering service itself reported earlier.
+fn apply_lookup(
+    config: &LifecycleConfig,
+    order: &mut OrderState,
+    view: &SpanView<'_>,
+    found: bool,
+    out: &mut Vec<Event>,
+) {
+    // A lookup older than the service's own latest change says nothing new (redelivery).
+    if order
+        .history
+        .iter()
+        .rev()
+        .find(|h| h.service == view.owner)
+        .is_some_and(|h| view.end < h.at)
+    {
+        return;
+    }
+    let current = order.status_index(config);
+    let own = order.service_status(view.owner).map(str::to_string);
+    if !found {
+        // Only the service the order is at can make it vanish: other systems may simply not
+        // have heard of it yet.
+        if own.is_some() && own == order.status && !order.is_blocked() {
+            let step = current.map_or(0, |c| (c + 1).min(config.statuses.len() - 1));
+            order.raise(
+                DetectionKind::Vanished,
+                &config.statuses[step].name,
+                view.owner,
+                view.end,
+                out,
+            );
+        }
+        return;
+    }
+    order.resolve_where(view.end, out, |d| d.kind == DetectionKind::Vanished);
+    let Some(observed) = view.observed else {
+        return;
+    };
+    let Some(seen) = config.index_of(observed) else {
+        return;
+    };
+    let own_index = own.as_deref().and_then(|s| config.index_of(s));
+    match own_index {
+        Some(own_index) if seen < own_index => {
+            if current == Some(own_index) {
+                order.reach(config, seen, view.cause(observed), out);
+            } else {
+                order.raise(
+                    DetectionKind::Backwards,
+                    &config.statuses[own_index].name,
+                    view.owner,
+                    view.end,
+                    out,
+                );
+            }
+        }
+        _ if current.is_none_or(|c| seen > c) => {
+            // The service is further than the tracer saw: an exchange was missed.
+            order.reach(config, seen, view.cause(observed), out);
+        }
+        _ => {}
+    }
+    order.set_service_status(view.owner, observed);
+}
+
+fn note_failure(config: &LifecycleConfig, order: &mut OrderState, view: &SpanView<'_>) {
+    let current = order.status_index(config);
+    let step = match view.step.and_then(|s| config.index_of(s)) {
+        Some(step) => step,
+        None => current.map_or(0, |c| (c + 1).min(config.statuses.len() - 1)),
+    };
+    if current.is_some_and(|c| c >= step) {
+        return;
+    }
+    let name = &config.statuses[step].name;
+    if !order.pending_failures.iter().any(|f| &f.step == name) {
+        order.pending_failures.push(PendingFailure {
+            step: name.clone(),
+            service: view.owner.to_string(),
+            at: view.end,
+        });
+    }
+}
+
+fn apply_transits(
+    config: &LifecycleConfig,
+    order: &mut OrderState,
+    view: &SpanView<'_>,
+    out: &mut Vec<Event>,
+) {
+    for transit in &config.transits {
+        if view.rule == transit.to_rule {
+            order
+                .pending_transits
+                .retain(|t| t.to_rule != transit.to_rule);
+            order.resolve_where(view.end, out, |d| {
+                d.kind == DetectionKind::LostInTransit && d.step == transit.step
+            });
+            if !order.received_rules.contains(&transit.to_rule) {
+                order.received_rules.push(transit.to_rule.clone());
+            }
+        } else if view.rule == transit.from_rule
+            && view.kind == SpanKind::Client
+            && view.succeeded
+            && !order.received_rules.contains(&transit.to_rule)
+            && !order
+                .pending_transits
+                .iter()
+                .any(|t| t.to_rule == transit.to_rule)
+            && order
+                .status_index(config)
+                .is_none_or(|c| config.index_of(&transit.step).is_some_and(|s| s > c))
+        {
+            order.pending_transits.push(PendingTransit {
+                to_rule: transit.to_rule.clone(),
+                step: transit.step.clone(),
+                service: transit.service.clone(),
+                deadline: view.end.saturating_add(secs_to_ns(transit.limit_secs)),
+            });
+        }
+    }
+}

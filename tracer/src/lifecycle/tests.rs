@@ -1,0 +1,299 @@
+//! Every fault row of docs/contracts.md §1 as synthetic spans: each yields exactly its one
+//! detection, a healthy order none.
+
+use super::*;
+use crate::spans::{order_root_span_id, order_trace_id};
+
+#[path = "../../tests/monitor_common/walk.rs"]
+mod walk;
+use walk::{FAULTS, Span, hung_pair, walk};
+
+const S: u64 = 1_000_000_000;
+const T0: u64 = 1_800_000_000 * S;
+
+fn test_config() -> LifecycleConfig {
+    let mut config = LifecycleConfig::default();
+    for status in &mut config.statuses {
+        if status.stuck_after_secs.is_some() {
+            status.stuck_after_secs = Some(10.0);
+        }
+    }
+    for transit in &mut config.transits {
+        transit.limit_secs = 5.0;
+    }
+    config.retry_grace_secs = 2.0;
+    config.hung_creation_secs = 2.0;
+    config.duplicate_window_secs = 60.0;
+    config.reorder_secs = 0.5;
+    config.order_expiry_secs = 600.0;
+    config
+}
+
+/// Feeds spans at their end time (plus a small delivery delay) and ticks every 250 ms.
+fn run(spans: Vec<SpanRecord>, until_secs: f64) -> (Lifecycle, Vec<Event>) {
+    let mut lifecycle = Lifecycle::new(test_config());
+    let mut spans = spans;
+    spans.sort_by_key(|s| s.end_unix_nano);
+    let mut events = Vec::new();
+    let mut next = 0;
+    let mut now = T0;
+    while now <= T0 + (until_secs * 1e9) as u64 {
+        while next < spans.len() && spans[next].end_unix_nano + S / 10 <= now {
+            events.extend(lifecycle.ingest(spans[next].clone(), now));
+            next += 1;
+        }
+        events.extend(lifecycle.tick(now));
+        now += S / 4;
+    }
+    (lifecycle, events)
+}
+
+fn detections_of(lifecycle: &Lifecycle, order: &str) -> Vec<(String, String, String)> {
+    lifecycle
+        .order(order)
+        .map(|o| {
+            o.detections
+                .iter()
+                .map(|d| {
+                    (
+                        d.kind.as_str().to_string(),
+                        d.step.clone(),
+                        d.service.clone(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn one(kind: &str, step: &str, service: &str) -> Vec<(String, String, String)> {
+    vec![(kind.into(), step.into(), service.into())]
+}
+
+#[test]
+fn healthy_order_closes_without_detections_and_emits_its_root_span() {
+    let (lifecycle, events) = run(walk("SO-1", None, T0), 60.0);
+    let order = lifecycle.order("SO-1").unwrap();
+    assert_eq!(order.status.as_deref(), Some("CLOSED"));
+    assert_eq!(order.history.len(), 10, "{:?}", order.history);
+    assert!(order.detections.is_empty(), "{:?}", order.detections);
+    let roots: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::RootSpan(span) => Some(span),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(roots.len(), 1);
+    assert_eq!(roots[0].span_id, crate::spans::order_root_span_id("SO-1"));
+    assert_eq!(roots[0].start_unix_nano, T0);
+    assert!(roots[0].events.len() >= 10);
+}
+
+#[test]
+fn every_fault_row_yields_exactly_its_detection() {
+    for (fault, kind, step, service) in FAULTS {
+        let (lifecycle, _) = run(walk("SO-F", Some(fault), T0), 60.0);
+        assert_eq!(
+            detections_of(&lifecycle, "SO-F"),
+            one(kind, step, service),
+            "fault {fault}"
+        );
+    }
+}
+
+#[test]
+fn hung_session_gives_stuck_first_order_and_duplicate_second() {
+    let (lifecycle, _) = run(hung_pair("SO-A", "SO-B", T0), 60.0);
+    assert_eq!(
+        detections_of(&lifecycle, "SO-A"),
+        one("stuck", "FILE_UPLOADED", "shop-api")
+    );
+    assert_eq!(
+        detections_of(&lifecycle, "SO-B"),
+        one("possible_duplicate", "INITIATED", "shop-api")
+    );
+    // The duplicate went on to CLOSED: its finding stays on record, resolved.
+    let b = lifecycle.order("SO-B").unwrap();
+    assert_eq!(b.status.as_deref(), Some("CLOSED"));
+    assert!(b.detections[0].resolved_at.is_some());
+}
+
+#[test]
+fn only_the_first_creation_after_a_hung_one_is_a_duplicate() {
+    let mut spans = hung_pair("SO-A", "SO-B", T0);
+    let mut later = walk("SO-C", None, T0 + 5 * S);
+    later[0] = spans[0].clone();
+    later[0]
+        .attributes
+        .insert("order.id".into(), AttrValue::Str("SO-C".into()));
+    later[0].start_unix_nano = T0 + 5 * S;
+    later[0].end_unix_nano = T0 + 5 * S + S / 10;
+    spans.extend(later);
+    let (lifecycle, _) = run(spans, 60.0);
+    assert_eq!(detections_of(&lifecycle, "SO-B").len(), 1);
+    assert!(detections_of(&lifecycle, "SO-C").is_empty());
+}
+
+#[test]
+fn same_key_without_a_hung_creation_is_no_duplicate() {
+    let mut spans = hung_pair("SO-A", "SO-B", T0);
+    // The first creation answered in time this once.
+    spans[0].end_unix_nano = spans[0].start_unix_nano + S / 10;
+    spans.extend(walk("SO-A", None, T0).into_iter().skip(1));
+    let (lifecycle, _) = run(spans, 60.0);
+    assert!(detections_of(&lifecycle, "SO-A").is_empty());
+    assert!(detections_of(&lifecycle, "SO-B").is_empty());
+}
+
+#[test]
+fn detections_come_within_their_limit_and_resolve_when_the_order_moves_on() {
+    let (lifecycle, events) = run(walk("SO-S", Some("carrier_webhook_lost"), T0), 30.0);
+    let raised = events
+        .iter()
+        .find_map(|e| match e {
+            Event::Raised(d) => Some(d.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let shipped_at = T0 + (7.52 * 1e9) as u64;
+    assert!(raised.at >= shipped_at + 10 * S && raised.at <= shipped_at + 11 * S);
+    // The late webhook arrives: the stuck detection resolves, nothing new is raised.
+    let mut lifecycle = lifecycle;
+    let now = T0 + 31 * S;
+    let late = Span::server("SO-S", "crm-api", "crm.carrier_webhook", T0)
+        .reached("CLOSED")
+        .at(30.5, 0.01);
+    lifecycle.ingest(late, now);
+    let events = lifecycle.tick(now + S);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Resolved(d) if d.id == raised.id))
+    );
+    assert!(!events.iter().any(|e| matches!(e, Event::Raised(_))));
+}
+
+#[test]
+fn a_retry_that_succeeds_within_the_grace_raises_nothing() {
+    let mut spans = walk("SO-R", Some("submit_db_error"), T0);
+    spans.extend(walk("SO-R", None, T0).into_iter().skip(3));
+    let (lifecycle, _) = run(spans, 60.0);
+    assert!(detections_of(&lifecycle, "SO-R").is_empty());
+}
+
+#[test]
+fn spans_out_of_order_within_the_reorder_window_are_no_skip() {
+    let mut lifecycle = Lifecycle::new(test_config());
+    let mut spans = walk("SO-O", None, T0);
+    spans.reverse();
+    let now = T0 + 20 * S;
+    for span in spans {
+        lifecycle.ingest(span, now);
+    }
+    lifecycle.tick(now + S);
+    let order = lifecycle.order("SO-O").unwrap();
+    assert_eq!(order.status.as_deref(), Some("CLOSED"));
+    assert!(order.detections.is_empty(), "{:?}", order.detections);
+}
+
+#[test]
+fn restored_state_raises_nothing_twice_and_keeps_timers() {
+    let mut lifecycle = Lifecycle::new(test_config());
+    for span in walk("SO-1", Some("packaging_not_recorded"), T0) {
+        lifecycle.ingest(span, T0 + 6 * S);
+    }
+    for span in walk("SO-2", Some("work_order_dropped"), T0) {
+        lifecycle.ingest(span, T0 + 6 * S);
+    }
+    lifecycle.tick(T0 + 7 * S);
+    let first = lifecycle.tick(T0 + 20 * S);
+    assert_eq!(
+        first
+            .iter()
+            .filter(|e| matches!(e, Event::Raised(_)))
+            .count(),
+        2
+    );
+    let saved: Vec<OrderState> = lifecycle.take_dirty();
+    let mut restored = Lifecycle::restore(test_config(), saved);
+    let again = restored.tick(T0 + 25 * S);
+    assert!(
+        !again.iter().any(|e| matches!(e, Event::Raised(_))),
+        "{again:?}"
+    );
+    assert_eq!(restored.order("SO-1").unwrap().open_detections().count(), 1);
+}
+
+#[test]
+fn transit_timer_survives_a_restart() {
+    let mut lifecycle = Lifecycle::new(test_config());
+    for span in walk("SO-T", Some("priced_order_dropped"), T0) {
+        lifecycle.ingest(span, T0 + 3 * S);
+    }
+    lifecycle.tick(T0 + 4 * S);
+    let mut restored = Lifecycle::restore(test_config(), lifecycle.take_dirty());
+    let events = restored.tick(T0 + 10 * S);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Raised(d) if d.kind == DetectionKind::LostInTransit))
+    );
+}
+
+#[test]
+fn expiry_gives_the_order_up_and_resolves_what_is_open() {
+    let (mut lifecycle, _) = run(walk("SO-X", Some("operator_never_started"), T0), 30.0);
+    let events = lifecycle.tick(T0 + 700 * S);
+    assert!(events.iter().any(|e| matches!(e, Event::Resolved(_))));
+    assert!(events.iter().any(|e| matches!(e, Event::RootSpan(_))));
+    assert!(events.iter().any(|e| matches!(e, Event::Forgotten { .. })));
+    assert!(lifecycle.order("SO-X").is_none());
+}
+
+#[test]
+fn memory_is_bounded_by_max_orders() {
+    let mut config = test_config();
+    config.max_orders = 3;
+    config.reorder_secs = 0.0;
+    let mut lifecycle = Lifecycle::new(config);
+    for i in 0..10 {
+        let span = Span::server(&format!("SO-{i}"), "shop-api", "shop.create", T0)
+            .reached("INITIATED")
+            .at(i as f64, 0.01);
+        lifecycle.ingest(span, T0 + i * S);
+        lifecycle.tick(T0 + i * S + S / 2);
+    }
+    assert_eq!(lifecycle.orders().count(), 3);
+    assert_eq!(lifecycle.counters().orders_evicted, 7);
+}
+
+#[test]
+fn spans_without_an_order_id_are_counted_not_applied() {
+    let mut lifecycle = Lifecycle::new(test_config());
+    let mut span = Span::server("SO-1", "shop-api", "shop.create", T0).at(0.0, 0.1);
+    span.attributes.remove("order.id");
+    lifecycle.ingest(span, T0);
+    lifecycle.tick(T0 + S);
+    assert_eq!(lifecycle.counters().spans_without_order, 1);
+    assert_eq!(lifecycle.orders().count(), 0);
+}
+
+#[test]
+fn spans_delivered_again_after_the_order_moved_on_change_nothing() {
+    for fault in [None, Some("completion_lost"), Some("created_not_saved")] {
+        let spans = walk("SO-D", fault, T0);
+        let mut lifecycle = Lifecycle::new(test_config());
+        for span in &spans {
+            lifecycle.ingest(span.clone(), T0 + 20 * S);
+        }
+        lifecycle.tick(T0 + 21 * S);
+        let before = lifecycle.order("SO-D").unwrap().clone();
+        // The exporter retries a batch the monitor had already taken.
+        for span in spans {
+            lifecycle.ingest(span, T0 + 22 * S);
+        }
+        lifecycle.tick(T0 + 23 * S);
+        assert_eq!(lifecycle.order("SO-D").unwrap(), &before, "fault {fault:?}");
+    }
+}

@@ -1,0 +1,555 @@
+//! The lifecycle monitor as a running component, and its two shapes: all-in-one
+//! (`tracer run`: agent + monitor in one process) and central (`tracer monitor`: an OTLP
+//! receiver for many agents, forwarding to Jaeger).
+//!
+//! [`Monitor`] owns one thread that feeds the [`Lifecycle`] (spans through a bounded channel,
+//! a clock tick), persists what changed, then notifies (alerts, metrics, root spans): state
+//! is saved before an alert goes out, so a restart never raises an alert twice.
+
+pub mod alerts;
+pub mod otlp_out;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::api::{ApiState, AuditLog, Auth};
+use crate::config::Config;
+use crate::lifecycle::{Event, Lifecycle};
+use crate::metrics::{Metrics, PipelineCounters, SharedMetrics};
+use crate::spans::SpanRecord;
+use crate::store::Store;
+use alerts::AlertQueue;
+use otlp_out::Forwarder;
+
+/// Spans waiting for the lifecycle thread; over this they are dropped and counted.
+pub const SPAN_QUEUE: usize = 65_536;
+/// Clock of the lifecycle: timers (stuck, lost) fire at most this late.
+const TICK: Duration = Duration::from_millis(250);
+/// Gauges (orders per status, open detections) are recomputed this often.
+const GAUGE_REFRESH: Duration = Duration::from_secs(5);
+/// Spans taken off the channel per wake-up, so ticks keep their pace under load.
+const DRAIN_BATCH: usize = 4096;
+
+/// Unix time in ns.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// rustls needs one process-wide crypto provider; ring is the one this build carries.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err means another part of the process installed one first: fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// How spans get into the monitor: cheap to clone, never blocks the sender.
+#[derive(Clone)]
+pub struct SpanSink {
+    tx: SyncSender<SpanRecord>,
+    metrics: SharedMetrics,
+}
+
+impl SpanSink {
+    /// Queues a span; `false` when it was dropped (queue full or monitor stopped), counted
+    /// in `order_tracer_monitor_drops_total`.
+    pub fn send(&self, span: SpanRecord) -> bool {
+        match self.tx.try_send(span) {
+            Ok(()) => {
+                self.metrics.spans_received.inc();
+                true
+            }
+            Err(TrySendError::Full(_)) => {
+                self.metrics.count_drop("monitor_queue_full");
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.metrics.count_drop("monitor_stopped");
+                false
+            }
+        }
+    }
+
+    pub(crate) fn count_parse_error(&self) {
+        self.metrics.count_drop("otlp_parse_error");
+    }
+}
+
+/// Where the orders' root spans go (an exporter); called on the lifecycle thread, so it
+/// must not block.
+pub type RootSpanOut = Box<dyn Fn(SpanRecord) + Send>;
+
+pub struct MonitorSettings {
+    pub config: Config,
+    /// Shared with what runs beside the monitor (receiver, forwarder, agent).
+    pub metrics: SharedMetrics,
+    pub anonymous_loopback: bool,
+    pub root_spans: Option<RootSpanOut>,
+}
+
+pub struct Monitor {
+    sink: SpanSink,
+    metrics: SharedMetrics,
+    api: Arc<ApiState>,
+    stop: Arc<AtomicBool>,
+    core: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Monitor {
+    /// Opens the store, resumes the orders it holds, and starts the lifecycle thread.
+    /// Call inside a tokio runtime (alerts and audit export run as tasks).
+    pub async fn start(settings: MonitorSettings) -> anyhow::Result<Self> {
+        install_crypto_provider();
+        let config = settings.config;
+        if !config.api.auth.is_configured() && !settings.anonymous_loopback {
+            anyhow::bail!(
+                "no way to authenticate API callers: configure [api.auth] (oidc or static_tokens), or pass --allow-anonymous-loopback for a local demo"
+            );
+        }
+        if config.lifecycle.order_expiry_secs > config.store.retention_days * 86_400.0 {
+            anyhow::bail!(
+                "[lifecycle] order_expiry_secs is longer than [store] retention_days: followed orders would outlive their records; shorten the expiry or lengthen the retention"
+            );
+        }
+        let path = &config.store.path;
+        let writer = Store::open(path)?;
+        let reader = Store::open(path)?;
+        let orders = writer.load_active()?;
+        let resumed = orders.len();
+        let mut lifecycle = Lifecycle::restore(config.lifecycle.clone(), orders);
+        let inbox = writer.load_inbox()?;
+        let requeued = inbox.len();
+        for (arrival, span) in inbox {
+            // Nothing is applied by `ingest` below the buffer bound, so no event is lost here.
+            let _ = lifecycle.ingest(span, arrival);
+        }
+        tracing::info!(
+            store = %path.display(),
+            resumed,
+            requeued,
+            "lifecycle monitor started"
+        );
+        let metrics = settings.metrics;
+        metrics.refresh(&lifecycle);
+        let alerts = config
+            .api
+            .alert_webhook
+            .as_deref()
+            .map(|url| AlertQueue::start(url, metrics.clone()));
+        let (tx, rx) = std::sync::mpsc::sync_channel(SPAN_QUEUE);
+        let stop = Arc::new(AtomicBool::new(false));
+        let core = Core {
+            lifecycle,
+            store: writer,
+            metrics: metrics.clone(),
+            alerts,
+            root_spans: settings.root_spans,
+            retention_ns: config.store.retention_ns(),
+            purge_every: Duration::from_secs_f64(config.store.purge_interval_secs),
+        };
+        let core_stop = stop.clone();
+        let core = std::thread::Builder::new()
+            .name("lifecycle".into())
+            .spawn(move || core.run(rx, core_stop))
+            .context("cannot start the lifecycle thread")?;
+        let store = Arc::new(Mutex::new(reader));
+        let auth = Auth::new(&config.api.auth, settings.anonymous_loopback).await?;
+        let audit = AuditLog::new(
+            store.clone(),
+            config.api.audit_otlp_logs.as_deref(),
+            metrics.clone(),
+        );
+        let api = Arc::new(ApiState {
+            store,
+            auth,
+            audit,
+            metrics: metrics.clone(),
+            config: config.api.clone(),
+        });
+        Ok(Self {
+            sink: SpanSink {
+                tx,
+                metrics: metrics.clone(),
+            },
+            metrics,
+            api,
+            stop,
+            core: Some(core),
+        })
+    }
+
+    /// Feed spans here (the agent pipeline, the OTLP receiver).
+    pub fn span_sink(&self) -> SpanSink {
+        self.sink.clone()
+    }
+
+    /// The agent's counters, shown on `/metrics`.
+    pub fn pipeline_counters(&self) -> PipelineCounters {
+        self.metrics.pipeline()
+    }
+
+    pub fn metrics(&self) -> SharedMetrics {
+        self.metrics.clone()
+    }
+
+    pub fn api_state(&self) -> Arc<ApiState> {
+        self.api.clone()
+    }
+
+    /// Serves the API (and page, `/metrics`) until the process ends; also keeps the
+    /// identity provider's keys fresh.
+    pub async fn serve_api(&self, listener: std::net::TcpListener) -> anyhow::Result<()> {
+        let state = self.api.clone();
+        let refresher = state.clone();
+        let refresh = tokio::spawn(async move { refresher.auth.refresh_periodically().await });
+        let served = crate::api::serve_on(state, listener).await;
+        refresh.abort();
+        served
+    }
+
+    /// Applies what is buffered, saves everything, stops the lifecycle thread.
+    pub fn shutdown(mut self) {
+        self.stop_core();
+    }
+
+    fn stop_core(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(core) = self.core.take()
+            && core.join().is_err()
+        {
+            tracing::error!("the lifecycle thread panicked");
+        }
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.stop_core();
+    }
+}
+
+/// The lifecycle thread's state.
+struct Core {
+    lifecycle: Lifecycle,
+    store: Store,
+    metrics: SharedMetrics,
+    alerts: Option<AlertQueue>,
+    root_spans: Option<RootSpanOut>,
+    retention_ns: u64,
+    purge_every: Duration,
+}
+
+impl Core {
+    fn run(mut self, rx: Receiver<SpanRecord>, stop: Arc<AtomicBool>) {
+        let mut last_tick = Instant::now();
+        let mut last_gauges = Instant::now();
+        let mut last_purge: Option<Instant> = None;
+        loop {
+            let mut events = Vec::new();
+            let wait = (last_tick + TICK).saturating_duration_since(Instant::now());
+            let mut disconnected = false;
+            match rx.recv_timeout(wait) {
+                Ok(span) => {
+                    events.extend(self.lifecycle.ingest(span, unix_now()));
+                    for span in rx.try_iter().take(DRAIN_BATCH) {
+                        events.extend(self.lifecycle.ingest(span, unix_now()));
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => disconnected = true,
+            }
+            let stopping = disconnected || stop.load(Ordering::SeqCst);
+            if stopping {
+                for span in rx.try_iter() {
+                    events.extend(self.lifecycle.ingest(span, unix_now()));
+                }
+                events.extend(self.lifecycle.flush(unix_now()));
+            } else if last_tick.elapsed() >= TICK {
+                last_tick = Instant::now();
+                events.extend(self.lifecycle.tick(unix_now()));
+            }
+            self.settle(events);
+            if last_gauges.elapsed() >= GAUGE_REFRESH {
+                last_gauges = Instant::now();
+                self.metrics.refresh(&self.lifecycle);
+            }
+            if last_purge.is_none_or(|t| t.elapsed() >= self.purge_every) {
+                last_purge = Some(Instant::now());
+                self.purge();
+            }
+            if stopping {
+                tracing::info!("lifecycle monitor stopped; state saved");
+                return;
+            }
+        }
+    }
+
+    /// Saves, then tells: store first, so a crash cannot make a restart re-alert.
+    fn settle(&mut self, events: Vec<Event>) {
+        let dirty = self.lifecycle.take_dirty();
+        let inbox = self.lifecycle.buffer_if_changed();
+        if let Err(err) = self.store.save_state(&dirty, inbox.as_deref()) {
+            self.metrics.store_errors.inc();
+            tracing::error!("saving orders: {err}");
+        }
+        if events.is_empty() {
+            return;
+        }
+        let forgotten: Vec<String> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Forgotten { order_id } => Some(order_id.clone()),
+                _ => None,
+            })
+            .collect();
+        if !forgotten.is_empty()
+            && let Err(err) = self.store.forget(&forgotten)
+        {
+            self.metrics.store_errors.inc();
+            tracing::error!("marking given-up orders: {err}");
+        }
+        self.metrics.observe(&events);
+        for event in events {
+            match event {
+                Event::Raised(d) | Event::Resolved(d) => {
+                    if let Some(alerts) = &self.alerts {
+                        alerts.notify(&d);
+                    }
+                }
+                Event::RootSpan(span) => {
+                    if let Some(out) = &self.root_spans {
+                        out(*span);
+                    }
+                }
+                Event::StatusChanged { .. } | Event::Forgotten { .. } => {}
+            }
+        }
+    }
+
+    fn purge(&mut self) {
+        let cutoff = unix_now().saturating_sub(self.retention_ns);
+        match self.store.purge(cutoff) {
+            Ok(0) => {}
+            Ok(rows) => tracing::info!(rows, "purged records older than the retention"),
+            Err(err) => {
+                self.metrics.store_errors.inc();
+                tracing::error!("retention purge: {err}");
+            }
+        }
+    }
+}
+
+/// Options both shapes take.
+#[derive(Debug, clap::Args)]
+pub struct CommonArgs {
+    /// Config file (TOML); without it, the embedded testbed config.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address of the operator API, page and /metrics (overrides [api] listen).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Serve local callers without a token (demo and tests only; needs a loopback --listen).
+    #[arg(long)]
+    pub allow_anonymous_loopback: bool,
+    /// SQLite file for order state (overrides [store] path).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+}
+
+/// `tracer run`: agent + monitor on one host.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// `tracer monitor`: central monitor fed over OTLP.
+#[derive(Debug, clap::Args)]
+pub struct MonitorArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// OTLP/gRPC receiver address.
+    #[arg(long, default_value = "0.0.0.0:4317")]
+    pub otlp_grpc: SocketAddr,
+    /// OTLP/HTTP receiver address (`POST /v1/traces`).
+    #[arg(long, default_value = "0.0.0.0:4318")]
+    pub otlp_http: SocketAddr,
+    /// OTLP/HTTP traces endpoint of the upstream (Jaeger or a Collector), e.g.
+    /// `http://jaeger:4318/v1/traces`: received spans and the orders' root spans go there.
+    #[arg(long)]
+    pub forward_to: Option<String>,
+}
+
+/// Config file, with the command line's overrides applied and checked.
+fn load_config(args: &CommonArgs) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::embedded_default(),
+    };
+    if let Some(listen) = args.listen {
+        config.api.listen = listen;
+    }
+    if let Some(store) = &args.store {
+        config.store.path = store.clone();
+    }
+    if args.allow_anonymous_loopback && !config.api.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "--allow-anonymous-loopback refuses {}: anonymous access is for a loopback address only (e.g. --listen 127.0.0.1:8480)",
+            config.api.listen
+        );
+    }
+    Ok(config)
+}
+
+/// What the agent pipeline gets in all-in-one mode.
+pub struct AgentHookup {
+    pub config: Config,
+    /// Send every exchange span here (as well as to the agent's own exporter).
+    pub spans: SpanSink,
+    /// Add the pipeline's counters here; `/metrics` shows them.
+    pub counters: PipelineCounters,
+    /// The orders' root spans, for the agent's exporter to send with the others.
+    pub root_spans: tokio::sync::mpsc::Receiver<SpanRecord>,
+}
+
+/// Starts the agent pipeline of an all-in-one run and returns when it ends.
+pub type AgentStart = Box<
+    dyn FnOnce(AgentHookup) -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>
+        + Send,
+>;
+
+/// Root spans waiting for the agent's exporter.
+const ROOT_SPAN_QUEUE: usize = 4096;
+
+/// `tracer run` as main.rs calls it: the monitor with no agent attached until the agent
+/// pipeline is wired through [`run_all_in_one_with`].
+pub async fn run_all_in_one(args: RunArgs) -> anyhow::Result<()> {
+    run_all_in_one_with(args, None).await
+}
+
+/// `tracer run` with the agent pipeline started by `agent` (the hook for the agent side).
+pub async fn run_all_in_one_with(args: RunArgs, agent: Option<AgentStart>) -> anyhow::Result<()> {
+    let config = load_config(&args.common)?;
+    let listen = config.api.listen;
+    let (root_tx, root_rx) = tokio::sync::mpsc::channel(ROOT_SPAN_QUEUE);
+    let metrics: SharedMetrics = Arc::new(Metrics::new());
+    let root_metrics = metrics.clone();
+    let monitor = Monitor::start(MonitorSettings {
+        config: config.clone(),
+        metrics,
+        anonymous_loopback: args.common.allow_anonymous_loopback,
+        root_spans: Some(Box::new(move |span| {
+            if root_tx.try_send(span).is_err() {
+                root_metrics.count_drop("root_span_queue_full");
+            }
+        })),
+    })
+    .await?;
+    let listener = std::net::TcpListener::bind(listen).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {listen} for the API: {e} (pick a free address with --listen)"
+        )
+    })?;
+    tracing::info!(%listen, "operator API listening");
+    let agent_task = match agent {
+        Some(start) => {
+            let hookup = AgentHookup {
+                config,
+                spans: monitor.span_sink(),
+                counters: monitor.pipeline_counters(),
+                root_spans: root_rx,
+            };
+            Some(tokio::spawn(start(hookup)))
+        }
+        None => {
+            tracing::warn!("no agent pipeline attached: serving the monitor's stored state only");
+            drop(root_rx);
+            None
+        }
+    };
+    let result = tokio::select! {
+        served = monitor.serve_api(listener) => served,
+        agent = async {
+            match agent_task {
+                Some(task) => task.await.map_err(anyhow::Error::from).and_then(|r| r),
+                None => std::future::pending().await,
+            }
+        } => agent.context("the agent pipeline stopped"),
+        () = shutdown_signal() => Ok(()),
+    };
+    monitor.shutdown();
+    result
+}
+
+/// `tracer monitor`: OTLP in (gRPC + HTTP), lifecycle, API; spans forwarded upstream.
+pub async fn run_central(args: MonitorArgs) -> anyhow::Result<()> {
+    let config = load_config(&args.common)?;
+    let listen = config.api.listen;
+    install_crypto_provider();
+    let metrics: SharedMetrics = Arc::new(Metrics::new());
+    let forwarder = args
+        .forward_to
+        .as_deref()
+        .map(|url| Forwarder::start(url, metrics.clone()));
+    let root_forwarder = forwarder.clone();
+    let monitor = Monitor::start(MonitorSettings {
+        config,
+        metrics,
+        anonymous_loopback: args.common.allow_anonymous_loopback,
+        root_spans: root_forwarder.map(|forwarder| -> RootSpanOut {
+            Box::new(move |span| {
+                let request = crate::receiver::otlp_from_spans(&[span]);
+                forwarder.send(prost::Message::encode_to_vec(&request).into());
+            })
+        }),
+    })
+    .await?;
+    let receiver = crate::receiver::Receiver::new(monitor.span_sink(), forwarder);
+    let grpc = crate::receiver::bind(args.otlp_grpc, "OTLP/gRPC", "--otlp-grpc").await?;
+    let http = crate::receiver::bind(args.otlp_http, "OTLP/HTTP", "--otlp-http").await?;
+    let api = std::net::TcpListener::bind(listen).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {listen} for the API: {e} (pick a free address with --listen)"
+        )
+    })?;
+    tracing::info!(
+        api = %listen,
+        otlp_grpc = %args.otlp_grpc,
+        otlp_http = %args.otlp_http,
+        forward_to = args.forward_to.as_deref().unwrap_or("-"),
+        "central monitor listening"
+    );
+    let result = tokio::select! {
+        served = monitor.serve_api(api) => served,
+        served = receiver.clone().serve_grpc(grpc) => served,
+        served = receiver.serve_http(http) => served,
+        () = shutdown_signal() => Ok(()),
+    };
+    monitor.shutdown();
+    result
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

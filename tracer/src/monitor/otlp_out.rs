@@ -1,0 +1,97 @@
+//! OTLP/HTTP protobuf out of the monitor: forwarding received spans upstream, the orders'
+//! root spans, the audit log as logs.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use tokio::sync::mpsc;
+
+use crate::metrics::SharedMetrics;
+
+/// Upstream requests waiting to be sent; over this they are dropped and counted.
+const FORWARD_QUEUE: usize = 1024;
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Posts protobuf bodies to one OTLP/HTTP endpoint.
+#[derive(Clone)]
+pub struct OtlpPoster {
+    client: reqwest::Client,
+    url: String,
+}
+
+impl OtlpPoster {
+    pub fn new(url: &str) -> Self {
+        super::install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Self {
+            client,
+            url: url.to_string(),
+        }
+    }
+
+    pub async fn post(&self, message: &impl prost::Message) -> Result<(), String> {
+        self.post_bytes(Bytes::from(message.encode_to_vec())).await
+    }
+
+    pub async fn post_bytes(&self, body: Bytes) -> Result<(), String> {
+        let response = self
+            .client
+            .post(&self.url)
+            .header("content-type", "application/x-protobuf")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("{}: {e}", self.url))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("{} answered {}", self.url, response.status()))
+        }
+    }
+}
+
+/// A bounded queue of OTLP trace requests (protobuf bodies) to an upstream collector.
+#[derive(Clone)]
+pub struct Forwarder {
+    tx: mpsc::Sender<Bytes>,
+    metrics: SharedMetrics,
+}
+
+impl Forwarder {
+    /// Spawns the sender task on the current runtime.
+    pub fn start(url: &str, metrics: SharedMetrics) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(FORWARD_QUEUE);
+        let poster = OtlpPoster::new(url);
+        let task_metrics = metrics.clone();
+        tokio::spawn(async move {
+            while let Some(body) = rx.recv().await {
+                if let Err(err) = poster.post_bytes(body).await {
+                    task_metrics.pipeline().add_export_failures(1);
+                    tracing::warn!("forwarding spans upstream: {err}");
+                }
+            }
+        });
+        Self { tx, metrics }
+    }
+
+    /// Queues a body; never waits (a slow upstream must not stall the receivers).
+    pub fn send(&self, body: Bytes) {
+        if self.tx.try_send(body).is_err() {
+            self.metrics.count_drop("forward_queue_full");
+        }
+    }
+}
+
+pub fn string_attr(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.to_string())),
+        }),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,350 @@
+//! The monitor's store: orders (with their whole lifecycle state), detections and the audit
+//! log in SQLite, WAL-journaled, so a restart resumes every order and open detection.
+//!
+//! Only extracted fields are stored (order id, statuses, times, services, rule names), never
+//! payloads. Rows older than the retention are purged. The schema is versioned with
+//! `PRAGMA user_version`; migrations run at open, in order, each in a transaction.
+
+mod query;
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Deserialize;
+
+use crate::lifecycle::OrderState;
+use crate::spans::SpanRecord;
+
+pub use query::{AuditEntry, DetectionQuery, OrderQuery, OrderSummary};
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// SQLite database file (created when missing). `tracer run --store` overrides it.
+    pub path: PathBuf,
+    /// Orders (and their detections) untouched for this long, and audit entries this old,
+    /// are purged.
+    pub retention_days: f64,
+    /// How often the purge runs.
+    pub purge_interval_secs: f64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("order-tracer.db"),
+            retention_days: 90.0,
+            purge_interval_secs: 3600.0,
+        }
+    }
+}
+
+impl StoreConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.path.as_os_str().is_empty() {
+            return Err("[store] path: give the SQLite file to keep order state in".into());
+        }
+        if !(self.retention_days.is_finite() && self.retention_days > 0.0) {
+            return Err("[store] retention_days: give a positive number of days".into());
+        }
+        if !(self.purge_interval_secs.is_finite() && self.purge_interval_secs >= 1.0) {
+            return Err("[store] purge_interval_secs: give at least 1 second".into());
+        }
+        Ok(())
+    }
+
+    pub fn retention_ns(&self) -> u64 {
+        (self.retention_days * 86_400.0 * 1e9) as u64
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "store {path}: {source} (check that the directory exists and is writable, and that no other monitor uses the file)"
+    )]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "store {path} has schema version {found}, newer than this tracer knows ({known}); run a newer tracer or point --store at another file"
+    )]
+    TooNew {
+        path: String,
+        found: i64,
+        known: i64,
+    },
+    #[error("store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("store: order state in the database is not readable by this version: {0}")]
+    State(#[from] serde_json::Error),
+}
+
+/// Schema versions: entry `i` migrates version `i` to `i + 1`. Append only.
+const MIGRATIONS: &[&str] = &[
+    // 1: orders with their serialized lifecycle state, detections, append-only audit.
+    "CREATE TABLE orders (
+        order_id TEXT PRIMARY KEY,
+        status TEXT,
+        first_seen INTEGER NOT NULL,
+        last_activity INTEGER NOT NULL,
+        closed_at INTEGER,
+        active INTEGER NOT NULL,
+        state TEXT NOT NULL
+    );
+    CREATE INDEX orders_by_status ON orders(status, last_activity DESC);
+    CREATE INDEX orders_by_activity ON orders(last_activity);
+    CREATE TABLE detections (
+        id TEXT PRIMARY KEY,
+        order_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        step TEXT NOT NULL,
+        service TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        resolved_at INTEGER
+    );
+    CREATE INDEX detections_by_time ON detections(at DESC);
+    CREATE INDEX detections_by_order ON detections(order_id);
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        who TEXT NOT NULL,
+        action TEXT NOT NULL,
+        order_id TEXT,
+        result TEXT NOT NULL
+    );
+    CREATE INDEX audit_by_time ON audit(at);
+    CREATE TRIGGER audit_is_append_only BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;",
+    // 2: spans received and not yet applied (the lifecycle's reorder buffer), so a crash
+    // loses none of what the receivers acknowledged.
+    "CREATE TABLE inbox (
+        seq INTEGER PRIMARY KEY,
+        arrival INTEGER NOT NULL,
+        span TEXT NOT NULL
+    );",
+];
+
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (or creates) the database and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        // NORMAL under WAL: a power cut may lose the last commits, never corrupt the file.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        migrate(&mut conn, path)?;
+        Ok(Self { conn })
+    }
+
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))?)
+    }
+
+    /// Writes orders' current state and their detections, in one transaction.
+    pub fn save_orders(&mut self, orders: &[OrderState]) -> Result<(), StoreError> {
+        self.save_state(orders, None)
+    }
+
+    /// Writes orders (with their detections) and, when given, replaces the inbox with the
+    /// spans not applied yet, all in one transaction: after a crash every span is either in
+    /// the orders' state or in the inbox, never in both, never in neither.
+    pub fn save_state(
+        &mut self,
+        orders: &[OrderState],
+        inbox: Option<&[(u64, &SpanRecord)]>,
+    ) -> Result<(), StoreError> {
+        if orders.is_empty() && inbox.is_none() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        {
+            let mut upsert_order = tx.prepare_cached(
+                "INSERT INTO orders (order_id, status, first_seen, last_activity, closed_at, active, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6)
+                 ON CONFLICT(order_id) DO UPDATE SET status = ?2, first_seen = ?3,
+                   last_activity = ?4, closed_at = ?5, active = 1, state = ?6",
+            )?;
+            let mut upsert_detection = tx.prepare_cached(
+                "INSERT INTO detections (id, order_id, kind, step, service, at, resolved_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT(id) DO UPDATE SET resolved_at = ?7",
+            )?;
+            for order in orders {
+                upsert_order.execute(params![
+                    order.order_id,
+                    order.status,
+                    to_sql_time(order.first_seen),
+                    to_sql_time(order.last_activity),
+                    order.closed_at.map(to_sql_time),
+                    serde_json::to_string(order)?,
+                ])?;
+                for d in &order.detections {
+                    upsert_detection.execute(params![
+                        d.id,
+                        d.order_id,
+                        d.kind.as_str(),
+                        d.step,
+                        d.service,
+                        to_sql_time(d.at),
+                        d.resolved_at.map(to_sql_time),
+                    ])?;
+                }
+            }
+            if let Some(inbox) = inbox {
+                tx.execute("DELETE FROM inbox", [])?;
+                let mut insert =
+                    tx.prepare_cached("INSERT INTO inbox (arrival, span) VALUES (?1, ?2)")?;
+                for (arrival, span) in inbox {
+                    insert.execute(params![to_sql_time(*arrival), serde_json::to_string(span)?])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The spans received but not applied when the monitor stopped, in arrival order.
+    pub fn load_inbox(&self) -> Result<Vec<(u64, SpanRecord)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT arrival, span FROM inbox ORDER BY seq")?;
+        let rows = stmt.query_map([], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+        })?;
+        let mut spans = Vec::new();
+        for row in rows {
+            let (arrival, span) = row?;
+            spans.push((from_sql_time(arrival), serde_json::from_str(&span)?));
+        }
+        Ok(spans)
+    }
+
+    /// Marks orders as no longer followed (expired or evicted); they stay queryable until
+    /// the retention purges them. Their detections were resolved and saved before.
+    pub fn forget(&mut self, order_ids: &[String]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached("UPDATE orders SET active = 0 WHERE order_id = ?1")?;
+            for id in order_ids {
+                stmt.execute([id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The orders the lifecycle follows, to resume after a restart.
+    pub fn load_active(&self) -> Result<Vec<OrderState>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT state FROM orders WHERE active = 1")?;
+        let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
+        let mut orders = Vec::new();
+        for state in rows {
+            orders.push(serde_json::from_str(&state?)?);
+        }
+        Ok(orders)
+    }
+
+    pub fn order(&self, order_id: &str) -> Result<Option<OrderState>, StoreError> {
+        let state: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT state FROM orders WHERE order_id = ?1",
+                [order_id],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(match state {
+            Some(state) => Some(serde_json::from_str(&state)?),
+            None => None,
+        })
+    }
+
+    /// Appends to the audit log (the only way rows get into it; updates are refused by a
+    /// trigger).
+    pub fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO audit (at, who, action, order_id, result) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                to_sql_time(entry.at),
+                entry.who,
+                entry.action,
+                entry.order_id,
+                entry.result
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes orders (with their detections) inactive since before `cutoff`, and audit
+    /// entries older than it. Orders still followed are kept whatever their age.
+    pub fn purge(&mut self, cutoff: u64) -> Result<usize, StoreError> {
+        let cutoff = to_sql_time(cutoff);
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "DELETE FROM detections WHERE order_id IN
+               (SELECT order_id FROM orders WHERE active = 0 AND last_activity < ?1)",
+            [cutoff],
+        )?;
+        let orders = tx.execute(
+            "DELETE FROM orders WHERE active = 0 AND last_activity < ?1",
+            [cutoff],
+        )?;
+        let audit = tx.execute("DELETE FROM audit WHERE at < ?1", [cutoff])?;
+        tx.commit()?;
+        Ok(orders + audit)
+    }
+
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let known = MIGRATIONS.len() as i64;
+    let found: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if found > known {
+        return Err(StoreError::TooNew {
+            path: path.display().to_string(),
+            found,
+            known,
+        });
+    }
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Unix ns as SQLite's signed 64-bit integer (good until the year 2262).
+pub(crate) fn to_sql_time(ns: u64) -> i64 {
+    ns.min(i64::MAX as u64) as i64
+}
+
+pub(crate) fn from_sql_time(ns: i64) -> u64 {
+    ns.max(0) as u64
+}
+
+#[cfg(test)]
+mod tests;
