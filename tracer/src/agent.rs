@@ -17,6 +17,7 @@ use crate::capture::{Capture, CaptureCounters, CaptureEvent};
 use crate::config::Config;
 use crate::export::{ExportCounters, ExportKind, Exporter, Fanout, SpanConsumer};
 use crate::http::Exchange;
+use crate::monitor::{AgentHookup, SpanSink};
 use crate::orders::RuleSet;
 use crate::sampling::{Sampler, SamplingCounters};
 use crate::spans::{MatchOutcome, Redactor, SpanBuilder, local_host_name};
@@ -62,6 +63,69 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let last = agent.shutdown().await;
     log_counters(&last);
     Ok(())
+}
+
+/// The agent side of `tracer run`: every span goes to the in-process monitor as well as to the
+/// exporter; the monitor's root spans go out through the same exporter; the pipeline's
+/// counters reach the monitor's `/metrics`. Returns when `stop` fires, after flushing.
+pub async fn run_in_monitor(
+    hookup: AgentHookup,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<()> {
+    let AgentHookup {
+        config,
+        spans,
+        counters,
+        mut root_spans,
+    } = hookup;
+    let agent = Agent::start(&config, Some(Box::new(spans)))?;
+    let export = agent.exporter.handle();
+    let mut publish = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            root = root_spans.recv() => match root {
+                Some(span) => export.submit(span),
+                None => break,
+            },
+            _ = publish.tick() => publish_totals(&counters, &agent.counters()),
+            _ = &mut stop => break,
+        }
+    }
+    let last = agent.shutdown().await;
+    publish_totals(&counters, &last);
+    log_counters(&last);
+    Ok(())
+}
+
+impl SpanConsumer for SpanSink {
+    fn consume(&mut self, span: &crate::spans::SpanRecord) -> bool {
+        self.send(span.clone())
+    }
+}
+
+/// The agent's running totals, as the monitor's `/metrics` shows them.
+fn publish_totals(metrics: &crate::metrics::PipelineCounters, counters: &AgentCounters) {
+    let AgentCounters {
+        capture,
+        pipeline,
+        export,
+    } = counters;
+    let drops = [
+        ("ring_full", capture.ring_full),
+        ("capture_queue_full", capture.queue_full),
+        ("sockets_full", capture.sockets_full),
+        ("streams_over_budget", pipeline.streams.dropped_over_budget),
+        ("connections_evicted", pipeline.streams.connections_evicted),
+        ("monitor_queue_full", pipeline.pipeline.monitor_drops),
+        ("export_queue_full", export.dropped_queue_full),
+        ("export_failed", export.dropped_failed),
+    ];
+    metrics.set_totals(&crate::metrics::PipelineTotals {
+        events: capture.data_events + capture.conn_events,
+        drops: &drops,
+        parse_errors: pipeline.streams.parse_errors,
+        export_failures: export.failed_batches,
+    });
 }
 
 /// Resolves on SIGINT or SIGTERM; calls `on_usr1` at each SIGUSR1.

@@ -422,23 +422,12 @@ pub struct AgentHookup {
     pub root_spans: tokio::sync::mpsc::Receiver<SpanRecord>,
 }
 
-/// Starts the agent pipeline of an all-in-one run and returns when it ends.
-pub type AgentStart = Box<
-    dyn FnOnce(AgentHookup) -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>
-        + Send,
->;
-
 /// Root spans waiting for the agent's exporter.
 const ROOT_SPAN_QUEUE: usize = 4096;
 
-/// `tracer run` as main.rs calls it: the monitor with no agent attached until the agent
-/// pipeline is wired through [`run_all_in_one_with`].
+/// `tracer run`: the agent pipeline feeds the monitor in-process; the monitor's root spans go
+/// out through the agent's exporter.
 pub async fn run_all_in_one(args: RunArgs) -> anyhow::Result<()> {
-    run_all_in_one_with(args, None).await
-}
-
-/// `tracer run` with the agent pipeline started by `agent` (the hook for the agent side).
-pub async fn run_all_in_one_with(args: RunArgs, agent: Option<AgentStart>) -> anyhow::Result<()> {
     let config = load_config(&args.common)?;
     let listen = config.api.listen;
     let (root_tx, root_rx) = tokio::sync::mpsc::channel(ROOT_SPAN_QUEUE);
@@ -461,31 +450,25 @@ pub async fn run_all_in_one_with(args: RunArgs, agent: Option<AgentStart>) -> an
         )
     })?;
     tracing::info!(%listen, "operator API listening");
-    let agent_task = match agent {
-        Some(start) => {
-            let hookup = AgentHookup {
-                config,
-                spans: monitor.span_sink(),
-                counters: monitor.pipeline_counters(),
-                root_spans: root_rx,
-            };
-            Some(tokio::spawn(start(hookup)))
-        }
-        None => {
-            tracing::warn!("no agent pipeline attached: serving the monitor's stored state only");
-            drop(root_rx);
-            None
-        }
+    let hookup = AgentHookup {
+        config,
+        spans: monitor.span_sink(),
+        counters: monitor.pipeline_counters(),
+        root_spans: root_rx,
     };
+    let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel();
+    let mut agent = tokio::spawn(crate::agent::run_in_monitor(hookup, agent_stopped));
     let result = tokio::select! {
         served = monitor.serve_api(listener) => served,
-        agent = async {
-            match agent_task {
-                Some(task) => task.await.map_err(anyhow::Error::from).and_then(|r| r),
-                None => std::future::pending().await,
-            }
-        } => agent.context("the agent pipeline stopped"),
-        () = shutdown_signal() => Ok(()),
+        ended = &mut agent => ended
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r)
+            .context("the agent pipeline stopped"),
+        _ = crate::agent::wait_for_shutdown(|| ()) => {
+            // Let the agent detach and flush its exporter before the monitor closes.
+            let _ = stop_agent.send(());
+            agent.await.map_err(anyhow::Error::from).and_then(|r| r)
+        }
     };
     monitor.shutdown();
     result
@@ -533,23 +516,8 @@ pub async fn run_central(args: MonitorArgs) -> anyhow::Result<()> {
         served = monitor.serve_api(api) => served,
         served = receiver.clone().serve_grpc(grpc) => served,
         served = receiver.serve_http(http) => served,
-        () = shutdown_signal() => Ok(()),
+        _ = crate::agent::wait_for_shutdown(|| ()) => Ok(()),
     };
     monitor.shutdown();
     result
-}
-
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
 }

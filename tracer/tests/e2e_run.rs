@@ -1,0 +1,205 @@
+//! End to end, as root: `tracer run` (agent + monitor + SQLite in one process) traces the
+//! testbed from the kernel while it injects every kind of fault. The monitor's detections
+//! must equal the truth file — every fault found with the right kind, step and service within
+//! its limit + 5 s, nothing on a healthy order — and `/metrics` and the alert webhook agree.
+
+mod monitor_common;
+#[path = "support/testbed_run.rs"]
+mod testbed_run;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use monitor_common::{Capture, compare_with_truth, get_json};
+use testbed_run::{Run, bin_dir, free_base_port, scratch};
+
+const TESTBED_CONFIG: &str = include_str!("../../deploy/config/testbed.toml");
+
+/// The testbed config with this test's store, webhook and no exporter.
+fn config(dir: &std::path::Path, webhook: &str) -> (String, tracer::config::Config) {
+    let mut value: toml::Table = toml::from_str(TESTBED_CONFIG).unwrap();
+    let set = |value: &mut toml::Table, table: &str, key: &str, v: toml::Value| {
+        value
+            .entry(table)
+            .or_insert_with(|| toml::Value::Table(Default::default()))
+            .as_table_mut()
+            .unwrap()
+            .insert(key.to_string(), v);
+    };
+    set(
+        &mut value,
+        "store",
+        "path",
+        dir.join("orders.db").display().to_string().into(),
+    );
+    set(&mut value, "api", "alert_webhook", webhook.into());
+    set(&mut value, "export", "kind", "none".into());
+    let text = toml::to_string(&value).unwrap();
+    let parsed = tracer::config::Config::parse(&text, "test").unwrap();
+    (text, parsed)
+}
+
+struct TracerRun {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl TracerRun {
+    fn start(config: &std::path::Path, listen: &str, dir: &std::path::Path) -> Self {
+        let log = dir.join("run.log");
+        let child = Command::new(bin_dir().join("tracer"))
+            .args([
+                "run",
+                "--allow-anonymous-loopback",
+                "--listen",
+                listen,
+                "--config",
+            ])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start tracer run");
+        let run = TracerRun { child, log };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while run.log_text().matches("waiting for target").count() < 3 {
+            assert!(
+                Instant::now() < deadline,
+                "tracer run did not attach:\n{}",
+                run.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        run
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for TracerRun {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// `name{labels} value` lines of a Prometheus text page, by `name{labels}`.
+fn samples(page: &str) -> BTreeMap<String, f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            Some((key.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detections_equal_the_truth_and_metrics_and_alerts_agree() {
+    let dir = scratch("e2e-run");
+    let (webhook, webhook_addr) = Capture::start().await;
+    let (text, config) = config(&dir, &format!("http://{webhook_addr}/alerts"));
+    let config_path = dir.join("config.toml");
+    std::fs::write(&config_path, text).unwrap();
+    let api_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let api = format!("http://127.0.0.1:{api_port}");
+    let tracer = TracerRun::start(&config_path, &format!("127.0.0.1:{api_port}"), &dir);
+
+    let run = Run {
+        orders: 120,
+        rate: 20.0,
+        faults: "all=0.05",
+        seed: 7,
+        base_port: free_base_port(),
+        dir: &dir,
+    };
+    tokio::task::block_in_place(|| run.run());
+
+    // The longest limit (a stuck limit, plus the reorder wait) and the 5 s of slack.
+    let longest = config
+        .lifecycle
+        .statuses
+        .iter()
+        .filter_map(|s| s.stuck_after_secs)
+        .fold(0.0, f64::max)
+        + config.lifecycle.reorder_secs
+        + 5.0;
+    tokio::time::sleep(Duration::from_secs_f64(longest)).await;
+
+    tracer::monitor::install_crypto_provider();
+    let client = reqwest::Client::new();
+    let truth = std::fs::read_to_string(run.truth()).unwrap();
+    let problems = compare_with_truth(&client, &api, None, &truth, &config.lifecycle).await;
+    assert!(
+        problems.is_empty(),
+        "{} mismatches with the truth file:\n{}\n--- tracer log tail:\n{}",
+        problems.len(),
+        problems.join("\n"),
+        tracer
+            .log_text()
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    // Open detections by kind and service: the API, /metrics and the webhook say the same.
+    let open = get_json(
+        &client,
+        &format!("{api}/api/v1/detections?open=true&limit=500"),
+    )
+    .await
+    .expect("detections list");
+    let mut by_api: BTreeMap<(String, String), f64> = BTreeMap::new();
+    for d in open["items"].as_array().unwrap() {
+        *by_api
+            .entry((
+                d["kind"].as_str().unwrap().to_string(),
+                d["service"].as_str().unwrap().to_string(),
+            ))
+            .or_default() += 1.0;
+    }
+    assert!(
+        !by_api.is_empty(),
+        "a run with faults leaves open detections"
+    );
+    let page = client
+        .get(format!("{api}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let metrics = samples(&page);
+    for ((kind, service), count) in &by_api {
+        let key = format!("order_tracer_open_detections{{kind=\"{kind}\",service=\"{service}\"}}");
+        assert_eq!(metrics.get(&key), Some(count), "{key} in:\n{page}");
+    }
+    let mut firing: BTreeMap<String, i32> = BTreeMap::new();
+    for (status, id) in webhook.alerts() {
+        *firing.entry(id).or_default() += if status == "firing" { 1 } else { -1 };
+    }
+    let still_firing = firing.values().filter(|n| **n > 0).count() as f64;
+    assert_eq!(
+        still_firing,
+        by_api.values().sum::<f64>(),
+        "alerts firing vs open detections"
+    );
+    assert!(
+        firing.values().all(|n| (0..=1).contains(n)),
+        "an alert was sent twice: {firing:?}"
+    );
+    drop(tracer);
+    let _ = std::fs::remove_dir_all(&dir);
+}
