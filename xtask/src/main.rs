@@ -4,6 +4,7 @@
 //! fresh machine needs nothing but this repository and the Rust toolchains it came with.
 
 mod bench;
+mod demo;
 mod prereqs;
 mod process;
 
@@ -29,6 +30,8 @@ enum Command {
         #[arg(long)]
         release: bool,
     },
+    /// Run the whole thing on the embedded default: testbed + agent + monitor + faults.
+    Demo(demo::DemoArgs),
     /// Measure overhead on the traced service, agent cost, pipeline throughput, completeness.
     Bench(bench::BenchArgs),
     /// Run every test, the kernel ones included (needs root).
@@ -48,6 +51,7 @@ fn main() -> Result<()> {
             build(release)
         }
         Command::Test { cargo_args } => test(&cargo_args),
+        Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
     }
 }

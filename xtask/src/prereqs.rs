@@ -21,6 +21,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("chromium", "chromium"),
 ];
+const DEMO_PACKAGES: &[(&str, &str)] = &[("curl", "curl")];
 const BENCH_PACKAGES: &[(&str, &str)] = &[("wrk", "wrk"), ("curl", "curl")];
 const ALL_PACKAGES: &[(&str, &str)] = &[
     ("python3", "python3"),
@@ -40,6 +41,12 @@ impl Needs {
         Self {
             ebpf: true,
             debian: TEST_PACKAGES,
+        }
+    }
+    pub fn demo() -> Self {
+        Self {
+            ebpf: true,
+            debian: DEMO_PACKAGES,
         }
     }
     pub fn bench() -> Self {
