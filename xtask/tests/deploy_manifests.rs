@@ -1,6 +1,7 @@
 //! Every manifest under `deploy/` parses, has what its kind requires, and refers only to
 //! things that exist in the same deployment (config maps, secrets, service accounts,
-//! services, pod labels, named ports, collector components).
+//! services, pod labels, named ports, collector components); the dashboard queries only
+//! metrics the tracer exposes and the alert rules carry what Alertmanager routes on.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -359,4 +360,193 @@ fn systemd_unit_is_hardened() {
         assert!(service.contains_key(key), "unit lacks {key}");
     }
     assert!(service["CapabilityBoundingSet"].contains("CAP_BPF"));
+}
+
+/// The series names `/metrics` exposes, read from the registrations in `tracer/src/metrics.rs`:
+/// the registry's prefix, each registered name, and the suffixes the exposition adds for the
+/// registered field's type (counters `_total`, histograms `_bucket`/`_sum`/`_count`).
+fn exposed_series() -> BTreeSet<String> {
+    let source = read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../tracer/src/metrics.rs"));
+    let quoted = |text: &str| -> Option<String> {
+        let start = text.find('"')? + 1;
+        Some(text[start..start + text[start..].find('"')?].to_string())
+    };
+    let prefix = quoted(&source[source.find("with_prefix(").expect("a prefixed registry")..])
+        .expect("the registry's prefix");
+    // A field of a metric type (plain totals of the same name are u64s, skipped).
+    let field_type = |field: &str| -> String {
+        source
+            .lines()
+            .map(|l| l.trim().trim_start_matches("pub "))
+            .filter_map(|l| l.strip_prefix(field)?.strip_prefix(": "))
+            .find(|t| {
+                ["Counter", "Gauge", "Histogram"]
+                    .iter()
+                    .any(|k| t.contains(k))
+            })
+            .unwrap_or_else(|| panic!("metrics.rs: no metric field {field}"))
+            .to_string()
+    };
+    let mut series = BTreeSet::new();
+    for call in source.split(".register(").skip(1) {
+        let name = quoted(call).expect("register(name, …)");
+        let metric = &call[..call.find(".clone()").expect("register(…, metric.clone())")];
+        let field = metric.rsplit('.').next().unwrap();
+        let kind = field_type(field);
+        let suffixes: &[&str] = if kind.contains("Histogram") {
+            &["_bucket", "_sum", "_count"]
+        } else if kind.contains("Counter") {
+            &["_total"]
+        } else {
+            &[""]
+        };
+        for suffix in suffixes {
+            series.insert(format!("{prefix}_{name}{suffix}"));
+        }
+    }
+    assert!(series.len() >= 13, "too few metrics found: {series:?}");
+    series
+}
+
+/// Every `order_tracer_…` name a PromQL expression uses.
+fn metric_names(expr: &str) -> Vec<String> {
+    expr.match_indices("order_tracer_")
+        .map(|(at, _)| {
+            expr[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect()
+        })
+        .collect()
+}
+
+fn dashboard() -> serde_json::Value {
+    let path = deploy_dir().join("grafana/order-tracer.json");
+    serde_json::from_str(&read(&path))
+        .unwrap_or_else(|e| panic!("{} does not parse: {e}", path.display()))
+}
+
+#[test]
+fn dashboard_panels_query_the_prometheus_variable() {
+    let dashboard = dashboard();
+    assert!(dashboard["schemaVersion"].as_u64().unwrap_or(0) >= 36);
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables");
+    assert!(
+        variables.iter().any(|v| v["name"] == "datasource"
+            && v["type"] == "datasource"
+            && v["query"] == "prometheus"),
+        "no Prometheus datasource variable"
+    );
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let mut ids = BTreeSet::new();
+    let mut queried = 0;
+    for panel in panels {
+        assert!(
+            ids.insert(panel["id"].as_u64().expect("panel id")),
+            "{panel}"
+        );
+        if panel["type"] == "row" {
+            continue;
+        }
+        assert_eq!(
+            panel["datasource"]["uid"], "${datasource}",
+            "{}",
+            panel["title"]
+        );
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "panel {} has no query", panel["title"]);
+        for target in targets {
+            assert!(target["expr"].as_str().is_some_and(|e| !e.is_empty()));
+        }
+        queried += 1;
+    }
+    assert!(queried >= 10, "only {queried} panels query anything");
+}
+
+#[test]
+fn dashboard_uses_only_metrics_the_tracer_exposes() {
+    let exposed = exposed_series();
+    let dashboard = dashboard();
+    let mut expressions: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .filter_map(|t| t["expr"].as_str())
+        .collect();
+    expressions.extend(
+        dashboard["templating"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v["definition"].as_str()),
+    );
+    let mut used = BTreeSet::new();
+    for expr in expressions {
+        for name in metric_names(expr) {
+            assert!(
+                exposed.contains(&name),
+                "the dashboard queries {name}, which /metrics does not expose ({exposed:?})"
+            );
+            used.insert(name);
+        }
+    }
+    // Every family is on the dashboard (a histogram through its buckets).
+    let families = |names: &BTreeSet<String>| -> BTreeSet<String> {
+        names
+            .iter()
+            .map(|n| {
+                ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| n.strip_suffix(s))
+                    .unwrap_or(n)
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(
+        families(&used),
+        families(&exposed),
+        "metrics on /metrics but not on the dashboard"
+    );
+}
+
+#[test]
+fn alert_rules_have_what_alertmanager_routes_on() {
+    let rules = &documents(&deploy_dir().join("alerts/order-tracer.rules.yml"))[0];
+    let groups = seq(rules, &["groups"]);
+    assert!(!groups.is_empty(), "no rule groups");
+    let mut names = BTreeSet::new();
+    for group in groups {
+        let group_name = str_at(group, &["name"]).expect("group name");
+        let rules = seq(group, &["rules"]);
+        assert!(!rules.is_empty(), "group {group_name} has no rules");
+        for rule in rules {
+            let alert = str_at(rule, &["alert"]).expect("every rule is an alert");
+            assert!(names.insert(alert), "alert {alert} defined twice");
+            assert!(
+                str_at(rule, &["expr"]).is_some_and(|e| !e.trim().is_empty()),
+                "{alert}: no expr"
+            );
+            if let Some(wait) = at(rule, &["for"]) {
+                let wait = wait.as_str().expect("`for` is a duration string");
+                let unit = wait.trim_start_matches(|c: char| c.is_ascii_digit());
+                assert!(
+                    unit.len() < wait.len() && ["s", "m", "h", "d"].contains(&unit),
+                    "{alert}: for: {wait} is not a Prometheus duration"
+                );
+            }
+            let severity = str_at(rule, &["labels", "severity"]).expect("labels.severity");
+            assert!(
+                ["info", "warning", "critical"].contains(&severity),
+                "{alert}: severity {severity}"
+            );
+            assert!(
+                str_at(rule, &["annotations", "summary"]).is_some(),
+                "{alert}: no annotations.summary"
+            );
+        }
+    }
 }
