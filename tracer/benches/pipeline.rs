@@ -13,6 +13,9 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tracer::capture::event::{ConnClose, ConnOpen, DataChunk};
 use tracer::capture::{CaptureEvent, ConnKey, Direction, Role};
+use tracer::http::Exchange;
+use tracer::orders::RuleSet;
+use tracer::spans::{Redactor, SpanBuilder};
 use tracer::streams::{Streams, StreamsConfig};
 
 const ORDERS: usize = 400;
@@ -345,39 +348,71 @@ fn record(orders: usize) -> (Vec<CaptureEvent>, u64) {
     (events, exchanges)
 }
 
-fn run(events: &[CaptureEvent]) -> usize {
+/// Feeds the events through the streams stage; `later` is what the agent does next with each
+/// batch of exchanges. Returns the exchanges made.
+fn run(events: &[CaptureEvent], mut later: impl FnMut(&[Exchange])) -> usize {
     let mut streams = Streams::new(StreamsConfig::default());
     let mut out = Vec::with_capacity(256);
     let mut total = 0;
     for ev in events {
         streams.on_event(ev.clone(), &mut out);
-        // The agent hands exchanges on in batches; the later stages would consume them here.
         if out.len() >= 256 {
             total += out.len();
-            black_box(&out);
+            later(&out);
             out.clear();
         }
     }
+    later(&out);
     total + out.len()
+}
+
+/// The agent's stages after the parser, without export: rules, then span building.
+fn span_builder() -> SpanBuilder {
+    let config = tracer::config::Config::embedded_default();
+    SpanBuilder::new(
+        RuleSet::compile(&config.services).expect("the testbed rules compile"),
+        Redactor::new(&config.export.redact_path_segments).expect("the testbed patterns compile"),
+        "bench".to_string(),
+        0,
+    )
+}
+
+fn spans_of(builder: &SpanBuilder, exchanges: &[Exchange], spans: &mut u64) {
+    for exchange in exchanges {
+        if let (_, Some(span)) = builder.build(exchange) {
+            *spans += 1;
+            black_box(span);
+        }
+    }
 }
 
 fn pipeline(c: &mut Criterion) {
     let (events, exchanges) = record(ORDERS);
     assert_eq!(
-        run(&events) as u64,
+        run(&events, |out| {
+            black_box(out);
+        }) as u64,
         exchanges,
         "every recorded exchange comes out"
+    );
+    let builder = span_builder();
+    let mut spans = 0;
+    run(&events, |out| spans_of(&builder, out, &mut spans));
+    assert!(
+        spans > 0,
+        "the testbed rules make spans of the recorded exchanges"
     );
 
     let start = Instant::now();
     let rounds = 20;
+    let mut made = 0;
     for _ in 0..rounds {
-        black_box(run(&events));
+        black_box(run(&events, |out| spans_of(&builder, out, &mut made)));
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "streams+http: {exchanges} exchanges from {} events per round, {:.0} exchanges/s \
-         ({:.2} µs each) on one core",
+        "events → spans: {exchanges} exchanges ({spans} order spans) from {} events per round, \
+         {:.0} exchanges/s ({:.2} µs each) on one core, without export",
         events.len(),
         (exchanges * rounds) as f64 / secs,
         secs * 1e6 / (exchanges * rounds) as f64,
@@ -386,7 +421,19 @@ fn pipeline(c: &mut Criterion) {
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(exchanges));
     group.sample_size(20);
-    group.bench_function("streams+http", |b| b.iter(|| run(black_box(&events))));
+    group.bench_function("streams+http", |b| {
+        b.iter(|| {
+            run(black_box(&events), |out| {
+                black_box(out);
+            })
+        })
+    });
+    group.bench_function("events→spans", |b| {
+        b.iter(|| {
+            let mut made = 0;
+            run(black_box(&events), |out| spans_of(&builder, out, &mut made))
+        })
+    });
     group.finish();
 }
 

@@ -36,6 +36,10 @@ pub struct AgentArgs {
     /// Where spans go, overriding the config: stdout, otlp-grpc, otlp-http or none.
     #[arg(long, value_parser = parse_export_kind)]
     pub export: Option<ExportKind>,
+    /// Serve the pipeline's counters as Prometheus `/metrics` on this address (e.g.
+    /// `0.0.0.0:9464`); they carry no order data.
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn parse_export_kind(text: &str) -> Result<ExportKind, String> {
@@ -59,10 +63,51 @@ pub fn load_config(path: Option<&PathBuf>, export: Option<ExportKind>) -> anyhow
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let config = load_config(args.config.as_ref(), args.export)?;
     let agent = Agent::start(&config, None)?;
-    wait_for_shutdown(|| log_counters(&agent.counters())).await?;
+    let metrics = match args.metrics_listen {
+        Some(addr) => Some(serve_metrics(addr).await?),
+        None => None,
+    };
+    {
+        let mut publish = tokio::time::interval(Duration::from_secs(1));
+        let shutdown = wait_for_shutdown(|| log_counters(&agent.counters()));
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                done = &mut shutdown => break done?,
+                _ = publish.tick() => if let Some(metrics) = &metrics {
+                    publish_totals(&metrics.pipeline(), &agent.counters());
+                },
+            }
+        }
+    }
     let last = agent.shutdown().await;
     log_counters(&last);
     Ok(())
+}
+
+/// `/metrics` of a stand-alone agent: the pipeline counters, in the monitor's metric names.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<std::sync::Arc<crate::metrics::Metrics>> {
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} for /metrics: pick a free address with --metrics-listen")
+    })?;
+    let page = metrics.clone();
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let page = page.clone();
+            async move { page.encode() }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!("the /metrics server stopped: {e}");
+        }
+    });
+    tracing::info!(%addr, "serving /metrics");
+    Ok(metrics)
 }
 
 /// The agent side of `tracer run`: every span goes to the in-process monitor as well as to the
@@ -84,7 +129,10 @@ pub async fn run_in_monitor(
     loop {
         tokio::select! {
             root = root_spans.recv() => match root {
-                Some(span) => export.submit(span),
+                Some(span) if crate::sampling::keep_root(&config.sampling, &span) => {
+                    export.submit(span)
+                }
+                Some(_) => {}
                 None => break,
             },
             _ = publish.tick() => publish_totals(&counters, &agent.counters()),
@@ -110,13 +158,26 @@ fn publish_totals(metrics: &crate::metrics::PipelineCounters, counters: &AgentCo
         pipeline,
         export,
     } = counters;
+    // Every loss of the agent's side, once each; the monitor counts the spans its own queue
+    // refused (`order_tracer_monitor_drops_total`).
+    let streams = &pipeline.streams;
     let drops = [
         ("ring_full", capture.ring_full),
         ("capture_queue_full", capture.queue_full),
         ("sockets_full", capture.sockets_full),
-        ("streams_over_budget", pipeline.streams.dropped_over_budget),
-        ("connections_evicted", pipeline.streams.connections_evicted),
-        ("monitor_queue_full", pipeline.pipeline.monitor_drops),
+        ("syscalls_in_flight_full", capture.pending_full),
+        ("user_read_failed", capture.read_failed),
+        ("iovecs_beyond_capture", capture.iovecs_cut),
+        ("undecodable_events", capture.decode_errors),
+        ("streams_over_budget", streams.dropped_over_budget),
+        ("oversized_heads", streams.oversized_heads),
+        ("connections_evicted", streams.connections_evicted),
+        (
+            "pending_requests_overflow",
+            streams.pairing.pending_overflow,
+        ),
+        ("unpaired_responses", streams.pairing.unpaired_responses),
+        ("sampling_ceiling", pipeline.sampling.dropped_ceiling),
         ("export_queue_full", export.dropped_queue_full),
         ("export_failed", export.dropped_failed),
     ];

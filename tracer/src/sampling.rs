@@ -138,6 +138,18 @@ pub fn keep_by_ratio(trace_id: &[u8; 16], ratio: f64) -> bool {
     x < ratio
 }
 
+/// Whether an order's root span (emitted by the lifecycle monitor) is exported: when any
+/// service keeps the order — ratios are nested, so the widest one decides — or when the order
+/// is in trouble. Jaeger then never shows a root without the order's spans, nor the reverse.
+pub fn keep_root(config: &SamplingConfig, root: &SpanRecord) -> bool {
+    let widest = config
+        .services
+        .values()
+        .filter_map(|s| s.ratio)
+        .fold(config.default_ratio, f64::max);
+    (config.always_keep_errors && is_important(root)) || keep_by_ratio(&root.trace_id, widest)
+}
+
 /// Important spans bypass the ratio: errors, and lookups that found no order.
 pub fn is_important(span: &SpanRecord) -> bool {
     span.status == SpanStatus::Error

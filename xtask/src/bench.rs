@@ -43,7 +43,7 @@ const ORDER: &str = "SO-BENCH-1";
 pub fn run(args: BenchArgs) -> Result<()> {
     crate::prereqs::ensure(crate::prereqs::Needs::bench())?;
     crate::prereqs::require_root("the agent loads eBPF programs")?;
-    raise_fd_limit()?;
+    raise_fd_limit(args.open_connections)?;
     crate::build(true)?;
     let bin = workspace_root().join("target/release");
     let work = tempdir()?;
@@ -91,7 +91,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let counters = agent.stop()?;
         agent_runs.push(AgentRun {
             cpu_seconds: cpu_after - cpu_before,
-            requests: traced.requests,
+            saturation_requests: traced.requests,
+            requests: traced.requests + fixed.traced.last().map_or(0, |r| r.requests),
             counters,
         });
         saturation.traced.push(traced);
@@ -116,7 +117,6 @@ fn agent_config() -> String {
     let testbed = include_str!("../../deploy/config/testbed.toml");
     let without_targets = strip_capture_targets(testbed);
     format!("{without_targets}\n[[capture.target]]\nservice = \"mes-api\"\nexe = \"mes-api\"\n")
-        .replace("[export]\n", "[export]\n# bench: overridden below\n")
 }
 
 /// Removes the `[[capture.target]]` tables of a config, keeping everything else.
@@ -143,7 +143,10 @@ struct Pair {
 }
 
 struct AgentRun {
+    /// CPU the agent used during the saturation phase.
     cpu_seconds: f64,
+    saturation_requests: u64,
+    /// Requests of both traced phases (the agent ran through both).
     requests: u64,
     counters: Counters,
 }
@@ -278,7 +281,7 @@ fn report(args: &BenchArgs, saturation: &Pair, fixed: &Pair, runs: &[AgentRun], 
     );
     let cpu_per_100k = median(
         runs.iter()
-            .map(|r| r.cpu_seconds / (r.requests as f64 / 100_000.0)),
+            .map(|r| r.cpu_seconds / (r.saturation_requests as f64 / 100_000.0)),
     );
     println!("| agent CPU-s per 100k exchanges | | {cpu_per_100k:.3} | | ≤ 0.5 |");
     println!(
@@ -288,7 +291,7 @@ fn report(args: &BenchArgs, saturation: &Pair, fixed: &Pair, runs: &[AgentRun], 
     );
     for (i, run) in runs.iter().enumerate() {
         println!(
-            "| completeness, round {}: requests / exchanges / spans / ring drops | {} | {} / {} / {} | | drops = 0, all spans |",
+            "| completeness, round {}: wrk requests → exchanges / spans / ring drops | {} | {} / {} / {} | | drops = 0, all spans |",
             i + 1,
             run.requests,
             run.counters.exchanges,
@@ -330,17 +333,30 @@ impl Mes {
     }
 }
 
+/// The order the bench looks up: priced, then queued as a work order, as the MES knows it.
 fn seed_order() -> Result<()> {
-    process::run(Command::new("curl").args([
-        "-sf",
-        "-o",
-        "/dev/null",
-        "-H",
-        "content-type: application/json",
-        "-d",
-        &format!("{{\"workOrder\":{{\"orderRef\":\"{ORDER}\"}}}}"),
-        &format!("http://127.0.0.1:{MES_PORT}/mes/api/work-orders"),
-    ]))
+    for (path, body) in [
+        (
+            "pricing-requests",
+            format!("{{\"orderRef\":\"{ORDER}\",\"model\":{{\"sizeBytes\":1000}}}}"),
+        ),
+        (
+            "work-orders",
+            format!("{{\"workOrder\":{{\"orderRef\":\"{ORDER}\"}}}}"),
+        ),
+    ] {
+        process::run(Command::new("curl").args([
+            "-sf",
+            "-o",
+            "/dev/null",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &body,
+            &format!("http://127.0.0.1:{MES_PORT}/mes/api/{path}"),
+        ]))?;
+    }
+    Ok(())
 }
 
 fn wait_http(url: &str) -> Result<()> {
@@ -451,14 +467,27 @@ fn hold_connections(n: u32, agent: &Agent) -> Result<u64> {
     Ok(rss)
 }
 
-fn raise_fd_limit() -> Result<()> {
-    let limit = libc::rlimit {
-        rlim_cur: 65536,
-        rlim_max: 65536,
+/// The client (this process) and the MES (a child, which inherits the limit) each hold one
+/// descriptor per bench connection.
+fn raise_fd_limit(connections: u32) -> Result<()> {
+    let wanted = u64::from(connections) + 1024;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
     };
-    // SAFETY: a valid rlimit struct; raising our own limit (inherited by the children).
+    // SAFETY: a valid, writable rlimit struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        bail!("cannot read the open-files limit");
+    }
+    // Root may raise the hard limit too (up to fs.nr_open).
+    limit.rlim_max = limit.rlim_max.max(wanted);
+    limit.rlim_cur = limit.rlim_cur.max(wanted);
+    // SAFETY: a valid rlimit struct, the soft limit within the hard one.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-        bail!("cannot raise the open-files limit to 65536 (needed for 10k connections)");
+        bail!(
+            "cannot raise the open-files limit to the {wanted} that {connections} open \
+             connections need: raise `ulimit -Hn` or pass a smaller --open-connections"
+        );
     }
     Ok(())
 }

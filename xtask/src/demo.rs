@@ -172,8 +172,11 @@ fn report(api: &str, truth: &Path, args: &DemoArgs) -> Result<()> {
     println!("Orders per current status");
     println!("| status | orders |");
     println!("|---|---|");
-    for (status, n) in &per_status {
-        println!("| {status} | {n} |");
+    for status in lifecycle_order() {
+        println!(
+            "| {status} | {} |",
+            per_status.get(&status).copied().unwrap_or(0)
+        );
     }
 
     let all = detections(api, false)?;
@@ -238,6 +241,21 @@ fn report(api: &str, truth: &Path, args: &DemoArgs) -> Result<()> {
         workspace_root().join("target/demo").display()
     );
     Ok(())
+}
+
+/// The statuses in the order of the embedded config's lifecycle (`[[lifecycle.statuses]]`).
+fn lifecycle_order() -> Vec<String> {
+    let config = include_str!("../../deploy/config/testbed.toml");
+    let mut statuses = Vec::new();
+    let mut in_status = false;
+    for line in config.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_status = line == "[[lifecycle.statuses]]";
+        } else if in_status && let Some(name) = line.strip_prefix("name = ") {
+            statuses.push(name.trim_matches('"').to_string());
+        }
+    }
+    statuses
 }
 
 fn text(value: &Value, key: &str) -> String {

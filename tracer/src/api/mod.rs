@@ -48,6 +48,9 @@ pub struct ApiConfig {
     pub metrics_public: bool,
     /// Largest page a list request may ask for.
     pub max_page: u32,
+    /// Serve plain HTTP on an address other than loopback, bearer tokens and order data in
+    /// clear. Off: such an address needs `tls_cert` and `tls_key`.
+    pub insecure: bool,
 }
 
 impl Default for ApiConfig {
@@ -61,6 +64,7 @@ impl Default for ApiConfig {
             audit_otlp_logs: None,
             metrics_public: false,
             max_page: 500,
+            insecure: false,
         }
     }
 }
@@ -83,7 +87,21 @@ impl ApiConfig {
         if self.max_page == 0 {
             return Err("[api] max_page must be at least 1".into());
         }
+        self.check_listen()?;
         self.auth.validate()
+    }
+
+    /// Tokens and order data cross the network only encrypted, unless someone decided
+    /// otherwise. Checked again after `--listen` overrides the address.
+    pub fn check_listen(&self) -> Result<(), String> {
+        if !self.listen.ip().is_loopback() && self.tls_cert.is_none() && !self.insecure {
+            return Err(format!(
+                "[api] listen = {} is reachable from other hosts: give tls_cert and tls_key \
+                 (or set insecure = true to serve plain HTTP there)",
+                self.listen
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -408,6 +408,7 @@ fn load_config(args: &CommonArgs) -> anyhow::Result<Config> {
             config.api.listen
         );
     }
+    config.api.check_listen().map_err(anyhow::Error::msg)?;
     Ok(config)
 }
 

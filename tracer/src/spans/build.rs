@@ -277,7 +277,12 @@ impl From<String> for AttrValue {
 }
 
 /// This machine's name, for the `host.name` resource attribute ("unknown" if it has none).
+/// On Kubernetes the DaemonSet passes the node's name in `NODE_NAME`: the pod's own host name
+/// would name the agent, not the machine the traced services run on.
 pub fn local_host_name() -> String {
+    if let Some(node) = std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()) {
+        return node;
+    }
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is writable for its whole length, which is what we pass.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };

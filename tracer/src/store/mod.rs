@@ -17,6 +17,10 @@ use crate::spans::SpanRecord;
 
 pub use query::{AuditEntry, DetectionQuery, OrderQuery, OrderSummary};
 
+/// Purging less often than weekly is never what retention wants, and keeps the interval far
+/// from what a `Duration` can hold.
+const MAX_PURGE_INTERVAL_SECS: f64 = 604_800.0;
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
@@ -47,8 +51,12 @@ impl StoreConfig {
         if !(self.retention_days.is_finite() && self.retention_days > 0.0) {
             return Err("[store] retention_days: give a positive number of days".into());
         }
-        if !(self.purge_interval_secs.is_finite() && self.purge_interval_secs >= 1.0) {
-            return Err("[store] purge_interval_secs: give at least 1 second".into());
+        if !(self.purge_interval_secs.is_finite()
+            && (1.0..=MAX_PURGE_INTERVAL_SECS).contains(&self.purge_interval_secs))
+        {
+            return Err(format!(
+                "[store] purge_interval_secs: give between 1 second and {MAX_PURGE_INTERVAL_SECS} (a week)"
+            ));
         }
         Ok(())
     }
