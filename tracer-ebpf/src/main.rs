@@ -106,6 +106,41 @@ fn track(tgid: u32, fd: i32, info: &SockInfo) -> bool {
     ok
 }
 
+/// A call of a target process whose first argument is a file descriptor.
+#[derive(Clone, Copy)]
+struct FdCall {
+    pid_tgid: u64,
+    tgid: u32,
+    service: u32,
+    fd: i32,
+}
+
+/// The call, when the calling process is a target (the first, cheapest filter).
+#[inline(always)]
+fn traced_fd_call(ctx: &TracePointContext) -> Result<Option<FdCall>, i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(service) = target_service(tgid) else {
+        return Ok(None);
+    };
+    let fd = arg(ctx, 0)? as i32;
+    Ok(Some(FdCall {
+        pid_tgid,
+        tgid,
+        service,
+        fd,
+    }))
+}
+
+/// The call and its socket, when the process is a target and the fd a traced TCP socket.
+#[inline(always)]
+fn traced_socket(ctx: &TracePointContext) -> Result<Option<(FdCall, SockInfo)>, i64> {
+    let Some(caller) = traced_fd_call(ctx)? else {
+        return Ok(None);
+    };
+    Ok(socket(caller.tgid, caller.fd).map(|sock| (caller, sock)))
+}
+
 fn pending(ctx: &TracePointContext, call: u8, fd: i32, service: u32) -> Result<Pending, i64> {
     Ok(Pending {
         ts_ns: now_ns(),
@@ -139,13 +174,7 @@ fn enter_data(
     dir: u8,
     peek_flags: Option<usize>,
 ) -> Result<(), i64> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    let Some(service) = target_service(tgid) else {
-        return Ok(());
-    };
-    let fd = arg(ctx, 0)? as i32;
-    let Some(sock) = socket(tgid, fd) else {
+    let Some((caller, sock)) = traced_socket(ctx)? else {
         return Ok(());
     };
     if let Some(i) = peek_flags
@@ -153,12 +182,12 @@ fn enter_data(
     {
         return Ok(());
     }
-    let mut p = pending(ctx, call, fd, service)?;
+    let mut p = pending(ctx, call, caller.fd, caller.service)?;
     p.ptr = arg(ctx, 1)?;
     p.count = arg(ctx, 2)?;
     p.sock = sock;
     p.direction = dir;
-    remember(pid_tgid, &p)
+    remember(caller.pid_tgid, &p)
 }
 
 fn try_enter_socket(ctx: &TracePointContext) -> Result<(), i64> {
@@ -176,45 +205,36 @@ fn try_enter_socket(ctx: &TracePointContext) -> Result<(), i64> {
 
 /// `accept(fd, addr, addrlen)` and `accept4(…, flags)`.
 fn try_enter_accept(ctx: &TracePointContext) -> Result<(), i64> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    let Some(service) = target_service(tgid) else {
+    let Some(caller) = traced_fd_call(ctx)? else {
         return Ok(());
     };
-    let fd = arg(ctx, 0)? as i32;
-    let mut p = pending(ctx, call::ACCEPT, fd, service)?;
+    let mut p = pending(ctx, call::ACCEPT, caller.fd, caller.service)?;
     p.ptr = arg(ctx, 1)?;
-    p.listener_known = socket(tgid, fd).is_some() as u8;
-    remember(pid_tgid, &p)
+    p.listener_known = socket(caller.tgid, caller.fd).is_some() as u8;
+    remember(caller.pid_tgid, &p)
 }
 
 fn try_enter_connect(ctx: &TracePointContext) -> Result<(), i64> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    let Some(service) = target_service(tgid) else {
+    let Some((caller, sock)) = traced_socket(ctx)? else {
         return Ok(());
     };
-    let fd = arg(ctx, 0)? as i32;
-    let Some(sock) = socket(tgid, fd) else {
-        return Ok(());
-    };
-    let mut p = pending(ctx, call::CONNECT, fd, service)?;
+    let mut p = pending(ctx, call::CONNECT, caller.fd, caller.service)?;
     p.ptr = arg(ctx, 1)?;
     p.sock = sock;
-    remember(pid_tgid, &p)
+    remember(caller.pid_tgid, &p)
 }
 
 /// Close is handled at entry: the fd is released whatever `close` returns.
 fn try_enter_close(ctx: &TracePointContext) -> Result<(), i64> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    let Some(service) = target_service(tgid) else {
+    let Some((caller, sock)) = traced_socket(ctx)? else {
         return Ok(());
     };
-    let fd = arg(ctx, 0)? as i32;
-    let Some(sock) = socket(tgid, fd) else {
-        return Ok(());
-    };
+    let FdCall {
+        pid_tgid,
+        tgid,
+        service,
+        fd,
+    } = caller;
     let _ = SOCKETS.remove(sock_key(tgid, fd as u32));
     if sock.flags & sock_flag::ANNOUNCED != 0 {
         let origin = Origin {
