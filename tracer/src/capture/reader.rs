@@ -41,13 +41,15 @@ pub struct Sink {
 
 impl Worker {
     pub async fn run(mut self) {
-        let mut tick = tokio::time::interval(self.scan_every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut scans = spawn_scanner(self.scan_every);
         let mut poll = tokio::time::interval(Duration::from_millis(POLL_INTERVAL_MS));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let open = tokio::select! {
-                _ = tick.tick() => self.sink.scan(),
+                procs = scans.recv() => match procs {
+                    Some(procs) => self.sink.scan(procs),
+                    None => false,
+                },
                 // Data events below the wake-up threshold do not wake this task.
                 _ = poll.tick() => {
                     let (open, _) = self.sink.drain(self.ring.get_mut());
@@ -74,12 +76,40 @@ impl Worker {
     }
 }
 
+/// Reads /proc on the blocking pool every `every`: on a busy host a full scan takes long
+/// enough that doing it on the draining task would let the ring fill. One scan in flight at a
+/// time; the drain loop applies each as it arrives.
+fn spawn_scanner(every: Duration) -> mpsc::Receiver<Vec<procfs::ProcInfo>> {
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Ok(procs) = tokio::task::spawn_blocking(procfs::processes).await else {
+                return;
+            };
+            if tx.send(procs).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 impl Sink {
     /// Applies one /proc scan to the kernel tables. Returns false once the consumer is gone.
-    fn scan(&mut self) -> bool {
-        // Read before the scan: a pid the kernel added at exec after this point is left alone.
+    fn scan(&mut self, mut procs: Vec<procfs::ProcInfo>) -> bool {
         let kernel_pids: Vec<u32> = self.tables.targets.keys().filter_map(Result::ok).collect();
-        let procs = procfs::processes();
+        // The kernel adds targets at exec, possibly after the scan read /proc: read those few
+        // again, so they are judged on what they are now rather than taken for gone.
+        for pid in &kernel_pids {
+            if !procs.iter().any(|p| p.pid == *pid)
+                && let Some(info) = procfs::process(*pid)
+            {
+                procs.push(info);
+            }
+        }
         let changes = self.targets.update(&procs);
         let mut batch = Vec::new();
         for pid in kernel_pids {
