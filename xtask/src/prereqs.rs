@@ -165,7 +165,7 @@ fn ensure_debian(packages: &[(&str, &str)]) -> Result<()> {
     eprintln!("xtask: installing Debian packages {missing:?}");
     run(Command::new("apt-get").arg("update").arg("-qq"))?;
     run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(["install", "-y", "-qq"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
