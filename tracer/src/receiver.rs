@@ -1,9 +1,13 @@
 //! The central monitor's OTLP receiver: traces over gRPC (`TraceService/Export`) and over
 //! HTTP (`POST /v1/traces`, protobuf). Each request is turned into [`SpanRecord`]s for the
 //! lifecycle and forwarded, unchanged, to the upstream collector (Jaeger) when one is set.
+//! With `[api] tls_cert`/`tls_key` both listeners speak TLS only; with `otlp_client_ca` they
+//! also require a client certificate (mutual TLS: how the Collector authenticates).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -21,6 +25,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1 as otlp;
 use prost::Message;
 
+use crate::api::ApiConfig;
 use crate::monitor::SpanSink;
 use crate::monitor::otlp_out::Forwarder;
 use crate::spans::{AttrValue, SpanEvent, SpanKind, SpanLink, SpanRecord, SpanStatus};
@@ -29,16 +34,96 @@ use crate::spans::{AttrValue, SpanEvent, SpanKind, SpanLink, SpanRecord, SpanSta
 /// with room to spare.
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 
+/// The listeners' TLS: the identity of `[api] tls_cert`/`tls_key` and, for mutual TLS, the
+/// CA of `otlp_client_ca`. Built at start, so bad files stop the monitor, not a client.
+#[derive(Clone)]
+pub struct ReceiverTls {
+    grpc: tonic::transport::ServerTlsConfig,
+    http: Arc<rustls::ServerConfig>,
+}
+
+fn read_pem(path: &Path, key: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| anyhow::anyhow!("cannot read [api] {key} {}: {e}", path.display()))
+}
+
+impl ReceiverTls {
+    /// From `[api]`: `None` without `tls_cert`/`tls_key` (plain text).
+    pub fn load(config: &ApiConfig) -> anyhow::Result<Option<Self>> {
+        let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+            return Ok(None);
+        };
+        let cert = read_pem(cert, "tls_cert")?;
+        let key = read_pem(key, "tls_key")?;
+        let client_ca = config
+            .otlp_client_ca
+            .as_deref()
+            .map(|ca| read_pem(ca, "otlp_client_ca"))
+            .transpose()?;
+        let http = Arc::new(http_tls(&cert, &key, client_ca.as_deref())?);
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let mut grpc = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+        if let Some(ca) = client_ca {
+            grpc = grpc.client_ca_root(Certificate::from_pem(ca));
+        }
+        Ok(Some(Self { grpc, http }))
+    }
+}
+
+fn http_tls(
+    cert: &[u8],
+    key: &[u8],
+    client_ca: Option<&[u8]>,
+) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("[api] tls_cert is not a PEM certificate chain: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key)
+        .map_err(|e| anyhow::anyhow!("[api] tls_key is not a PEM private key: {e}"))?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(ca) {
+                let cert = cert.map_err(|e| {
+                    anyhow::anyhow!("[api] otlp_client_ca is not a PEM certificate: {e}")
+                })?;
+                roots.add(cert).map_err(|e| {
+                    anyhow::anyhow!("[api] otlp_client_ca holds an unusable CA: {e}")
+                })?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| anyhow::anyhow!("[api] otlp_client_ca: {e}"))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| anyhow::anyhow!("[api] tls_cert and tls_key do not make a pair: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// Where received spans go.
 #[derive(Clone)]
 pub struct Receiver {
     sink: SpanSink,
     forward: Option<Forwarder>,
+    tls: Option<ReceiverTls>,
 }
 
 impl Receiver {
-    pub fn new(sink: SpanSink, forward: Option<Forwarder>) -> Self {
-        Self { sink, forward }
+    pub fn new(sink: SpanSink, forward: Option<Forwarder>, tls: Option<ReceiverTls>) -> Self {
+        Self { sink, forward, tls }
     }
 
     fn accept(&self, request: &ExportTraceServiceRequest, raw: Option<Bytes>) {
@@ -52,10 +137,17 @@ impl Receiver {
 
     /// Serves OTLP/gRPC on a bound listener until the process ends.
     pub async fn serve_grpc(self, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+        let tls = self.tls.as_ref().map(|tls| tls.grpc.clone());
         let service = TraceServiceServer::new(self)
             .max_decoding_message_size(MAX_REQUEST_BYTES)
             .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
-        tonic::transport::Server::builder()
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            server = server
+                .tls_config(tls)
+                .map_err(|e| anyhow::anyhow!("OTLP/gRPC TLS from [api] tls_cert / tls_key: {e}"))?;
+        }
+        server
             .add_service(service)
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
             .await?;
@@ -72,7 +164,18 @@ impl Receiver {
 
     /// Serves OTLP/HTTP on a bound listener until the process ends.
     pub async fn serve_http(self, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
-        axum::serve(listener, self.http_router()).await?;
+        let tls = self.tls.as_ref().map(|tls| tls.http.clone());
+        let app = self.http_router().into_make_service();
+        let listener = listener.into_std()?;
+        match tls {
+            Some(tls) => {
+                let tls = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+                axum_server::tls_rustls::from_tcp_rustls(listener, tls)?
+                    .serve(app)
+                    .await?
+            }
+            None => axum_server::from_tcp(listener)?.serve(app).await?,
+        }
         Ok(())
     }
 }

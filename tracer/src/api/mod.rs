@@ -38,6 +38,10 @@ pub struct ApiConfig {
     /// PEM certificate chain and key: both or neither. With them the API speaks HTTPS only.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// PEM CA of the OTLP clients (`tracer monitor`): with it, a client (the Collector, an
+    /// agent) must present a certificate this CA signed. Needs `tls_cert`, whose identity the
+    /// OTLP listeners serve as well.
+    pub otlp_client_ca: Option<PathBuf>,
     pub auth: AuthConfig,
     /// Alertmanager-compatible webhook receiving one notification per detection raised and
     /// resolved.
@@ -59,6 +63,7 @@ impl Default for ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8480)),
             tls_cert: None,
             tls_key: None,
+            otlp_client_ca: None,
             auth: AuthConfig::default(),
             alert_webhook: None,
             audit_otlp_logs: None,
@@ -74,6 +79,13 @@ impl ApiConfig {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("[api] give both tls_cert and tls_key, or neither".into());
         }
+        if self.otlp_client_ca.is_some() && self.tls_cert.is_none() {
+            return Err(
+                "[api] otlp_client_ca needs tls_cert and tls_key: client certificates are only \
+                 asked for over TLS"
+                    .into(),
+            );
+        }
         for (field, url) in [
             ("alert_webhook", &self.alert_webhook),
             ("audit_otlp_logs", &self.audit_otlp_logs),
@@ -87,18 +99,18 @@ impl ApiConfig {
         if self.max_page == 0 {
             return Err("[api] max_page must be at least 1".into());
         }
-        self.check_listen()?;
+        self.check_listen(self.listen, "[api] listen =")?;
         self.auth.validate()
     }
 
-    /// Tokens and order data cross the network only encrypted, unless someone decided
-    /// otherwise. Checked again after `--listen` overrides the address.
-    pub fn check_listen(&self) -> Result<(), String> {
-        if !self.listen.ip().is_loopback() && self.tls_cert.is_none() && !self.insecure {
+    /// Tokens, spans and order data cross the network only encrypted, unless someone decided
+    /// otherwise. `what` names where `addr` came from (a config key or a flag); checked again
+    /// after the command line overrides an address.
+    pub fn check_listen(&self, addr: SocketAddr, what: &str) -> Result<(), String> {
+        if !addr.ip().is_loopback() && self.tls_cert.is_none() && !self.insecure {
             return Err(format!(
-                "[api] listen = {} is reachable from other hosts: give tls_cert and tls_key \
-                 (or set insecure = true to serve plain HTTP there)",
-                self.listen
+                "{what} {addr} is reachable from other hosts: give [api] tls_cert and tls_key \
+                 (or set [api] insecure = true to serve plain text there)"
             ));
         }
         Ok(())
@@ -223,4 +235,51 @@ async fn guard(
         })
         .await;
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_hosts_get_plain_text_only_when_asked_for() {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 4317));
+        let any = SocketAddr::from(([0, 0, 0, 0], 4317));
+        let plain = ApiConfig::default();
+        assert_eq!(plain.check_listen(loopback, "--otlp-grpc"), Ok(()));
+        let refused = plain.check_listen(any, "--otlp-grpc").unwrap_err();
+        assert!(
+            refused.starts_with("--otlp-grpc 0.0.0.0:4317")
+                && refused.contains("[api] tls_cert and tls_key")
+                && refused.contains("[api] insecure = true"),
+            "{refused}"
+        );
+        let insecure = ApiConfig {
+            insecure: true,
+            ..ApiConfig::default()
+        };
+        assert_eq!(insecure.check_listen(any, "--otlp-grpc"), Ok(()));
+        let tls = ApiConfig {
+            tls_cert: Some("tls.crt".into()),
+            tls_key: Some("tls.key".into()),
+            ..ApiConfig::default()
+        };
+        assert_eq!(tls.check_listen(any, "--otlp-grpc"), Ok(()));
+    }
+
+    #[test]
+    fn a_client_ca_needs_a_server_certificate() {
+        let config = ApiConfig {
+            otlp_client_ca: Some("ca.crt".into()),
+            ..ApiConfig::default()
+        };
+        let err = config.validate().unwrap_err();
+        assert!(err.contains("otlp_client_ca needs tls_cert"), "{err}");
+        let with_cert = ApiConfig {
+            tls_cert: Some("tls.crt".into()),
+            tls_key: Some("tls.key".into()),
+            ..config
+        };
+        assert_eq!(with_cert.validate(), Ok(()));
+    }
 }

@@ -378,11 +378,12 @@ pub struct RunArgs {
 pub struct MonitorArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// OTLP/gRPC receiver address.
-    #[arg(long, default_value = "0.0.0.0:4317")]
+    /// OTLP/gRPC receiver address. Another host's address needs [api] tls_cert and tls_key
+    /// (or [api] insecure = true).
+    #[arg(long, default_value = "127.0.0.1:4317")]
     pub otlp_grpc: SocketAddr,
-    /// OTLP/HTTP receiver address (`POST /v1/traces`).
-    #[arg(long, default_value = "0.0.0.0:4318")]
+    /// OTLP/HTTP receiver address (`POST /v1/traces`); same rule as --otlp-grpc.
+    #[arg(long, default_value = "127.0.0.1:4318")]
     pub otlp_http: SocketAddr,
     /// OTLP/HTTP traces endpoint of the upstream (Jaeger or a Collector), e.g.
     /// `http://jaeger:4318/v1/traces`: received spans and the orders' root spans go there.
@@ -408,7 +409,10 @@ fn load_config(args: &CommonArgs) -> anyhow::Result<Config> {
             config.api.listen
         );
     }
-    config.api.check_listen().map_err(anyhow::Error::msg)?;
+    config
+        .api
+        .check_listen(config.api.listen, "--listen / [api] listen")
+        .map_err(anyhow::Error::msg)?;
     Ok(config)
 }
 
@@ -478,6 +482,21 @@ pub async fn run_all_in_one(args: RunArgs) -> anyhow::Result<()> {
 /// `tracer monitor`: OTLP in (gRPC + HTTP), lifecycle, API; spans forwarded upstream.
 pub async fn run_central(args: MonitorArgs) -> anyhow::Result<()> {
     let config = load_config(&args.common)?;
+    for (addr, flag) in [
+        (args.otlp_grpc, "--otlp-grpc"),
+        (args.otlp_http, "--otlp-http"),
+    ] {
+        config
+            .api
+            .check_listen(addr, flag)
+            .map_err(anyhow::Error::msg)?;
+    }
+    let receiver_tls = crate::receiver::ReceiverTls::load(&config.api)?;
+    let otlp_tls = match (&receiver_tls, &config.api.otlp_client_ca) {
+        (None, _) => "off",
+        (Some(_), None) => "tls",
+        (Some(_), Some(_)) => "mutual tls",
+    };
     let listen = config.api.listen;
     install_crypto_provider();
     let metrics: SharedMetrics = Arc::new(Metrics::new());
@@ -498,7 +517,7 @@ pub async fn run_central(args: MonitorArgs) -> anyhow::Result<()> {
         }),
     })
     .await?;
-    let receiver = crate::receiver::Receiver::new(monitor.span_sink(), forwarder);
+    let receiver = crate::receiver::Receiver::new(monitor.span_sink(), forwarder, receiver_tls);
     let grpc = crate::receiver::bind(args.otlp_grpc, "OTLP/gRPC", "--otlp-grpc").await?;
     let http = crate::receiver::bind(args.otlp_http, "OTLP/HTTP", "--otlp-http").await?;
     let api = std::net::TcpListener::bind(listen).map_err(|e| {
@@ -510,6 +529,7 @@ pub async fn run_central(args: MonitorArgs) -> anyhow::Result<()> {
         api = %listen,
         otlp_grpc = %args.otlp_grpc,
         otlp_http = %args.otlp_http,
+        otlp_tls,
         forward_to = args.forward_to.as_deref().unwrap_or("-"),
         "central monitor listening"
     );
