@@ -85,6 +85,18 @@ pub struct Message<H> {
 }
 
 impl<H> Message<H> {
+    /// An HTTP/1.1 message with a head and nothing else (no headers, no body).
+    pub fn bare(head: H) -> Self {
+        Message {
+            head,
+            version: 1,
+            headers: Vec::new(),
+            body: Bytes::new(),
+            body_len: 0,
+            body_truncated: false,
+        }
+    }
+
     /// The first value of a header, by lower-case name.
     pub fn header(&self, name: &str) -> Option<&Bytes> {
         self.headers

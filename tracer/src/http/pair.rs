@@ -380,17 +380,6 @@ mod tests {
         }
     }
 
-    fn msg<H>(head: H) -> Message<H> {
-        Message {
-            head,
-            version: 1,
-            headers: Vec::new(),
-            body: Bytes::new(),
-            body_len: 0,
-            body_truncated: false,
-        }
-    }
-
     const END: End = End {
         body_len: 0,
         truncated: false,
@@ -403,7 +392,7 @@ mod tests {
             method: "GET".into(),
             target: target.into(),
         };
-        p.request_head(msg(head), info(Framing::Empty), ts, 8, c);
+        p.request_head(Message::bare(head), info(Framing::Empty), ts, 8, c);
         p.request_end(&END, ts);
     }
 
@@ -411,7 +400,7 @@ mod tests {
     fn respond(p: &mut Pairing, ts: u64, c: &mut PairCounters) -> Vec<String> {
         let mut out = Vec::new();
         let head = ResponseHead { status: 200 };
-        p.response_head(msg(head), info(Framing::Empty), ts);
+        p.response_head(Message::bare(head), info(Framing::Empty), ts);
         p.response_end(&END, ts, &meta(), &mut out, c);
         out.into_iter().map(|e| e.request.head.target).collect()
     }
@@ -459,7 +448,7 @@ mod tests {
             interim: true,
             ..info(Framing::Empty)
         };
-        p.response_head(msg(ResponseHead { status: 100 }), interim, 2);
+        p.response_head(Message::bare(ResponseHead { status: 100 }), interim, 2);
         p.response_end(&END, 2, &meta(), &mut out, &mut c);
         assert!(out.is_empty());
         assert_eq!(respond(&mut p, 3, &mut c), ["/upload"]);
@@ -472,7 +461,7 @@ mod tests {
             method: "PUT".into(),
             target: "/slow".into(),
         };
-        p.request_head(msg(head), info(Framing::Length(10)), 1, 8, &mut c);
+        p.request_head(Message::bare(head), info(Framing::Length(10)), 1, 8, &mut c);
         let mut out = Vec::new();
         // Still uploading: nothing to time out yet.
         p.expire(1_000, 10, &meta(), &mut out, &mut c);

@@ -33,7 +33,7 @@ pub fn exchange(service: &str, role: Role, method: &str, target: &str) -> Exchan
         role,
         local: Some(local),
         peer: Some(peer),
-        request: message(RequestHead {
+        request: Message::bare(RequestHead {
             method: method.to_string(),
             target: target.to_string(),
         }),
@@ -41,17 +41,6 @@ pub fn exchange(service: &str, role: Role, method: &str, target: &str) -> Exchan
         start_ns: 1_000_000_000,
         end_ns: 1_001_000_000,
         outcome: Outcome::Reset,
-    }
-}
-
-fn message<H>(head: H) -> Message<H> {
-    Message {
-        head,
-        version: 1,
-        headers: Vec::new(),
-        body: Bytes::new(),
-        body_len: 0,
-        body_truncated: false,
     }
 }
 
@@ -80,7 +69,7 @@ impl ExchangeFixture for Exchange {
     }
 
     fn respond(mut self, status: u16, body: &str) -> Self {
-        let mut response = message(ResponseHead { status });
+        let mut response = Message::bare(ResponseHead { status });
         response.body = Bytes::copy_from_slice(body.as_bytes());
         response.body_len = body.len() as u64;
         self.response = Some(response);
