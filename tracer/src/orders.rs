@@ -51,6 +51,11 @@ pub fn percent_decode_lossy(segment: &str) -> Cow<'_, str> {
     extract::percent_decode(segment).unwrap_or(Cow::Borrowed(segment))
 }
 
+/// Environment variable holding the deployment's secret for `order.key`. Set (to the same value
+/// on every agent), `order.key` is an HMAC-SHA-256 of the key fields, which nobody without the
+/// secret can test guesses of customer ids against; unset, a plain SHA-256.
+pub const KEY_SECRET_ENV: &str = "ORDER_TRACER_KEY_SECRET";
+
 /// A compiled rule.
 #[derive(Debug)]
 pub struct Rule {
@@ -68,6 +73,8 @@ pub struct Rule {
     step: Option<CompiledStatus>,
     status: Option<CompiledStatus>,
     key: Option<KeyFields>,
+    /// Keys `order.key` (HMAC) when the deployment set [`KEY_SECRET_ENV`].
+    key_secret: Option<Arc<[u8]>>,
 }
 
 #[derive(Debug)]
@@ -161,6 +168,9 @@ impl RuleSet {
     /// Compiles validated service sections. Fails on what needs the whole config to see:
     /// a service listed twice, a rule name used in two services.
     pub fn compile(services: &[ServiceRules]) -> Result<Self, String> {
+        let key_secret: Option<Arc<[u8]>> = std::env::var_os(KEY_SECRET_ENV)
+            .filter(|secret| !secret.is_empty())
+            .map(|secret| Arc::from(std::os::unix::ffi::OsStrExt::as_bytes(secret.as_os_str())));
         let mut set = RuleSet::default();
         let mut names: HashMap<Arc<str>, Arc<str>> = HashMap::new();
         for service in services {
@@ -177,7 +187,7 @@ impl RuleSet {
                 server_rules: Vec::new(),
             };
             for config in &service.rules {
-                let rule = Rule::compile(config, &owner)?;
+                let rule = Rule::compile(config, &owner, key_secret.clone())?;
                 if let Some(other) = names.insert(rule.name.clone(), owner.clone()) {
                     return Err(format!(
                         "rule name {:?} is used by services {other:?} and {:?}; rule names must be unique",
@@ -255,7 +265,11 @@ impl RuleSet {
 }
 
 impl Rule {
-    fn compile(config: &RuleConfig, owner: &Arc<str>) -> Result<Self, String> {
+    fn compile(
+        config: &RuleConfig,
+        owner: &Arc<str>,
+        key_secret: Option<Arc<[u8]>>,
+    ) -> Result<Self, String> {
         let context = |e: String| format!("service {owner:?}, rule {:?}: {e}", config.name);
         let template = Template::parse(&config.path).map_err(context)?;
         let order_id = config
@@ -313,6 +327,7 @@ impl Rule {
             step,
             status,
             key: config.key.clone(),
+            key_secret,
         })
     }
 
@@ -406,7 +421,11 @@ impl Rule {
                 .iter()
                 .map(|field| bodies.text(key.from, field).map(Cow::Owned))
                 .collect::<Option<Vec<_>>>()?;
-            Some(extract::key_hash(&self.name, &values))
+            Some(extract::key_hash(
+                self.key_secret.as_deref(),
+                &self.name,
+                &values,
+            ))
         });
         Some(OrderMatch {
             rule: self,

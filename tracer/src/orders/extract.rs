@@ -102,18 +102,34 @@ pub(super) fn clean_order_id(raw: &str) -> Option<String> {
     plausible.then(|| id.to_string())
 }
 
-/// `order.key`: the first 16 bytes of SHA-256 over the rule name and the key values, hex.
-/// The rule name keeps equal values of unrelated rules apart; values are length-prefixed so
-/// `("ab","c")` and `("a","bc")` differ. Never the raw values.
-pub(super) fn key_hash(rule: &str, values: &[Cow<'_, str>]) -> String {
+/// `order.key`: the first 16 bytes of SHA-256 — HMAC-SHA-256 under `secret` when the
+/// deployment has one — over the rule name and the key values, hex. The rule name keeps equal
+/// values of unrelated rules apart; values are length-prefixed so `("ab","c")` and
+/// `("a","bc")` differ. Never the raw values.
+pub(super) fn key_hash(secret: Option<&[u8]>, rule: &str, values: &[Cow<'_, str>]) -> String {
+    use hmac::{Mac, digest::Update};
     use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new();
-    hasher.update(b"order-tracer/key/v1:");
-    for part in std::iter::once(rule).chain(values.iter().map(|v| v.as_ref())) {
-        hasher.update((part.len() as u64).to_be_bytes());
-        hasher.update(part.as_bytes());
+    fn feed(sink: &mut impl Update, rule: &str, values: &[Cow<'_, str>]) {
+        sink.update(b"order-tracer/key/v1:");
+        for part in std::iter::once(rule).chain(values.iter().map(|v| v.as_ref())) {
+            sink.update(&(part.len() as u64).to_be_bytes());
+            sink.update(part.as_bytes());
+        }
     }
-    hex::encode(&hasher.finalize()[..16])
+    let digest: [u8; 32] = match secret {
+        Some(secret) => {
+            let mut mac = hmac::Hmac::<Sha256>::new_from_slice(secret)
+                .expect("HMAC takes a key of any length");
+            feed(&mut mac, rule, values);
+            mac.finalize().into_bytes().into()
+        }
+        None => {
+            let mut hasher = Sha256::new();
+            feed(&mut hasher, rule, values);
+            hasher.finalize().into()
+        }
+    };
+    hex::encode(&digest[..16])
 }
 
 #[cfg(test)]
@@ -170,16 +186,30 @@ mod tests {
         assert_eq!(clean_order_id(&"x".repeat(MAX_ORDER_ID_LEN + 1)), None);
     }
 
+    fn values(v: &[&'static str]) -> Vec<Cow<'static, str>> {
+        v.iter().map(|s| Cow::Borrowed(*s)).collect()
+    }
+
     #[test]
     fn key_hash_separates_values() {
-        let h = |v: &[&str]| {
-            key_hash(
-                "r",
-                &v.iter().map(|s| Cow::Borrowed(*s)).collect::<Vec<_>>(),
-            )
-        };
+        let h = |v: &[&'static str]| key_hash(None, "r", &values(v));
         assert_eq!(h(&["c1", "cart"]), h(&["c1", "cart"]));
         assert_ne!(h(&["ab", "c"]), h(&["a", "bc"]));
         assert_eq!(h(&["c1", "cart"]).len(), 32);
+    }
+
+    #[test]
+    fn a_secret_keys_the_hash() {
+        let v = values(&["c1", "cart"]);
+        let plain = key_hash(None, "r", &v);
+        let keyed = key_hash(Some(b"fleet secret"), "r", &v);
+        assert_ne!(plain, keyed, "without the secret, guesses can be tested");
+        assert_eq!(
+            keyed,
+            key_hash(Some(b"fleet secret"), "r", &v),
+            "stable across agents"
+        );
+        assert_ne!(keyed, key_hash(Some(b"other secret"), "r", &v));
+        assert_eq!(keyed.len(), 32);
     }
 }
