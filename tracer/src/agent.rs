@@ -47,13 +47,10 @@ fn parse_export_kind(text: &str) -> Result<ExportKind, String> {
         .map_err(|_| format!("unknown exporter {text:?}: use stdout, otlp-grpc, otlp-http or none"))
 }
 
-/// The config an agent-side command runs with: the file given, or the embedded default, with
-/// the exporter optionally overridden.
-pub fn load_config(path: Option<&PathBuf>, export: Option<ExportKind>) -> anyhow::Result<Config> {
-    let mut config = match path {
-        Some(path) => Config::load(path)?,
-        None => Config::embedded_default(),
-    };
+/// The config `tracer agent` runs with: the file given, or the embedded default, with the
+/// exporter optionally overridden.
+fn load_config(path: Option<&PathBuf>, export: Option<ExportKind>) -> anyhow::Result<Config> {
+    let mut config = Config::load_or_embedded(path.map(PathBuf::as_path))?;
     if let Some(kind) = export {
         config.export.kind = kind;
     }

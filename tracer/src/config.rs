@@ -56,6 +56,14 @@ impl Config {
         Self::parse(&text, &path.display().to_string())
     }
 
+    /// The file given on the command line, or the embedded default when none is.
+    pub fn load_or_embedded(path: Option<&Path>) -> Result<Self, ConfigError> {
+        match path {
+            Some(path) => Self::load(path),
+            None => Ok(Self::embedded_default()),
+        }
+    }
+
     /// The embedded default (the testbed's config).
     pub fn embedded_default() -> Self {
         Self::parse(EMBEDDED_DEFAULT, "embedded default")

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use monitor_common::{Capture, compare_with_truth, get_json};
+use monitor_common::{Capture, compare_with_truth, get_json, get_metrics};
 use testbed_run::{Run, bin_dir, free_base_port, scratch};
 
 const TESTBED_CONFIG: &str = include_str!("../../deploy/config/testbed.toml");
@@ -173,14 +173,7 @@ async fn detections_equal_the_truth_and_metrics_and_alerts_agree() {
         !by_api.is_empty(),
         "a run with faults leaves open detections"
     );
-    let page = client
-        .get(format!("{api}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_metrics(&client, &api).await;
     let metrics = samples(&page);
     for ((kind, service), count) in &by_api {
         let key = format!("order_tracer_open_detections{{kind=\"{kind}\",service=\"{service}\"}}");

@@ -261,14 +261,7 @@ async fn central_monitor_survives_a_kill_and_forwards_everything() {
         sent_1 + sent_2
     );
 
-    let metrics = client
-        .get(format!("{api}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = monitor_common::get_metrics(&client, &api).await;
     assert!(
         metrics.contains("order_tracer_monitor_spans_received_total"),
         "{metrics}"

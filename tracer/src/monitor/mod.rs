@@ -393,10 +393,7 @@ pub struct MonitorArgs {
 
 /// Config file, with the command line's overrides applied and checked.
 fn load_config(args: &CommonArgs) -> anyhow::Result<Config> {
-    let mut config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::embedded_default(),
-    };
+    let mut config = Config::load_or_embedded(args.config.as_deref())?;
     if let Some(listen) = args.listen {
         config.api.listen = listen;
     }

@@ -85,6 +85,18 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> Option<serde_json:
     client.get(url).send().await.ok()?.json().await.ok()
 }
 
+/// The monitor's `/metrics` page (no token: tests serve it publicly or anonymously).
+pub async fn get_metrics(client: &reqwest::Client, api: &str) -> String {
+    client
+        .get(format!("{api}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Polls `check` every 100 ms until it gives a value or `limit` passes.
 pub async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
 where
