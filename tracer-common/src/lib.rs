@@ -9,8 +9,8 @@
 /// small reservation instead of a full one.
 pub const PAYLOAD_SMALL: usize = 512;
 pub const PAYLOAD_MEDIUM: usize = 4096;
-/// Upper bound of one captured chunk. The configurable cap (`config::PAYLOAD_CAP`) may be
-/// lower, never higher.
+/// Upper bound of one captured chunk. The per-service caps (`Target`) may be lower, never
+/// higher.
 pub const PAYLOAD_MAX: usize = 16384;
 
 /// How many iovec entries of one `readv`/`writev`/`sendmsg`/`recvmsg` are captured; each
@@ -30,8 +30,10 @@ pub const MAX_TARGETS: u32 = 1024;
 pub const MAX_EXEC_NAMES: u32 = 64;
 /// Length of a kernel command name (`comm`), NUL padding included.
 pub const COMM_LEN: usize = 16;
-/// Capacity of the in-flight syscall table (threads inside a traced syscall at once).
-pub const MAX_PENDING: u32 = 16384;
+/// Slots of the per-thread table of sends in flight (their entry timestamps), indexed by
+/// thread id modulo this power of two; a thread whose slot another took gets its send stamped
+/// at return instead.
+pub const SEND_SLOTS: u32 = 16384;
 
 /// Address families as the kernel numbers them.
 pub const AF_INET: u16 = 2;
@@ -70,6 +72,12 @@ pub mod sock_flag {
     pub const ANNOUNCED: u8 = 1;
 }
 
+/// `EventHeader::flags`.
+pub mod event_flag {
+    /// The payload is TLS plaintext, read from the TLS library rather than the socket.
+    pub const TLS: u8 = 1;
+}
+
 /// Indexes into the per-CPU `COUNTERS` array. The agent sums the CPUs.
 pub mod counter {
     /// Events the kernel could not reserve ring-buffer space for (ring full).
@@ -85,8 +93,8 @@ pub mod counter {
     pub const READ_FAILED: u32 = 4;
     /// Socket table full: a new connection could not be tracked.
     pub const SOCKETS_FULL: u32 = 5;
-    /// In-flight syscall table full: one call was not captured.
-    pub const PENDING_FULL: u32 = 6;
+    /// Sends stamped at return because another thread held their entry slot.
+    pub const SEND_SLOT_TAKEN: u32 = 6;
     /// Vectored calls with more iovecs than `MAX_IOVECS`: the later buffers' bytes are
     /// counted in `len` but not copied.
     pub const IOVECS_CUT: u32 = 7;
@@ -95,9 +103,7 @@ pub mod counter {
 
 /// Indexes into the `CONFIG` array the agent writes before attaching.
 pub mod config {
-    /// Bytes of each syscall's payload to copy (≤ `PAYLOAD_MAX`).
-    pub const PAYLOAD_CAP: u32 = 0;
-    /// Non-zero: emit aya-log diagnostics on the per-event path.
+    /// Non-zero: emit aya-log diagnostics when connections open and close.
     pub const VERBOSE: u32 = 1;
     /// Unread ring-buffer bytes at which a data event wakes the agent; below it the agent
     /// finds the event on its next poll (`POLL_INTERVAL_MS`). Open/close always wake it.
@@ -127,7 +133,8 @@ pub struct EventHeader {
     pub direction: u8,
     /// One of `role::*`.
     pub role: u8,
-    pub _pad0: u8,
+    /// `event_flag::*` bits.
+    pub flags: u8,
     /// Bytes of payload that follow the header (data events; ≤ the entry's class size).
     pub captured: u32,
     pub tgid: u32,
@@ -171,11 +178,17 @@ pub struct SockInfo {
 }
 
 /// Per-process target entry, keyed by tgid. `service` indexes the agent's service table.
+/// The caps are the bytes of each read/write copied, by the socket's role: the agent derives
+/// them from what the service's rules read (heads only, or heads and the start of bodies).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Target {
     pub service: u32,
-    pub _pad: u32,
+    /// On connections this process accepted (≤ `PAYLOAD_MAX`).
+    pub server_cap: u16,
+    /// On connections this process made (≤ `PAYLOAD_MAX`); connections of unknown role get
+    /// the larger of the two.
+    pub client_cap: u16,
 }
 
 /// Key of the socket table: one u64 so the kernel does one lookup per syscall.
@@ -190,6 +203,8 @@ const _: () = assert!(core::mem::size_of::<DataEvent<PAYLOAD_MAX>>() == 80 + PAY
 const _: () = assert!(core::mem::size_of::<SockInfo>() == 16);
 const _: () = assert!(core::mem::size_of::<Target>() == 8);
 const _: () = assert!(PAYLOAD_SMALL < PAYLOAD_MEDIUM && PAYLOAD_MEDIUM < PAYLOAD_MAX);
+const _: () = assert!(PAYLOAD_MAX <= u16::MAX as usize);
+const _: () = assert!(SEND_SLOTS.is_power_of_two());
 
 #[cfg(feature = "user")]
 mod pod {

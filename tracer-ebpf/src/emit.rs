@@ -7,55 +7,55 @@ use tracer_common::{
     counter, kind,
 };
 
-use crate::maps::{EVENTS, Pending, count, setting};
+use crate::maps::{EVENTS, count, setting};
 
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
-/// Who a chunk belongs to: the fields every event of one syscall shares.
+/// Who a chunk belongs to: the fields every event of one call shares.
 pub struct Origin {
-    pub tgid: u32,
-    pub tid: u32,
+    pub pid_tgid: u64,
     pub fd: i32,
     pub service: u32,
     pub sock: SockInfo,
     pub ts_ns: u64,
+    /// `tracer_common::event_flag` bits.
+    pub flags: u8,
+    /// Most bytes to copy per chunk (the target's cap for this socket's role).
+    pub cap: u64,
 }
 
 impl Origin {
-    pub fn of_call(pid_tgid: u64, p: &Pending) -> Self {
-        Origin {
-            tgid: (pid_tgid >> 32) as u32,
-            tid: pid_tgid as u32,
-            fd: p.fd,
-            service: p.service,
-            sock: p.sock,
-            ts_ns: p.ts_ns,
-        }
-    }
-
+    #[inline(always)]
     fn header(&self, event_kind: u8) -> EventHeader {
         EventHeader {
             kind: event_kind,
+            direction: 0,
             role: self.sock.role,
-            tgid: self.tgid,
-            tid: self.tid,
+            flags: self.flags,
+            captured: 0,
+            tgid: (self.pid_tgid >> 32) as u32,
+            tid: self.pid_tgid as u32,
             fd: self.fd,
             service: self.service,
+            iov_index: 0,
+            _pad1: 0,
+            len: 0,
             conn_id: self.sock.conn_id,
             ts_ns: self.ts_ns,
-            ..EventHeader::default()
+            peer: SockAddr::default(),
         }
     }
 }
 
+#[inline(always)]
 pub fn now_ns() -> u64 {
-    // SAFETY: no arguments, always available to tracepoint programs.
+    // SAFETY: no arguments, always available to tracing programs.
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// An open or close event.
+/// An open, close or exit event.
 pub fn conn_event(origin: &Origin, event_kind: u8, peer: SockAddr) {
     let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
         count(counter::RING_FULL);
@@ -69,24 +69,25 @@ pub fn conn_event(origin: &Origin, event_kind: u8, peer: SockAddr) {
     count(counter::CONN_EVENTS);
 }
 
-/// One chunk of a syscall's bytes. (A struct: BPF functions take at most five arguments.)
+/// One chunk of a call's bytes. (A struct: BPF functions take at most five arguments.)
 pub struct Chunk {
     pub direction: u8,
     pub iov_index: u32,
     /// User address of the chunk's first byte.
     pub src: u64,
-    /// Bytes the syscall moved for this chunk.
+    /// Bytes the call moved for this chunk.
     pub len: u64,
     /// How many of them are contiguous at `src` (≤ `len`).
     pub avail: u64,
 }
 
-/// One data event; copies at most the configured cap of the chunk's contiguous bytes.
+/// One data event; copies at most `origin.cap` of the chunk's contiguous bytes into the
+/// smallest entry class that holds them.
+#[inline(always)]
 pub fn data_event(origin: &Origin, chunk: &Chunk) {
-    let cap = setting(config::PAYLOAD_CAP);
-    let want = if chunk.avail > cap {
+    let want = if chunk.avail > origin.cap {
         count(counter::TRUNCATED);
-        cap
+        origin.cap
     } else {
         chunk.avail
     };

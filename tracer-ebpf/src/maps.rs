@@ -1,11 +1,11 @@
-//! The maps shared with the agent, and the per-thread record of a syscall in flight.
+//! The maps shared with the agent, and the per-thread record of a send in flight.
 
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    COMM_LEN, MAX_EXEC_NAMES, MAX_PENDING, MAX_SOCKETS, MAX_TARGETS, SockInfo, Target, config,
+    COMM_LEN, MAX_EXEC_NAMES, MAX_SOCKETS, MAX_TARGETS, SEND_SLOTS, SockInfo, Target, config,
     counter,
 };
 
@@ -28,10 +28,11 @@ pub static EXEC_NAMES: HashMap<[u8; COMM_LEN], Target> =
 #[map]
 pub static SOCKETS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
 
-/// Arguments of a syscall between its enter and exit, by pid_tgid (one per thread). LRU:
-/// a thread killed inside a blocking call never reaches the exit that would remove its entry.
+/// Entry timestamps of sends in flight, one slot per thread (`tid % SEND_SLOTS`). An array:
+/// a slot is one plain store at entry and one load at exit, where a hash table would cost an
+/// insert and a delete per call.
 #[map]
-pub static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(MAX_PENDING, 0);
+pub static SEND_STARTS: Array<SendStart> = Array::with_max_entries(SEND_SLOTS, 0);
 
 /// Loss and activity counters; the agent sums the CPUs.
 #[map]
@@ -41,51 +42,23 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 #[map]
 pub static CONFIG: Array<u64> = Array::with_max_entries(config::COUNT, 0);
 
-/// What the exit handler must do with the syscall's return value.
-pub mod call {
-    /// `read`/`write`/`recvfrom`/`sendto`: `ptr` is the buffer.
-    pub const BUF: u8 = 1;
-    /// `readv`/`writev`: `ptr` is the iovec array, `count` its length.
-    pub const IOV: u8 = 2;
-    /// `recvmsg`/`sendmsg`: `ptr` is the `user_msghdr`.
-    pub const MSG: u8 = 3;
-    /// `socket(AF_INET/AF_INET6, SOCK_STREAM)`: the return value is a new TCP socket.
-    pub const SOCKET: u8 = 4;
-    /// `accept`/`accept4`: `ptr` is the peer sockaddr the app passed (may be null).
-    pub const ACCEPT: u8 = 5;
-    /// `connect`: `ptr` is the peer sockaddr.
-    pub const CONNECT: u8 = 6;
-}
-
-/// A traced syscall between enter and exit. Kernel-only: the agent never sees it.
+/// A send between its entry and its exit. Kernel-only: the agent never sees it.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct Pending {
-    /// CLOCK_MONOTONIC at entry.
+pub struct SendStart {
+    /// Whose slot it is: another thread with the same slot index overwrites it.
+    pub pid_tgid: u64,
     pub ts_ns: u64,
-    pub ptr: u64,
-    pub count: u64,
-    /// The socket's state at entry (data calls) — a close racing on another thread cannot
-    /// change which connection the bytes belong to.
-    pub sock: SockInfo,
-    pub fd: i32,
-    pub service: u32,
-    /// The syscall number at entry; the exit must match it, so an entry whose exit was
-    /// missed (programs attached in between) is never paired with another call's result.
-    pub nr: i32,
-    /// One of `call::*`.
-    pub call: u8,
-    /// One of `tracer_common::direction::*`.
-    pub direction: u8,
-    /// For `ACCEPT`: the listening socket is a known TCP socket.
-    pub listener_known: u8,
-    pub _pad: u8,
+    /// The syscall number, so an entry whose exit was missed (programs attached in between)
+    /// is never taken for another call's.
+    pub nr: u64,
 }
 
 #[inline(always)]
 pub fn count(index: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot; a tracepoint program is not preempted on its CPU.
+        // SAFETY: this CPU's slot of a valid map value; a racing increment on the same CPU
+        // can at worst lose one count.
         unsafe { *slot += 1 };
     }
 }

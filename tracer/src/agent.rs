@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::capture::event::{monotonic_now_ns, monotonic_to_unix_offset_ns};
-use crate::capture::{Capture, CaptureCounters, CaptureEvent};
+use crate::capture::{Capture, CaptureCounters, CaptureEvent, PayloadCaps, Role};
 use crate::config::Config;
 use crate::export::{ExportCounters, ExportKind, Exporter, Fanout, SpanConsumer};
 use crate::http::Exchange;
@@ -162,7 +162,6 @@ fn publish_totals(metrics: &crate::metrics::PipelineCounters, counters: &AgentCo
         ("ring_full", capture.ring_full),
         ("capture_queue_full", capture.queue_full),
         ("sockets_full", capture.sockets_full),
-        ("syscalls_in_flight_full", capture.pending_full),
         ("user_read_failed", capture.read_failed),
         ("iovecs_beyond_capture", capture.iovecs_cut),
         ("undecodable_events", capture.decode_errors),
@@ -265,6 +264,13 @@ impl Agent {
     pub fn start(config: &Config, monitor: Option<Box<dyn SpanConsumer>>) -> anyhow::Result<Self> {
         let rules =
             RuleSet::compile(&config.services).map_err(|e| anyhow::anyhow!("config rules: {e}"))?;
+        // The kernel copies of each call what the rules can use: heads, and the start of
+        // bodies only where a rule reads a JSON field.
+        let capture_caps = |service: &str| PayloadCaps {
+            server: config.capture.cap_for(rules.reads_body(service, Role::Server)),
+            client: config.capture.cap_for(rules.reads_body(service, Role::Client)),
+        };
+        let mut capture = Capture::start_with_caps(&config.capture, &capture_caps)?;
         let redactor = Redactor::new(&config.export.redact_path_segments)
             .map_err(|e| anyhow::anyhow!("config [export] redact_path_segments: {e}"))?;
         let builder = SpanBuilder::new(
@@ -283,7 +289,6 @@ impl Agent {
             fanout = fanout.with_consumer(monitor);
         }
 
-        let mut capture = Capture::start(&config.capture)?;
         let events = capture
             .take_events()
             .context("the capture's event queue was already taken")?;

@@ -1,11 +1,11 @@
 //! Loading the eBPF object into the kernel: privilege and kernel checks with errors that say
-//! what to do, tracefs mounted when missing, settings written, every tracepoint attached.
+//! what to do, tracefs mounted when missing, settings written, every hook attached.
 
 use std::path::Path;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::TracePoint;
-use aya::{Ebpf, EbpfLoader};
+use aya::programs::{BtfTracePoint, TracePoint};
+use aya::{Btf, Ebpf, EbpfLoader};
 use tracer_common::{COMM_LEN, SockInfo, Target, config};
 
 use super::CaptureError;
@@ -18,49 +18,15 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 const TRACEFS_LEGACY: &str = "/sys/kernel/debug/tracing";
 const BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// Which program handles which tracepoints. Syscall exits come first: an entry recorded
-/// while its exit is not attached yet could never be completed.
-const ATTACH: &[(&str, &str, &[&str])] = &[
-    ("sched_exit", "sched", &["sched_process_exit"]),
-    ("sched_exec", "sched", &["sched_process_exec"]),
-    (
-        "sys_exit",
-        "syscalls",
-        &[
-            "sys_exit_read",
-            "sys_exit_write",
-            "sys_exit_readv",
-            "sys_exit_writev",
-            "sys_exit_recvfrom",
-            "sys_exit_sendto",
-            "sys_exit_recvmsg",
-            "sys_exit_sendmsg",
-            "sys_exit_socket",
-            "sys_exit_accept",
-            "sys_exit_accept4",
-            "sys_exit_connect",
-        ],
-    ),
-    ("enter_read", "syscalls", &["sys_enter_read"]),
-    ("enter_recvfrom", "syscalls", &["sys_enter_recvfrom"]),
-    (
-        "enter_send_buf",
-        "syscalls",
-        &["sys_enter_write", "sys_enter_sendto"],
-    ),
-    ("enter_recv_iov", "syscalls", &["sys_enter_readv"]),
-    ("enter_send_iov", "syscalls", &["sys_enter_writev"]),
-    ("enter_recv_msg", "syscalls", &["sys_enter_recvmsg"]),
-    ("enter_send_msg", "syscalls", &["sys_enter_sendmsg"]),
-    ("enter_socket", "syscalls", &["sys_enter_socket"]),
-    (
-        "enter_accept",
-        "syscalls",
-        &["sys_enter_accept", "sys_enter_accept4"],
-    ),
-    ("enter_connect", "syscalls", &["sys_enter_connect"]),
-    ("enter_close", "syscalls", &["sys_enter_close"]),
+/// The lifecycle tracepoints (classic, through tracefs).
+const SCHED: &[(&str, &str)] = &[
+    ("sched_exit", "sched_process_exit"),
+    ("sched_exec", "sched_process_exec"),
 ];
+
+/// The syscall hooks: BTF tracepoints on the generic entry and exit, each program named for
+/// its tracepoint. The exit comes first, so no send is stamped without its exit attached.
+const SYSCALL_HOOKS: &[&str] = &["sys_exit", "sys_enter"];
 
 /// The loaded, attached object and the maps the agent works with.
 pub struct Loaded {
@@ -73,10 +39,10 @@ pub struct Loaded {
 }
 
 /// `exec_names`: command names the kernel starts tracing by itself at `exec`, with their
-/// service index.
+/// target entry.
 pub fn load(
     settings: &CaptureConfig,
-    exec_names: &[([u8; COMM_LEN], u32)],
+    exec_names: &[([u8; COMM_LEN], Target)],
 ) -> Result<Loaded, CaptureError> {
     check_privileges()?;
     if !Path::new(BTF).exists() {
@@ -93,7 +59,6 @@ pub fn load(
             source,
         })?;
     for (index, value) in [
-        (config::PAYLOAD_CAP, u64::from(settings.payload_cap)),
         (config::VERBOSE, u64::from(settings.kernel_debug)),
         // A quarter full: early enough that the ring never fills between polls.
         (
@@ -113,11 +78,7 @@ pub fn load(
             name: "EXEC_NAMES",
             source,
         })?;
-    for (comm, service) in exec_names {
-        let target = Target {
-            service: *service,
-            _pad: 0,
-        };
+    for (comm, target) in exec_names {
         names
             .insert(comm, target, 0)
             .map_err(|source| CaptureError::Map {
@@ -161,26 +122,42 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, CaptureEr
 }
 
 fn attach(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
-    for (name, category, tracepoints) in ATTACH {
-        let program: &mut TracePoint = ebpf
-            .program_mut(name)
-            .ok_or(CaptureError::Missing(name))?
-            .try_into()
-            .map_err(|source| CaptureError::Program { name, source })?;
+    for (name, tracepoint) in SCHED {
+        let program: &mut TracePoint = program(ebpf, name)?;
         program
             .load()
             .map_err(|source| CaptureError::Program { name, source })?;
-        for tracepoint in *tracepoints {
-            program
-                .attach(category, tracepoint)
-                .map_err(|source| CaptureError::Attach {
-                    category,
-                    tracepoint,
-                    source,
-                })?;
-        }
+        program
+            .attach("sched", tracepoint)
+            .map_err(|source| CaptureError::Attach {
+                category: "sched",
+                tracepoint,
+                source,
+            })?;
+    }
+    let btf = Btf::from_sys_fs().map_err(|_| CaptureError::NoBtf)?;
+    for name in SYSCALL_HOOKS {
+        let program: &mut BtfTracePoint = program(ebpf, name)?;
+        program
+            .load(name, &btf)
+            .map_err(|source| CaptureError::Program { name, source })?;
+        program.attach().map_err(|source| CaptureError::Attach {
+            category: "btf",
+            tracepoint: name,
+            source,
+        })?;
     }
     Ok(())
+}
+
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, CaptureError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(CaptureError::Missing(name))?
+        .try_into()
+        .map_err(|source| CaptureError::Program { name, source })
 }
 
 /// Root, or CAP_BPF + CAP_PERFMON (CAP_SYS_ADMIN covers both on any kernel).
@@ -210,9 +187,10 @@ fn check_privileges() -> Result<(), CaptureError> {
     })
 }
 
-/// Syscall tracepoints are attached through tracefs; a fresh machine may not mount it.
+/// The process lifecycle tracepoints are attached through tracefs; a fresh machine may not
+/// mount it.
 fn ensure_tracefs() -> Result<(), CaptureError> {
-    let has_events = |root: &str| Path::new(root).join("events/syscalls").is_dir();
+    let has_events = |root: &str| Path::new(root).join("events/sched").is_dir();
     if has_events(TRACEFS) || has_events(TRACEFS_LEGACY) {
         return Ok(());
     }
@@ -238,6 +216,6 @@ fn ensure_tracefs() -> Result<(), CaptureError> {
     if has_events(TRACEFS) {
         Ok(())
     } else {
-        Err(CaptureError::NoSyscallTracepoints)
+        Err(CaptureError::NoSchedTracepoints)
     }
 }

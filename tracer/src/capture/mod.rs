@@ -29,7 +29,7 @@ use tokio::io::{Interest, unix::AsyncFd};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-pub use config::{CaptureConfig, TargetSpec};
+pub use config::{CaptureConfig, PayloadCaps, TargetSpec};
 pub use counters::CaptureCounters;
 pub use event::{CaptureEvent, ConnKey, Direction, Role};
 
@@ -54,10 +54,10 @@ pub enum CaptureError {
     )]
     Tracefs(std::io::Error),
     #[error(
-        "tracefs has no syscall tracepoints (events/syscalls): use a kernel built with \
-         CONFIG_FTRACE_SYSCALLS=y"
+        "tracefs has no scheduler tracepoints (events/sched): use a kernel built with \
+         CONFIG_TRACEPOINTS=y and CONFIG_EVENT_TRACING=y"
     )]
-    NoSyscallTracepoints,
+    NoSchedTracepoints,
     #[error("invalid capture config: {0}")]
     Config(String),
     #[error("cannot load the eBPF object into the kernel: {0}")]
@@ -70,7 +70,10 @@ pub enum CaptureError {
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("cannot attach to tracepoint {category}:{tracepoint}: {source}")]
+    #[error(
+        "cannot attach to tracepoint {category}:{tracepoint}: {source} (the syscall hooks \
+         need BTF tracepoints, Linux 5.5 or later)"
+    )]
     Attach {
         category: &'static str,
         tracepoint: &'static str,
@@ -100,11 +103,20 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// Loads and attaches the kernel side and starts following the configured targets.
-    /// Call inside a tokio runtime. Targets not running yet are waited for (and logged).
+    /// Loads and attaches the kernel side and starts following the configured targets,
+    /// copying up to `payload_cap` of every call. Call inside a tokio runtime. Targets not
+    /// running yet are waited for (and logged).
     pub fn start(config: &CaptureConfig) -> Result<Capture, CaptureError> {
+        Self::start_with_caps(config, &|_| PayloadCaps::uniform(config.payload_cap))
+    }
+
+    /// As [`Capture::start`], copying of each service's calls what `caps` says.
+    pub fn start_with_caps(
+        config: &CaptureConfig,
+        caps: &dyn Fn(&str) -> PayloadCaps,
+    ) -> Result<Capture, CaptureError> {
         config.validate().map_err(CaptureError::Config)?;
-        let targets = targets::Targets::new(&config.targets)
+        let targets = targets::Targets::new(&config.targets, caps)
             .map_err(|e| CaptureError::Config(e.to_string()))?;
         let mut loaded = loader::load(config, &targets.exec_names())?;
         let logger = start_kernel_logger(&mut loaded.ebpf);

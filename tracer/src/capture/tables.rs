@@ -26,11 +26,10 @@ impl KernelTables {
     pub fn add(
         &mut self,
         pid: u32,
-        service: u32,
+        target: Target,
         name: &Arc<str>,
         out: &mut Vec<CaptureEvent>,
     ) -> Result<(), MapError> {
-        let target = Target { service, _pad: 0 };
         self.targets.insert(pid, target, 0)?;
         self.seed(pid, name, out);
         Ok(())

@@ -1,0 +1,385 @@
+//! The syscall hooks: one program at the entry and one at the exit of every syscall, each
+//! switching on the syscall number first and looking at the caller only for the dozen calls
+//! that move socket bytes or change the socket table. Everything is decided at exit from the
+//! registers the call was made with, when the kernel has filled (recv) or consumed (send) the
+//! bytes; the entry only stamps sends with their start and handles `close` before the fd can
+//! be reused.
+
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user};
+use aya_log_ebpf::debug;
+use tracer_common::{
+    AF_INET, AF_INET6, MAX_IOVECS, SEND_SLOTS, SockAddr, SockInfo, Target, config, counter,
+    direction, kind, role, sock_flag, sock_key,
+};
+
+use crate::arch::{Regs, nr};
+use crate::emit::{Chunk, Origin, conn_event, data_event, now_ns};
+use crate::maps::{SEND_STARTS, SOCKETS, SendStart, TARGETS, count, setting};
+
+const MSG_PEEK: u64 = 2;
+const SOCK_STREAM: u64 = 1;
+/// `SOCK_NONBLOCK`/`SOCK_CLOEXEC` share the type argument; the type is the low bits.
+const SOCK_TYPE_MASK: u64 = 0xf;
+const EINPROGRESS: i64 = 115;
+
+/// How a data call passes its bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// `read`/`write`/`recvfrom`/`sendto`: (fd, buf, len).
+    Buf,
+    /// `readv`/`writev`: (fd, iov, iovcnt).
+    Iov,
+    /// `recvmsg`/`sendmsg`: (fd, msghdr).
+    Msg,
+}
+
+/// The calling thread, when its process is a target (the first, cheapest filter) running
+/// 64-bit code.
+#[derive(Clone, Copy)]
+struct Caller {
+    pid_tgid: u64,
+    target: Target,
+}
+
+impl Caller {
+    #[inline(always)]
+    fn tgid(&self) -> u32 {
+        (self.pid_tgid >> 32) as u32
+    }
+}
+
+#[inline(always)]
+fn caller(regs: &Regs) -> Option<Caller> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out at once.
+    let target = unsafe { TARGETS.get((pid_tgid >> 32) as u32) }.copied()?;
+    regs.is_64_bit().then_some(Caller { pid_tgid, target })
+}
+
+#[inline(always)]
+fn socket(tgid: u32, fd: u64) -> Option<SockInfo> {
+    // SAFETY: the value is copied out at once.
+    unsafe { SOCKETS.get(sock_key(tgid, fd as u32)) }.copied()
+}
+
+#[inline(always)]
+fn track(tgid: u32, fd: i32, info: &SockInfo) -> bool {
+    let ok = SOCKETS.insert(sock_key(tgid, fd as u32), info, 0).is_ok();
+    if !ok {
+        count(counter::SOCKETS_FULL);
+    }
+    ok
+}
+
+#[inline(always)]
+fn send_slot(pid_tgid: u64) -> Option<*mut SendStart> {
+    SEND_STARTS.get_ptr_mut(pid_tgid as u32 & (SEND_SLOTS - 1))
+}
+
+pub fn try_sys_enter(regs: Regs, syscall: u64) -> Result<(), i64> {
+    match syscall {
+        nr::WRITE | nr::SENDTO | nr::WRITEV | nr::SENDMSG => stamp_send(&regs, syscall),
+        nr::CLOSE => close(&regs),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A send's bytes are copied at exit, but the exchange started when the call did.
+#[inline(always)]
+fn stamp_send(regs: &Regs, syscall: u64) {
+    let Some(caller) = caller(regs) else {
+        return;
+    };
+    if let Some(slot) = send_slot(caller.pid_tgid) {
+        // SAFETY: a valid slot of the array; another thread with the same index may overwrite
+        // it, which its owner's exit notices by the pid_tgid.
+        unsafe {
+            *slot = SendStart {
+                pid_tgid: caller.pid_tgid,
+                ts_ns: now_ns(),
+                nr: syscall,
+            }
+        };
+    }
+}
+
+/// Close is handled at entry: the fd is released whatever `close` returns, and another
+/// thread may get the same number before this call's exit.
+#[inline(always)]
+fn close(regs: &Regs) {
+    let Some(caller) = caller(regs) else {
+        return;
+    };
+    let fd = regs.arg(0);
+    let tgid = caller.tgid();
+    let Some(sock) = socket(tgid, fd) else {
+        return;
+    };
+    let _ = SOCKETS.remove(sock_key(tgid, fd as u32));
+    if sock.flags & sock_flag::ANNOUNCED != 0 {
+        let origin = origin(&caller, fd as i32, sock, now_ns());
+        conn_event(&origin, kind::CLOSE, SockAddr::default());
+    }
+}
+
+pub fn try_sys_exit(regs: Regs, ret: i64) -> Result<(), i64> {
+    let syscall = regs.syscall_nr();
+    let (dir, shape, peek_flags) = match syscall {
+        nr::READ => (direction::RECV, Shape::Buf, None),
+        nr::RECVFROM => (direction::RECV, Shape::Buf, Some(3)),
+        nr::WRITE | nr::SENDTO => (direction::SEND, Shape::Buf, None),
+        nr::READV => (direction::RECV, Shape::Iov, None),
+        nr::WRITEV => (direction::SEND, Shape::Iov, None),
+        nr::RECVMSG => (direction::RECV, Shape::Msg, Some(2)),
+        nr::SENDMSG => (direction::SEND, Shape::Msg, None),
+        nr::SOCKET if ret >= 0 => {
+            new_socket(&regs, ret as i32);
+            return Ok(());
+        }
+        nr::ACCEPT | nr::ACCEPT4 if ret >= 0 => {
+            accepted(&regs, ret as i32);
+            return Ok(());
+        }
+        nr::CONNECT if ret == 0 || ret == -EINPROGRESS => {
+            connected(&regs);
+            return Ok(());
+        }
+        _ => return Ok(()),
+    };
+    if ret <= 0 {
+        return Ok(());
+    }
+    let Some(caller) = caller(&regs) else {
+        return Ok(());
+    };
+    let fd = regs.arg(0);
+    let Some(sock) = socket(caller.tgid(), fd) else {
+        return Ok(());
+    };
+    // A peeking read leaves the bytes queued: the next read captures them once.
+    if let Some(i) = peek_flags
+        && regs.arg(i) & MSG_PEEK != 0
+    {
+        return Ok(());
+    }
+    let ts_ns = if dir == direction::SEND {
+        send_start(caller.pid_tgid, syscall)
+    } else {
+        // Bytes arrive when a receive returns; a blocking read may wait long before that.
+        now_ns()
+    };
+    let origin = origin(&caller, fd as i32, sock, ts_ns);
+    let total = ret as u64;
+    match shape {
+        Shape::Buf => {
+            let chunk = Chunk {
+                direction: dir,
+                iov_index: 0,
+                src: regs.arg(1),
+                len: total,
+                avail: total,
+            };
+            data_event(&origin, &chunk);
+        }
+        Shape::Iov => iovecs(&origin, dir, regs.arg(1), regs.arg(2), total),
+        Shape::Msg => {
+            let msg = regs.arg(1);
+            // user_msghdr: msg_iov at 16, msg_iovlen at 24.
+            // SAFETY: user memory read through the helper; a bad pointer returns an error.
+            let iov = unsafe { bpf_probe_read_user((msg + 16) as *const u64) };
+            let iovlen = unsafe { bpf_probe_read_user((msg + 24) as *const u64) };
+            match (iov, iovlen) {
+                (Ok(iov), Ok(iovlen)) => iovecs(&origin, dir, iov, iovlen, total),
+                _ => count(counter::READ_FAILED),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The entry stamp of this thread's send, or now when the slot was taken or missed.
+#[inline(always)]
+fn send_start(pid_tgid: u64, syscall: u64) -> u64 {
+    if let Some(slot) = send_slot(pid_tgid) {
+        // SAFETY: a valid slot of the array, copied out at once.
+        let start = unsafe { *slot };
+        if start.pid_tgid == pid_tgid && start.nr == syscall {
+            return start.ts_ns;
+        }
+    }
+    count(counter::SEND_SLOT_TAKEN);
+    now_ns()
+}
+
+#[inline(always)]
+fn origin(caller: &Caller, fd: i32, sock: SockInfo, ts_ns: u64) -> Origin {
+    let t = &caller.target;
+    let cap = match sock.role {
+        role::SERVER => t.server_cap,
+        role::CLIENT => t.client_cap,
+        _ if t.server_cap > t.client_cap => t.server_cap,
+        _ => t.client_cap,
+    };
+    Origin {
+        pid_tgid: caller.pid_tgid,
+        fd,
+        service: t.service,
+        sock,
+        ts_ns,
+        flags: 0,
+        cap: u64::from(cap),
+    }
+}
+
+/// `socket(AF_INET/AF_INET6, SOCK_STREAM)`: a TCP socket, role unknown until it connects or
+/// is accepted from.
+#[inline(always)]
+fn new_socket(regs: &Regs, fd: i32) {
+    let Some(caller) = caller(regs) else {
+        return;
+    };
+    let family = regs.arg(0);
+    let sock_type = regs.arg(1) & SOCK_TYPE_MASK;
+    if (family != AF_INET as u64 && family != AF_INET6 as u64) || sock_type != SOCK_STREAM {
+        return;
+    }
+    let info = SockInfo {
+        conn_id: now_ns(),
+        ..SockInfo::default()
+    };
+    track(caller.tgid(), fd, &info);
+}
+
+/// `accept(fd, addr, addrlen)` and `accept4(…, flags)`: a new server-side connection.
+#[inline(always)]
+fn accepted(regs: &Regs, fd: i32) {
+    let Some(caller) = caller(regs) else {
+        return;
+    };
+    let tgid = caller.tgid();
+    let listener_known = socket(tgid, regs.arg(0)).is_some();
+    let peer = read_sockaddr(regs.arg(1));
+    let inet = peer.family == AF_INET || peer.family == AF_INET6;
+    if !listener_known && !inet {
+        return;
+    }
+    let ts_ns = now_ns();
+    let sock = SockInfo {
+        conn_id: ts_ns,
+        role: role::SERVER,
+        flags: sock_flag::ANNOUNCED,
+        _pad: [0; 6],
+    };
+    if track(tgid, fd, &sock) {
+        announce(&origin(&caller, fd, sock, ts_ns), peer);
+    }
+}
+
+/// `connect(fd, addr, len)` on a TCP socket: a new client-side connection (a non-blocking
+/// connect still in progress counts: its bytes follow).
+#[inline(always)]
+fn connected(regs: &Regs) {
+    let Some(caller) = caller(regs) else {
+        return;
+    };
+    let fd = regs.arg(0);
+    let tgid = caller.tgid();
+    let Some(mut sock) = socket(tgid, fd) else {
+        return;
+    };
+    if sock.flags & sock_flag::ANNOUNCED != 0 {
+        return;
+    }
+    sock.role = role::CLIENT;
+    sock.flags |= sock_flag::ANNOUNCED;
+    if track(tgid, fd as i32, &sock) {
+        announce(
+            &origin(&caller, fd as i32, sock, now_ns()),
+            read_sockaddr(regs.arg(1)),
+        );
+    }
+}
+
+fn announce(origin: &Origin, peer: SockAddr) {
+    conn_event(origin, kind::OPEN, peer);
+    if setting(config::VERBOSE) != 0 {
+        // aya-log writes to its own ring buffer; its context argument is not read.
+        debug!(
+            &(),
+            "open tgid={} fd={} role={} peer_port={}",
+            (origin.pid_tgid >> 32) as u32,
+            origin.fd,
+            origin.sock.role,
+            peer.port
+        );
+    }
+}
+
+/// One data event per iovec for the first `MAX_IOVECS`, each copied from its own base;
+/// `total` (the call's return value) is spread over them in order, and the last one carries
+/// whatever is left so the lengths always add up to `total`.
+fn iovecs(origin: &Origin, dir: u8, iov_ptr: u64, iov_count: u64, total: u64) {
+    let mut remaining = total;
+    for i in 0..MAX_IOVECS {
+        if i as u64 >= iov_count || remaining == 0 {
+            break;
+        }
+        // SAFETY: user memory read through the helper; a bad pointer returns an error.
+        let Ok(iov) =
+            (unsafe { bpf_probe_read_user((iov_ptr + 16 * i as u64) as *const [u64; 2]) })
+        else {
+            count(counter::READ_FAILED);
+            return;
+        };
+        let here = if iov[1] < remaining {
+            iov[1]
+        } else {
+            remaining
+        };
+        let last = i == MAX_IOVECS - 1 || i as u64 + 1 == iov_count;
+        let len = if last { remaining } else { here };
+        if len == 0 {
+            continue;
+        }
+        if len > here {
+            count(counter::IOVECS_CUT);
+        }
+        let chunk = Chunk {
+            direction: dir,
+            iov_index: i as u32,
+            src: iov[0],
+            len,
+            avail: here,
+        };
+        data_event(origin, &chunk);
+        remaining -= len;
+    }
+}
+
+/// The peer of `accept`/`connect` from the sockaddr the app passed; zeroes when absent.
+fn read_sockaddr(ptr: u64) -> SockAddr {
+    let mut out = SockAddr::default();
+    if ptr == 0 {
+        return out;
+    }
+    // sockaddr_in: family(2) port(2, big endian) addr(4); sockaddr_in6: family(2) port(2)
+    // flowinfo(4) addr(16).
+    // SAFETY: user memory read through the helper; a bad pointer returns an error.
+    let Ok(head) = (unsafe { bpf_probe_read_user(ptr as *const [u8; 8]) }) else {
+        return out;
+    };
+    let family = u16::from_ne_bytes([head[0], head[1]]);
+    out.port = u16::from_be_bytes([head[2], head[3]]);
+    if family == AF_INET {
+        out.family = family;
+        out.addr[..4].copy_from_slice(&head[4..8]);
+    } else if family == AF_INET6 {
+        // SAFETY: as above.
+        if let Ok(addr) = unsafe { bpf_probe_read_user((ptr + 8) as *const [u8; 16]) } {
+            out.family = family;
+            out.addr = addr;
+        }
+    }
+    out
+}
