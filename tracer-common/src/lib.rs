@@ -30,10 +30,6 @@ pub const MAX_TARGETS: u32 = 1024;
 pub const MAX_EXEC_NAMES: u32 = 64;
 /// Length of a kernel command name (`comm`), NUL padding included.
 pub const COMM_LEN: usize = 16;
-/// Slots of the per-thread table of sends in flight (their entry timestamps), indexed by
-/// thread id modulo this power of two; a thread whose slot another took gets its send stamped
-/// at return instead.
-pub const SEND_SLOTS: u32 = 16384;
 
 /// Address families as the kernel numbers them.
 pub const AF_INET: u16 = 2;
@@ -93,12 +89,10 @@ pub mod counter {
     pub const READ_FAILED: u32 = 4;
     /// Socket table full: a new connection could not be tracked.
     pub const SOCKETS_FULL: u32 = 5;
-    /// Sends stamped at return because another thread held their entry slot.
-    pub const SEND_SLOT_TAKEN: u32 = 6;
     /// Vectored calls with more iovecs than `MAX_IOVECS`: the later buffers' bytes are
     /// counted in `len` but not copied.
-    pub const IOVECS_CUT: u32 = 7;
-    pub const COUNT: u32 = 8;
+    pub const IOVECS_CUT: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// Indexes into the `CONFIG` array the agent writes before attaching.
@@ -204,7 +198,6 @@ const _: () = assert!(core::mem::size_of::<SockInfo>() == 16);
 const _: () = assert!(core::mem::size_of::<Target>() == 8);
 const _: () = assert!(PAYLOAD_SMALL < PAYLOAD_MEDIUM && PAYLOAD_MEDIUM < PAYLOAD_MAX);
 const _: () = assert!(PAYLOAD_MAX <= u16::MAX as usize);
-const _: () = assert!(SEND_SLOTS.is_power_of_two());
 
 #[cfg(feature = "user")]
 mod pod {

@@ -1,7 +1,6 @@
 //! What the syscall hooks need to know about the machine: syscall numbers and where the
-//! arguments are in the saved user registers. The hooks are the generic `sys_enter`/`sys_exit`
-//! tracepoints, which pass the registers as they were at entry; the arguments are still there
-//! at exit (the return value goes to `ax`).
+//! arguments are in the task's saved user registers. The arguments are still there when the
+//! call returns (the return value goes to `ax`), so one hook at the exit sees the whole call.
 
 #[cfg(not(bpf_target_arch = "x86_64"))]
 compile_error!(
@@ -10,11 +9,11 @@ compile_error!(
 );
 
 use aya_ebpf::bindings::pt_regs;
+use aya_ebpf::helpers::generated::{bpf_get_current_task_btf, bpf_task_pt_regs};
 
 pub mod nr {
     pub const READ: u64 = 0;
     pub const WRITE: u64 = 1;
-    pub const CLOSE: u64 = 3;
     pub const READV: u64 = 19;
     pub const WRITEV: u64 = 20;
     pub const SOCKET: u64 = 41;
@@ -31,12 +30,26 @@ pub mod nr {
 /// differently, and is never captured.
 const USER_CS_64: u64 = 0x33;
 
-/// The saved user registers of the current syscall, as the BTF tracepoints pass them. Reads
-/// are plain loads the verifier checks against the kernel's BTF of `struct pt_regs`.
+/// The saved user registers of the current syscall. Reads are plain loads the verifier checks
+/// against the kernel's BTF of `struct pt_regs`.
 #[derive(Clone, Copy)]
-pub struct Regs(pub *const pt_regs);
+pub struct Regs(*const pt_regs);
 
 impl Regs {
+    #[inline(always)]
+    pub fn current() -> Self {
+        // SAFETY: both helpers take no user input; the task pointer is the running task's,
+        // BTF-typed, and `bpf_task_pt_regs` returns its saved user registers.
+        Regs(unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs)
+    }
+
+    /// The call's return value (at exit).
+    #[inline(always)]
+    pub fn ret(&self) -> i64 {
+        // SAFETY: as in `arg`.
+        unsafe { (*self.0).rax as i64 }
+    }
+
     /// The `i`-th syscall argument (0-based, at most 3 used here).
     #[inline(always)]
     pub fn arg(&self, i: usize) -> u64 {

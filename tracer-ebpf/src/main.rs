@@ -1,6 +1,6 @@
-//! Order Tracer's kernel side: syscall hooks that copy the TCP payloads of target processes
-//! into a ring buffer (`syscalls`), and the process lifecycle tracepoints that keep the target
-//! table current.
+//! Order Tracer's kernel side: syscall tracepoints that copy the TCP payloads of target
+//! processes into a ring buffer (`syscalls`), and the process lifecycle tracepoints that keep
+//! the target table current.
 //!
 //! Each program is a thin entry calling a `try_…` function; an error (a failed context read)
 //! only means the call is not captured.
@@ -13,10 +13,9 @@ mod maps;
 mod syscalls;
 
 use aya_ebpf::{
-    bindings::pt_regs,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
-    macros::{btf_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, TracePointContext},
+    macros::tracepoint,
+    programs::TracePointContext,
 };
 use tracer_common::{SockAddr, SockInfo, kind};
 
@@ -26,32 +25,30 @@ use crate::{
     maps::{EXEC_NAMES, TARGETS},
 };
 
-/// `sys_enter(struct pt_regs *regs, long id)`, for every syscall of every process.
-#[btf_tracepoint(function = "sys_enter")]
-pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
-    let regs = Regs(ctx.arg::<*const pt_regs>(0));
-    status(syscalls::try_sys_enter(regs, ctx.arg::<u64>(1)))
+/// `syscalls:sys_enter_close`.
+#[tracepoint]
+pub fn enter_close(_ctx: TracePointContext) -> u32 {
+    status(syscalls::try_enter_close(Regs::current()))
 }
 
-/// `sys_exit(struct pt_regs *regs, long ret)`, for every syscall of every process.
-#[btf_tracepoint(function = "sys_exit")]
-pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
-    let regs = Regs(ctx.arg::<*const pt_regs>(0));
-    status(syscalls::try_sys_exit(regs, ctx.arg::<i64>(1)))
+/// `syscalls:sys_exit_*` of every call `syscalls` handles.
+#[tracepoint]
+pub fn sys_exit(_ctx: TracePointContext) -> u32 {
+    status(syscalls::try_sys_exit(Regs::current()))
 }
 
 #[tracepoint]
 pub fn sched_exec(ctx: TracePointContext) -> u32 {
-    status(try_sched_exec(&ctx)) as u32
+    status(try_sched_exec(&ctx))
 }
 
 #[tracepoint]
 pub fn sched_exit(ctx: TracePointContext) -> u32 {
-    status(try_sched_exit(&ctx)) as u32
+    status(try_sched_exit(&ctx))
 }
 
 #[inline(always)]
-fn status(result: Result<(), i64>) -> i32 {
+fn status(result: Result<(), i64>) -> u32 {
     match result {
         Ok(()) => 0,
         Err(_) => 1,

@@ -1,12 +1,11 @@
-//! The maps shared with the agent, and the per-thread record of a send in flight.
+//! The maps shared with the agent.
 
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    COMM_LEN, MAX_EXEC_NAMES, MAX_SOCKETS, MAX_TARGETS, SEND_SLOTS, SockInfo, Target, config,
-    counter,
+    COMM_LEN, MAX_EXEC_NAMES, MAX_SOCKETS, MAX_TARGETS, SockInfo, Target, config, counter,
 };
 
 /// Events to the agent. The agent sets the real size at load (`ring_buffer_bytes`).
@@ -28,12 +27,6 @@ pub static EXEC_NAMES: HashMap<[u8; COMM_LEN], Target> =
 #[map]
 pub static SOCKETS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
 
-/// Entry timestamps of sends in flight, one slot per thread (`tid % SEND_SLOTS`). An array:
-/// a slot is one plain store at entry and one load at exit, where a hash table would cost an
-/// insert and a delete per call.
-#[map]
-pub static SEND_STARTS: Array<SendStart> = Array::with_max_entries(SEND_SLOTS, 0);
-
 /// Loss and activity counters; the agent sums the CPUs.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -41,18 +34,6 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 /// Settings the agent writes before attaching (`tracer_common::config`).
 #[map]
 pub static CONFIG: Array<u64> = Array::with_max_entries(config::COUNT, 0);
-
-/// A send between its entry and its exit. Kernel-only: the agent never sees it.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct SendStart {
-    /// Whose slot it is: another thread with the same slot index overwrites it.
-    pub pid_tgid: u64,
-    pub ts_ns: u64,
-    /// The syscall number, so an entry whose exit was missed (programs attached in between)
-    /// is never taken for another call's.
-    pub nr: u64,
-}
 
 #[inline(always)]
 pub fn count(index: u32) {

@@ -1,20 +1,20 @@
-//! The syscall hooks: one program at the entry and one at the exit of every syscall, each
-//! switching on the syscall number first and looking at the caller only for the dozen calls
-//! that move socket bytes or change the socket table. Everything is decided at exit from the
-//! registers the call was made with, when the kernel has filled (recv) or consumed (send) the
-//! bytes; the entry only stamps sends with their start and handles `close` before the fd can
-//! be reused.
+//! The syscall hooks: one program at the exit of the dozen calls that move socket bytes or
+//! change the socket table, and one at the entry of `close`. Everything is decided at exit from
+//! the registers the call was made with, when the kernel has filled (recv) or consumed (send)
+//! the bytes: one hook per call is half the cost of an entry and an exit, for the traced
+//! processes and for every other process (each hooked call of any process runs a program).
+//! `close` is handled at entry, before another thread can be given the same fd number.
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user};
 use aya_log_ebpf::debug;
 use tracer_common::{
-    AF_INET, AF_INET6, MAX_IOVECS, SEND_SLOTS, SockAddr, SockInfo, Target, config, counter,
-    direction, kind, role, sock_flag, sock_key,
+    AF_INET, AF_INET6, MAX_IOVECS, SockAddr, SockInfo, Target, config, counter, direction,
+    kind, role, sock_flag, sock_key,
 };
 
 use crate::arch::{Regs, nr};
 use crate::emit::{Chunk, Origin, conn_event, data_event, now_ns};
-use crate::maps::{SEND_STARTS, SOCKETS, SendStart, TARGETS, count, setting};
+use crate::maps::{SOCKETS, TARGETS, count, setting};
 
 const MSG_PEEK: u64 = 2;
 const SOCK_STREAM: u64 = 1;
@@ -71,60 +71,28 @@ fn track(tgid: u32, fd: i32, info: &SockInfo) -> bool {
     ok
 }
 
-#[inline(always)]
-fn send_slot(pid_tgid: u64) -> Option<*mut SendStart> {
-    SEND_STARTS.get_ptr_mut(pid_tgid as u32 & (SEND_SLOTS - 1))
-}
-
-pub fn try_sys_enter(regs: Regs, syscall: u64) -> Result<(), i64> {
-    match syscall {
-        nr::WRITE | nr::SENDTO | nr::WRITEV | nr::SENDMSG => stamp_send(&regs, syscall),
-        nr::CLOSE => close(&regs),
-        _ => {}
-    }
-    Ok(())
-}
-
-/// A send's bytes are copied at exit, but the exchange started when the call did.
-#[inline(always)]
-fn stamp_send(regs: &Regs, syscall: u64) {
-    let Some(caller) = caller(regs) else {
-        return;
-    };
-    if let Some(slot) = send_slot(caller.pid_tgid) {
-        // SAFETY: a valid slot of the array; another thread with the same index may overwrite
-        // it, which its owner's exit notices by the pid_tgid.
-        unsafe {
-            *slot = SendStart {
-                pid_tgid: caller.pid_tgid,
-                ts_ns: now_ns(),
-                nr: syscall,
-            }
-        };
-    }
-}
-
 /// Close is handled at entry: the fd is released whatever `close` returns, and another
 /// thread may get the same number before this call's exit.
-#[inline(always)]
-fn close(regs: &Regs) {
-    let Some(caller) = caller(regs) else {
-        return;
+pub fn try_enter_close(regs: Regs) -> Result<(), i64> {
+    let Some(caller) = caller(&regs) else {
+        return Ok(());
     };
     let fd = regs.arg(0);
     let tgid = caller.tgid();
     let Some(sock) = socket(tgid, fd) else {
-        return;
+        return Ok(());
     };
     let _ = SOCKETS.remove(sock_key(tgid, fd as u32));
     if sock.flags & sock_flag::ANNOUNCED != 0 {
         let origin = origin(&caller, fd as i32, sock, now_ns());
         conn_event(&origin, kind::CLOSE, SockAddr::default());
     }
+    Ok(())
 }
 
-pub fn try_sys_exit(regs: Regs, ret: i64) -> Result<(), i64> {
+pub fn try_sys_exit(regs: Regs) -> Result<(), i64> {
     let syscall = regs.syscall_nr();
+    let ret = regs.ret();
     let (dir, shape, peek_flags) = match syscall {
         nr::READ => (direction::RECV, Shape::Buf, None),
         nr::RECVFROM => (direction::RECV, Shape::Buf, Some(3)),
@@ -163,13 +131,8 @@ pub fn try_sys_exit(regs: Regs, ret: i64) -> Result<(), i64> {
     {
         return Ok(());
     }
-    let ts_ns = if dir == direction::SEND {
-        send_start(caller.pid_tgid, syscall)
-    } else {
-        // Bytes arrive when a receive returns; a blocking read may wait long before that.
-        now_ns()
-    };
-    let origin = origin(&caller, fd as i32, sock, ts_ns);
+    // Stamped at return: when a receive's bytes arrived, when a send's were handed over.
+    let origin = origin(&caller, fd as i32, sock, now_ns());
     let total = ret as u64;
     match shape {
         Shape::Buf => {
@@ -191,25 +154,14 @@ pub fn try_sys_exit(regs: Regs, ret: i64) -> Result<(), i64> {
             let iovlen = unsafe { bpf_probe_read_user((msg + 24) as *const u64) };
             match (iov, iovlen) {
                 (Ok(iov), Ok(iovlen)) => iovecs(&origin, dir, iov, iovlen, total),
-                _ => count(counter::READ_FAILED),
+                (Err(e), _) | (_, Err(e)) => {
+                    count(counter::READ_FAILED);
+                    return Err(e.into());
+                }
             }
         }
     }
     Ok(())
-}
-
-/// The entry stamp of this thread's send, or now when the slot was taken or missed.
-#[inline(always)]
-fn send_start(pid_tgid: u64, syscall: u64) -> u64 {
-    if let Some(slot) = send_slot(pid_tgid) {
-        // SAFETY: a valid slot of the array, copied out at once.
-        let start = unsafe { *slot };
-        if start.pid_tgid == pid_tgid && start.nr == syscall {
-            return start.ts_ns;
-        }
-    }
-    count(counter::SEND_SLOT_TAKEN);
-    now_ns()
 }
 
 #[inline(always)]

@@ -23,9 +23,6 @@ pub struct CaptureCounters {
     pub read_failed: u64,
     /// Sockets not tracked because the kernel's socket table was full.
     pub sockets_full: u64,
-    /// Sends stamped when they returned rather than when they started, because another
-    /// thread held their slot in the kernel's table of sends in flight (nothing is lost).
-    pub sends_stamped_at_return: u64,
     /// Ring-buffer entries the agent could not decode.
     pub decode_errors: u64,
     pub data_events: u64,
@@ -65,7 +62,6 @@ pub fn snapshot(kernel: &PerCpuArray<MapData, u64>, user: &UserCounters) -> Capt
         iovecs_cut: sum(counter::IOVECS_CUT),
         read_failed: sum(counter::READ_FAILED),
         sockets_full: sum(counter::SOCKETS_FULL),
-        sends_stamped_at_return: sum(counter::SEND_SLOT_TAKEN),
         decode_errors: user.decode_errors.load(Ordering::Relaxed),
         data_events: sum(counter::DATA_EVENTS),
         conn_events: sum(counter::CONN_EVENTS),

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::{BtfTracePoint, TracePoint};
-use aya::{Btf, Ebpf, EbpfLoader};
+use aya::programs::TracePoint;
+use aya::{Ebpf, EbpfLoader};
 use tracer_common::{COMM_LEN, SockInfo, Target, config};
 
 use super::CaptureError;
@@ -18,15 +18,31 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 const TRACEFS_LEGACY: &str = "/sys/kernel/debug/tracing";
 const BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// The lifecycle tracepoints (classic, through tracefs).
-const SCHED: &[(&str, &str)] = &[
-    ("sched_exit", "sched_process_exit"),
-    ("sched_exec", "sched_process_exec"),
+/// Which program handles which tracepoints. The syscall hooks come last, once the lifecycle
+/// ones keep the target table right.
+const ATTACH: &[(&str, &str, &[&str])] = &[
+    ("sched_exit", "sched", &["sched_process_exit"]),
+    ("sched_exec", "sched", &["sched_process_exec"]),
+    (
+        "sys_exit",
+        "syscalls",
+        &[
+            "sys_exit_read",
+            "sys_exit_write",
+            "sys_exit_readv",
+            "sys_exit_writev",
+            "sys_exit_recvfrom",
+            "sys_exit_sendto",
+            "sys_exit_recvmsg",
+            "sys_exit_sendmsg",
+            "sys_exit_socket",
+            "sys_exit_accept",
+            "sys_exit_accept4",
+            "sys_exit_connect",
+        ],
+    ),
+    ("enter_close", "syscalls", &["sys_enter_close"]),
 ];
-
-/// The syscall hooks: BTF tracepoints on the generic entry and exit, each program named for
-/// its tracepoint. The exit comes first, so no send is stamped without its exit attached.
-const SYSCALL_HOOKS: &[&str] = &["sys_exit", "sys_enter"];
 
 /// The loaded, attached object and the maps the agent works with.
 pub struct Loaded {
@@ -122,42 +138,26 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, CaptureEr
 }
 
 fn attach(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
-    for (name, tracepoint) in SCHED {
-        let program: &mut TracePoint = program(ebpf, name)?;
+    for (name, category, tracepoints) in ATTACH {
+        let program: &mut TracePoint = ebpf
+            .program_mut(name)
+            .ok_or(CaptureError::Missing(name))?
+            .try_into()
+            .map_err(|source| CaptureError::Program { name, source })?;
         program
             .load()
             .map_err(|source| CaptureError::Program { name, source })?;
-        program
-            .attach("sched", tracepoint)
-            .map_err(|source| CaptureError::Attach {
-                category: "sched",
-                tracepoint,
-                source,
-            })?;
-    }
-    let btf = Btf::from_sys_fs().map_err(|_| CaptureError::NoBtf)?;
-    for name in SYSCALL_HOOKS {
-        let program: &mut BtfTracePoint = program(ebpf, name)?;
-        program
-            .load(name, &btf)
-            .map_err(|source| CaptureError::Program { name, source })?;
-        program.attach().map_err(|source| CaptureError::Attach {
-            category: "btf",
-            tracepoint: name,
-            source,
-        })?;
+        for tracepoint in *tracepoints {
+            program
+                .attach(category, tracepoint)
+                .map_err(|source| CaptureError::Attach {
+                    category,
+                    tracepoint,
+                    source,
+                })?;
+        }
     }
     Ok(())
-}
-
-fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, CaptureError>
-where
-    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-{
-    ebpf.program_mut(name)
-        .ok_or(CaptureError::Missing(name))?
-        .try_into()
-        .map_err(|source| CaptureError::Program { name, source })
 }
 
 /// Root, or CAP_BPF + CAP_PERFMON (CAP_SYS_ADMIN covers both on any kernel).
@@ -187,10 +187,9 @@ fn check_privileges() -> Result<(), CaptureError> {
     })
 }
 
-/// The process lifecycle tracepoints are attached through tracefs; a fresh machine may not
-/// mount it.
+/// Syscall tracepoints are attached through tracefs; a fresh machine may not mount it.
 fn ensure_tracefs() -> Result<(), CaptureError> {
-    let has_events = |root: &str| Path::new(root).join("events/sched").is_dir();
+    let has_events = |root: &str| Path::new(root).join("events/syscalls").is_dir();
     if has_events(TRACEFS) || has_events(TRACEFS_LEGACY) {
         return Ok(());
     }
@@ -216,6 +215,6 @@ fn ensure_tracefs() -> Result<(), CaptureError> {
     if has_events(TRACEFS) {
         Ok(())
     } else {
-        Err(CaptureError::NoSchedTracepoints)
+        Err(CaptureError::NoSyscallTracepoints)
     }
 }

@@ -54,10 +54,10 @@ pub enum CaptureError {
     )]
     Tracefs(std::io::Error),
     #[error(
-        "tracefs has no scheduler tracepoints (events/sched): use a kernel built with \
-         CONFIG_TRACEPOINTS=y and CONFIG_EVENT_TRACING=y"
+        "tracefs has no syscall tracepoints (events/syscalls): use a kernel built with \
+         CONFIG_FTRACE_SYSCALLS=y"
     )]
-    NoSchedTracepoints,
+    NoSyscallTracepoints,
     #[error("invalid capture config: {0}")]
     Config(String),
     #[error("cannot load the eBPF object into the kernel: {0}")]
@@ -70,10 +70,7 @@ pub enum CaptureError {
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error(
-        "cannot attach to tracepoint {category}:{tracepoint}: {source} (the syscall hooks \
-         need BTF tracepoints, Linux 5.5 or later)"
-    )]
+    #[error("cannot attach to tracepoint {category}:{tracepoint}: {source}")]
     Attach {
         category: &'static str,
         tracepoint: &'static str,
