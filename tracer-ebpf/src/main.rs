@@ -17,25 +17,40 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use tracer_common::{SockAddr, SockInfo, kind};
-
-use crate::{
-    arch::Regs,
-    emit::{Origin, conn_event, now_ns},
-    maps::{EXEC_NAMES, TARGETS},
+use tracer_common::{
+    SockAddr, SockInfo,
+    direction::{RECV, SEND},
+    kind,
 };
 
-/// `syscalls:sys_enter_close`.
-#[tracepoint]
-pub fn enter_close(_ctx: TracePointContext) -> u32 {
-    status(syscalls::try_enter_close(Regs::current()))
+use crate::{
+    emit::{Origin, conn_event, now_ns},
+    maps::{EXEC_NAMES, TARGETS},
+    syscalls::{Shape, try_exit_data},
+};
+
+/// A program on syscall tracepoints, calling its handler with the context.
+macro_rules! syscall_hook {
+    ($name:ident, $handler:expr) => {
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            let handler: fn(&TracePointContext) -> Result<(), i64> = $handler;
+            status(handler(&ctx))
+        }
+    };
 }
 
-/// `syscalls:sys_exit_*` of every call `syscalls` handles.
-#[tracepoint]
-pub fn sys_exit(_ctx: TracePointContext) -> u32 {
-    status(syscalls::try_sys_exit(Regs::current()))
-}
+syscall_hook!(exit_recv_buf, |ctx| try_exit_data(ctx, RECV, Shape::Buf, None));
+syscall_hook!(exit_recvfrom, |ctx| try_exit_data(ctx, RECV, Shape::Buf, Some(3)));
+syscall_hook!(exit_send_buf, |ctx| try_exit_data(ctx, SEND, Shape::Buf, None));
+syscall_hook!(exit_recv_iov, |ctx| try_exit_data(ctx, RECV, Shape::Iov, None));
+syscall_hook!(exit_send_iov, |ctx| try_exit_data(ctx, SEND, Shape::Iov, None));
+syscall_hook!(exit_recvmsg, |ctx| try_exit_data(ctx, RECV, Shape::Msg, Some(2)));
+syscall_hook!(exit_sendmsg, |ctx| try_exit_data(ctx, SEND, Shape::Msg, None));
+syscall_hook!(exit_socket, syscalls::try_exit_socket);
+syscall_hook!(exit_accept, syscalls::try_exit_accept);
+syscall_hook!(exit_connect, syscalls::try_exit_connect);
+syscall_hook!(enter_close, syscalls::try_enter_close);
 
 #[tracepoint]
 pub fn sched_exec(ctx: TracePointContext) -> u32 {

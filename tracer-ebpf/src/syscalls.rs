@@ -1,18 +1,20 @@
-//! The syscall hooks: one program at the exit of the dozen calls that move socket bytes or
-//! change the socket table, and one at the entry of `close`. Everything is decided at exit from
-//! the registers the call was made with, when the kernel has filled (recv) or consumed (send)
-//! the bytes: one hook per call is half the cost of an entry and an exit, for the traced
-//! processes and for every other process (each hooked call of any process runs a program).
+//! The syscall hooks: programs at the exit of the dozen calls that move socket bytes or change
+//! the socket table, and one at the entry of `close`. Everything is decided at exit from the
+//! registers the call was made with, when the kernel has filled (recv) or consumed (send) the
+//! bytes: one hook per call is half the cost of an entry and an exit, for the traced processes
+//! and for every other process (each hooked call of any process runs a program). Each program
+//! first asks whether the caller is a target, and other processes pay for nothing else.
 //! `close` is handled at entry, before another thread can be given the same fd number.
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user};
+use aya_ebpf::{EbpfContext, programs::TracePointContext};
 use aya_log_ebpf::debug;
 use tracer_common::{
-    AF_INET, AF_INET6, MAX_IOVECS, SockAddr, SockInfo, Target, config, counter, direction,
-    kind, role, sock_flag, sock_key,
+    AF_INET, AF_INET6, MAX_IOVECS, SockAddr, SockInfo, Target, config, counter, kind, role,
+    sock_flag, sock_key,
 };
 
-use crate::arch::{Regs, nr};
+use crate::arch::Regs;
 use crate::emit::{Chunk, Origin, conn_event, data_event, now_ns};
 use crate::maps::{SOCKETS, TARGETS, count, setting};
 
@@ -22,9 +24,18 @@ const SOCK_STREAM: u64 = 1;
 const SOCK_TYPE_MASK: u64 = 0xf;
 const EINPROGRESS: i64 = 115;
 
+/// A field of the tracepoint's record, read straight from the context (no helper call):
+/// `sys_exit_*` records hold the return value at 16, `sys_enter_*` the arguments from 16 on.
+#[inline(always)]
+fn record<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    // SAFETY: the verifier allows aligned reads within the record, which is at least 24
+    // bytes for every syscall tracepoint.
+    unsafe { *(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
+}
+
 /// How a data call passes its bytes.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Shape {
+pub enum Shape {
     /// `read`/`write`/`recvfrom`/`sendto`: (fd, buf, len).
     Buf,
     /// `readv`/`writev`: (fd, iov, iovcnt).
@@ -33,8 +44,8 @@ enum Shape {
     Msg,
 }
 
-/// The calling thread, when its process is a target (the first, cheapest filter) running
-/// 64-bit code.
+/// The calling thread, when its process is a target: the first, cheapest filter, and all
+/// that other processes pay.
 #[derive(Clone, Copy)]
 struct Caller {
     pid_tgid: u64,
@@ -49,11 +60,11 @@ impl Caller {
 }
 
 #[inline(always)]
-fn caller(regs: &Regs) -> Option<Caller> {
+fn caller() -> Option<Caller> {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied out at once.
     let target = unsafe { TARGETS.get((pid_tgid >> 32) as u32) }.copied()?;
-    regs.is_64_bit().then_some(Caller { pid_tgid, target })
+    Some(Caller { pid_tgid, target })
 }
 
 #[inline(always)]
@@ -73,11 +84,11 @@ fn track(tgid: u32, fd: i32, info: &SockInfo) -> bool {
 
 /// Close is handled at entry: the fd is released whatever `close` returns, and another
 /// thread may get the same number before this call's exit.
-pub fn try_enter_close(regs: Regs) -> Result<(), i64> {
-    let Some(caller) = caller(&regs) else {
+pub fn try_enter_close(ctx: &TracePointContext) -> Result<(), i64> {
+    let Some(caller) = caller() else {
         return Ok(());
     };
-    let fd = regs.arg(0);
+    let fd: u64 = record(ctx, 16);
     let tgid = caller.tgid();
     let Some(sock) = socket(tgid, fd) else {
         return Ok(());
@@ -90,42 +101,28 @@ pub fn try_enter_close(regs: Regs) -> Result<(), i64> {
     Ok(())
 }
 
-pub fn try_sys_exit(regs: Regs) -> Result<(), i64> {
-    let syscall = regs.syscall_nr();
-    let ret = regs.ret();
-    let (dir, shape, peek_flags) = match syscall {
-        nr::READ => (direction::RECV, Shape::Buf, None),
-        nr::RECVFROM => (direction::RECV, Shape::Buf, Some(3)),
-        nr::WRITE | nr::SENDTO => (direction::SEND, Shape::Buf, None),
-        nr::READV => (direction::RECV, Shape::Iov, None),
-        nr::WRITEV => (direction::SEND, Shape::Iov, None),
-        nr::RECVMSG => (direction::RECV, Shape::Msg, Some(2)),
-        nr::SENDMSG => (direction::SEND, Shape::Msg, None),
-        nr::SOCKET if ret >= 0 => {
-            new_socket(&regs, ret as i32);
-            return Ok(());
-        }
-        nr::ACCEPT | nr::ACCEPT4 if ret >= 0 => {
-            accepted(&regs, ret as i32);
-            return Ok(());
-        }
-        nr::CONNECT if ret == 0 || ret == -EINPROGRESS => {
-            connected(&regs);
-            return Ok(());
-        }
-        _ => return Ok(()),
+/// The exit of a data call: `dir` is `tracer_common::direction`, `peek_flags` the position of
+/// a receive's flags argument (a peeking read leaves the bytes queued; the next read captures
+/// them once).
+#[inline(always)]
+pub fn try_exit_data(
+    ctx: &TracePointContext,
+    dir: u8,
+    shape: Shape,
+    peek_flags: Option<usize>,
+) -> Result<(), i64> {
+    let Some(caller) = caller() else {
+        return Ok(());
     };
+    let ret: i64 = record(ctx, 16);
     if ret <= 0 {
         return Ok(());
     }
-    let Some(caller) = caller(&regs) else {
-        return Ok(());
-    };
+    let regs = Regs::current();
     let fd = regs.arg(0);
     let Some(sock) = socket(caller.tgid(), fd) else {
         return Ok(());
     };
-    // A peeking read leaves the bytes queued: the next read captures them once.
     if let Some(i) = peek_flags
         && regs.arg(i) & MSG_PEEK != 0
     {
@@ -186,35 +183,45 @@ fn origin(caller: &Caller, fd: i32, sock: SockInfo, ts_ns: u64) -> Origin {
 
 /// `socket(AF_INET/AF_INET6, SOCK_STREAM)`: a TCP socket, role unknown until it connects or
 /// is accepted from.
-#[inline(always)]
-fn new_socket(regs: &Regs, fd: i32) {
-    let Some(caller) = caller(regs) else {
-        return;
+pub fn try_exit_socket(ctx: &TracePointContext) -> Result<(), i64> {
+    let Some(caller) = caller() else {
+        return Ok(());
     };
+    let ret: i64 = record(ctx, 16);
+    if ret < 0 {
+        return Ok(());
+    }
+    let regs = Regs::current();
     let family = regs.arg(0);
     let sock_type = regs.arg(1) & SOCK_TYPE_MASK;
     if (family != AF_INET as u64 && family != AF_INET6 as u64) || sock_type != SOCK_STREAM {
-        return;
+        return Ok(());
     }
     let info = SockInfo {
         conn_id: now_ns(),
         ..SockInfo::default()
     };
-    track(caller.tgid(), fd, &info);
+    track(caller.tgid(), ret as i32, &info);
+    Ok(())
 }
 
 /// `accept(fd, addr, addrlen)` and `accept4(…, flags)`: a new server-side connection.
-#[inline(always)]
-fn accepted(regs: &Regs, fd: i32) {
-    let Some(caller) = caller(regs) else {
-        return;
+pub fn try_exit_accept(ctx: &TracePointContext) -> Result<(), i64> {
+    let Some(caller) = caller() else {
+        return Ok(());
     };
+    let ret: i64 = record(ctx, 16);
+    if ret < 0 {
+        return Ok(());
+    }
+    let fd = ret as i32;
+    let regs = Regs::current();
     let tgid = caller.tgid();
     let listener_known = socket(tgid, regs.arg(0)).is_some();
     let peer = read_sockaddr(regs.arg(1));
     let inet = peer.family == AF_INET || peer.family == AF_INET6;
     if !listener_known && !inet {
-        return;
+        return Ok(());
     }
     let ts_ns = now_ns();
     let sock = SockInfo {
@@ -226,22 +233,27 @@ fn accepted(regs: &Regs, fd: i32) {
     if track(tgid, fd, &sock) {
         announce(&origin(&caller, fd, sock, ts_ns), peer);
     }
+    Ok(())
 }
 
 /// `connect(fd, addr, len)` on a TCP socket: a new client-side connection (a non-blocking
 /// connect still in progress counts: its bytes follow).
-#[inline(always)]
-fn connected(regs: &Regs) {
-    let Some(caller) = caller(regs) else {
-        return;
+pub fn try_exit_connect(ctx: &TracePointContext) -> Result<(), i64> {
+    let Some(caller) = caller() else {
+        return Ok(());
     };
+    let ret: i64 = record(ctx, 16);
+    if ret != 0 && ret != -EINPROGRESS {
+        return Ok(());
+    }
+    let regs = Regs::current();
     let fd = regs.arg(0);
     let tgid = caller.tgid();
     let Some(mut sock) = socket(tgid, fd) else {
-        return;
+        return Ok(());
     };
     if sock.flags & sock_flag::ANNOUNCED != 0 {
-        return;
+        return Ok(());
     }
     sock.role = role::CLIENT;
     sock.flags |= sock_flag::ANNOUNCED;
@@ -251,6 +263,7 @@ fn connected(regs: &Regs) {
             read_sockaddr(regs.arg(1)),
         );
     }
+    Ok(())
 }
 
 fn announce(origin: &Origin, peer: SockAddr) {
