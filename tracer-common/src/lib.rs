@@ -26,6 +26,10 @@ pub const POLL_INTERVAL_MS: u64 = 10;
 pub const MAX_SOCKETS: u32 = 65536;
 /// Capacity of the kernel's target table (processes traced at once).
 pub const MAX_TARGETS: u32 = 1024;
+/// Words of the kernel's target bitmap: one bit per possible tgid (Linux's `PID_MAX_LIMIT`
+/// on 64-bit, 2^22), 512 KiB. The bitmap answers "is this a target?" for every hooked call of
+/// every process with one array load; the target table is only read for set bits.
+pub const TARGET_BIT_WORDS: u32 = (1 << 22) / 64;
 /// Capacity of the table of command names the kernel itself starts tracing at `exec`.
 pub const MAX_EXEC_NAMES: u32 = 64;
 /// Length of a kernel command name (`comm`), NUL padding included.
@@ -183,6 +187,13 @@ pub struct Target {
     /// On connections this process made (≤ `PAYLOAD_MAX`); connections of unknown role get
     /// the larger of the two.
     pub client_cap: u16,
+}
+
+/// Where a tgid's bit is in the target bitmap: (word index, bit mask). Tgids past the bitmap
+/// fold onto it, which only costs a target-table lookup.
+#[inline(always)]
+pub const fn target_bit(tgid: u32) -> (u32, u64) {
+    ((tgid / 64) % TARGET_BIT_WORDS, 1 << (tgid % 64))
 }
 
 /// Key of the socket table: one u64 so the kernel does one lookup per syscall.

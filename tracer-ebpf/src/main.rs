@@ -25,7 +25,7 @@ use tracer_common::{
 
 use crate::{
     emit::{Origin, conn_event, now_ns},
-    maps::{EXEC_NAMES, TARGETS},
+    maps::{EXEC_NAMES, TARGETS, mark_target},
     syscalls::{Shape, try_exit_data},
 };
 
@@ -77,6 +77,7 @@ fn try_sched_exec(_ctx: &TracePointContext) -> Result<(), i64> {
     if let Some(target) = unsafe { EXEC_NAMES.get(comm) }.copied() {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         TARGETS.insert(tgid, target, 0).map_err(i64::from)?;
+        mark_target(tgid);
     }
     Ok(())
 }

@@ -16,7 +16,7 @@ use tracer_common::{
 
 use crate::arch::Regs;
 use crate::emit::{Chunk, Origin, conn_event, data_event, now_ns};
-use crate::maps::{SOCKETS, TARGETS, count, setting};
+use crate::maps::{SOCKETS, TARGETS, count, maybe_target, setting};
 
 const MSG_PEEK: u64 = 2;
 const SOCK_STREAM: u64 = 1;
@@ -62,8 +62,12 @@ impl Caller {
 #[inline(always)]
 fn caller() -> Option<Caller> {
     let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !maybe_target(tgid) {
+        return None;
+    }
     // SAFETY: the value is copied out at once.
-    let target = unsafe { TARGETS.get((pid_tgid >> 32) as u32) }.copied()?;
+    let target = unsafe { TARGETS.get(tgid) }.copied()?;
     Some(Caller { pid_tgid, target })
 }
 

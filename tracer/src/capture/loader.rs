@@ -50,6 +50,7 @@ pub struct Loaded {
     pub ebpf: Ebpf,
     pub ring: RingBuf<MapData>,
     pub targets: HashMap<MapData, u32, Target>,
+    pub target_bits: Array<MapData, u64>,
     pub sockets: HashMap<MapData, u64, SockInfo>,
     pub counters: PerCpuArray<MapData, u64>,
 }
@@ -112,6 +113,11 @@ pub fn load(
             name: "TARGETS",
             source,
         })?;
+    let target_bits =
+        Array::try_from(take(&mut ebpf, "TARGET_BITS")?).map_err(|source| CaptureError::Map {
+            name: "TARGET_BITS",
+            source,
+        })?;
     let sockets =
         HashMap::try_from(take(&mut ebpf, "SOCKETS")?).map_err(|source| CaptureError::Map {
             name: "SOCKETS",
@@ -128,6 +134,7 @@ pub fn load(
         ebpf,
         ring,
         targets,
+        target_bits,
         sockets,
         counters,
     })

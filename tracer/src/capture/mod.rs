@@ -128,6 +128,7 @@ impl Capture {
             sink: reader::Sink {
                 tables: tables::KernelTables {
                     targets: loaded.targets,
+                    target_bits: loaded.target_bits,
                     sockets: loaded.sockets,
                 },
                 targets,

@@ -111,6 +111,7 @@ impl Sink {
             }
         }
         let changes = self.targets.update(&procs);
+        self.tables.reassert_bits(&kernel_pids);
         let mut batch = Vec::new();
         for pid in kernel_pids {
             // Added by the kernel at exec, but the full matchers say no (or it is gone).
