@@ -13,9 +13,9 @@ pub const PAYLOAD_MEDIUM: usize = 4096;
 /// higher.
 pub const PAYLOAD_MAX: usize = 16384;
 
-/// How many iovec entries of one `readv`/`writev`/`sendmsg`/`recvmsg` are captured; each
-/// becomes its own data event so every copy starts at offset 0 (verifier-friendly). The last
-/// one also accounts (in `len`) for the bytes of the iovecs after it.
+/// How many iovec entries of one `readv`/`writev`/`sendmsg`/`recvmsg` are copied, one after
+/// the other into the call's one data event; bytes in later entries are counted in `len`,
+/// not copied.
 pub const MAX_IOVECS: usize = 8;
 
 /// How often the agent reads the ring buffer without being woken: the latency bound of
@@ -93,10 +93,13 @@ pub mod counter {
     pub const READ_FAILED: u32 = 4;
     /// Socket table full: a new connection could not be tracked.
     pub const SOCKETS_FULL: u32 = 5;
-    /// Vectored calls with more iovecs than `MAX_IOVECS`: the later buffers' bytes are
-    /// counted in `len` but not copied.
+    /// Calls whose bytes within the cap were not all copied: more iovecs than `MAX_IOVECS`,
+    /// or a buffer the kernel could not read. The rest is counted in `len`, not copied.
     pub const IOVECS_CUT: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// Reads and writes of traced sockets captured (one per call, however many data events
+    /// its buffers make): what the kernel's cost per captured call is measured against.
+    pub const CALLS: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 /// Indexes into the `CONFIG` array the agent writes before attaching.
@@ -140,10 +143,8 @@ pub struct EventHeader {
     pub fd: i32,
     /// The target's `Target::service`, so the agent needs no pid lookup per event.
     pub service: u32,
-    /// Which iovec of a vectored call this chunk is (0 for plain calls).
-    pub iov_index: u32,
-    pub _pad1: u32,
-    /// Bytes the syscall moved for this chunk (data) — may exceed `captured`.
+    pub _pad1: u64,
+    /// Bytes the call moved (data) — may exceed `captured`, the copied prefix.
     pub len: u64,
     /// Unique for the socket's life in this process: a reused fd number gets a new id.
     pub conn_id: u64,

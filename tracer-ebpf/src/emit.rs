@@ -3,8 +3,8 @@
 
 use aya_ebpf::helpers::generated::{bpf_ktime_get_ns, bpf_probe_read_user};
 use tracer_common::{
-    DataEvent, EventHeader, PAYLOAD_MAX, PAYLOAD_MEDIUM, PAYLOAD_SMALL, SockAddr, SockInfo, config,
-    counter, kind,
+    DataEvent, EventHeader, MAX_IOVECS, PAYLOAD_MAX, PAYLOAD_MEDIUM, PAYLOAD_SMALL, SockAddr,
+    SockInfo, config, counter, kind,
 };
 
 use crate::maps::{EVENTS, count, setting};
@@ -27,24 +27,30 @@ pub struct Origin {
 }
 
 impl Origin {
+    /// Writes the fields every event has into a reserved entry's header; the caller sets the
+    /// rest. Field by field: building the header on the stack and copying it costs a memset
+    /// call and a second copy per event.
     #[inline(always)]
-    fn header(&self, event_kind: u8) -> EventHeader {
-        EventHeader {
-            kind: event_kind,
-            direction: 0,
-            role: self.sock.role,
-            flags: self.flags,
-            captured: 0,
-            tgid: (self.pid_tgid >> 32) as u32,
-            tid: self.pid_tgid as u32,
-            fd: self.fd,
-            service: self.service,
-            iov_index: 0,
-            _pad1: 0,
-            len: 0,
-            conn_id: self.sock.conn_id,
-            ts_ns: self.ts_ns,
-            peer: SockAddr::default(),
+    fn write_header(&self, header: *mut EventHeader, event_kind: u8) {
+        // SAFETY: `header` points into a reserved ring-buffer entry large enough for it.
+        unsafe {
+            (*header).kind = event_kind;
+            (*header).direction = 0;
+            (*header).role = self.sock.role;
+            (*header).flags = self.flags;
+            (*header).captured = 0;
+            (*header).tgid = (self.pid_tgid >> 32) as u32;
+            (*header).tid = self.pid_tgid as u32;
+            (*header).fd = self.fd;
+            (*header).service = self.service;
+            (*header)._pad1 = 0;
+            (*header).len = 0;
+            (*header).conn_id = self.sock.conn_id;
+            (*header).ts_ns = self.ts_ns;
+            let peer = core::ptr::addr_of_mut!((*header).peer).cast::<u64>();
+            for i in 0..3 {
+                core::ptr::write_volatile(peer.add(i), 0);
+            }
         }
     }
 }
@@ -61,81 +67,103 @@ pub fn conn_event(origin: &Origin, event_kind: u8, peer: SockAddr) {
         count(counter::RING_FULL);
         return;
     };
-    let mut header = origin.header(event_kind);
-    header.peer = peer;
-    entry.write(header);
+    let header = entry.as_mut_ptr();
+    origin.write_header(header, event_kind);
+    // SAFETY: as in `write_header`.
+    unsafe { (*header).peer = peer };
     // The agent reads /proc for the local address while the socket still exists.
     entry.submit(BPF_RB_FORCE_WAKEUP);
     count(counter::CONN_EVENTS);
 }
 
-/// One chunk of a call's bytes. (A struct: BPF functions take at most five arguments.)
-pub struct Chunk {
+/// The buffers of one call, as the app passed them (a plain buffer is one; a vectored call
+/// up to `MAX_IOVECS`), and how many bytes the call moved through them.
+pub struct Buffers {
     pub direction: u8,
-    pub iov_index: u32,
-    /// User address of the chunk's first byte.
-    pub src: u64,
-    /// Bytes the call moved for this chunk.
-    pub len: u64,
-    /// How many of them are contiguous at `src` (≤ `len`).
-    pub avail: u64,
+    /// `[base, len]` pairs, as in `struct iovec`; only the first `count` are read.
+    pub iov: [[u64; 2]; MAX_IOVECS],
+    pub count: usize,
+    /// The call's return value: the first `total` bytes of the buffers, in order.
+    pub total: u64,
 }
 
-/// One data event; copies at most `origin.cap` of the chunk's contiguous bytes into the
-/// smallest entry class that holds them.
+/// One data event for the whole call: the start of its bytes, copied buffer after buffer, up
+/// to `origin.cap`; `len` says how many the call moved. (One event per call rather than per
+/// buffer: the ring operations, not the copies, are most of an event's cost.)
 #[inline(always)]
-pub fn data_event(origin: &Origin, chunk: &Chunk) {
-    let want = if chunk.avail > origin.cap {
+pub fn data_event(origin: &Origin, bufs: &Buffers) {
+    let want = if bufs.total > origin.cap {
         count(counter::TRUNCATED);
         origin.cap
     } else {
-        chunk.avail
+        bufs.total
     };
     if want <= PAYLOAD_SMALL as u64 {
-        sized::<PAYLOAD_SMALL>(origin, chunk, want);
+        sized::<PAYLOAD_SMALL, { 2 * PAYLOAD_SMALL }>(origin, bufs, want);
     } else if want <= PAYLOAD_MEDIUM as u64 {
-        sized::<PAYLOAD_MEDIUM>(origin, chunk, want);
+        sized::<PAYLOAD_MEDIUM, { 2 * PAYLOAD_MEDIUM }>(origin, bufs, want);
     } else {
-        sized::<PAYLOAD_MAX>(origin, chunk, want);
+        sized::<PAYLOAD_MAX, { 2 * PAYLOAD_MAX }>(origin, bufs, want);
     }
 }
 
+/// Copies into an entry of class `N` whose payload area is `SLACK = 2N` bytes: each copy
+/// starts below `N` and is at most `N` long, bounds the verifier can check one by one (it
+/// cannot see that the copies together stay within `want ≤ N`).
 #[inline(always)]
-fn sized<const N: usize>(origin: &Origin, chunk: &Chunk, want: u64) {
-    let Some(mut entry) = EVENTS.reserve::<DataEvent<N>>(0) else {
+fn sized<const N: usize, const SLACK: usize>(origin: &Origin, bufs: &Buffers, want: u64) {
+    let Some(mut entry) = EVENTS.reserve::<DataEvent<SLACK>>(0) else {
         count(counter::RING_FULL);
         return;
     };
     let event = entry.as_mut_ptr();
-    // The verifier needs an unsigned bound right before the copy.
-    let size = if want > N as u64 {
-        N as u32
-    } else {
-        want as u32
-    };
-    // SAFETY: `event` points at a reserved entry of `size_of::<DataEvent<N>>()` bytes and
-    // `size ≤ N` bytes are written into its payload; a bad user pointer makes the helper fail,
-    // it never faults.
-    let copied = unsafe {
-        bpf_probe_read_user(
-            (*event).payload.as_mut_ptr().cast(),
-            size,
-            chunk.src as *const core::ffi::c_void,
-        )
-    };
-    let captured = if copied == 0 {
-        size
-    } else {
-        count(counter::READ_FAILED);
-        0
-    };
-    let mut header = origin.header(kind::DATA);
-    header.direction = chunk.direction;
-    header.iov_index = chunk.iov_index;
-    header.len = chunk.len;
-    header.captured = captured;
+    let mut copied: u64 = 0;
+    for i in 0..MAX_IOVECS {
+        if i >= bufs.count || copied >= want || copied >= N as u64 {
+            break;
+        }
+        let [base, len] = bufs.iov[i];
+        let left = want - copied;
+        let size = if len < left { len } else { left };
+        // The verifier needs an unsigned bound right before the copy; it cannot see the one
+        // above, and LLVM would drop a second one it can prove redundant unless the value
+        // comes back through memory.
+        // SAFETY: a read of a local.
+        let size = unsafe { core::ptr::read_volatile(&size) };
+        let size = if size > N as u64 {
+            N as u32
+        } else {
+            size as u32
+        };
+        // SAFETY: `event` points at a reserved entry whose payload holds `SLACK` bytes;
+        // `copied < N` and `size ≤ N` keep the copy inside it. A bad user pointer makes the
+        // helper fail, it never faults.
+        let failed = unsafe {
+            bpf_probe_read_user(
+                (*event).payload.as_mut_ptr().add(copied as usize).cast(),
+                size,
+                base as *const core::ffi::c_void,
+            )
+        } != 0;
+        if failed {
+            count(counter::READ_FAILED);
+            break;
+        }
+        copied += u64::from(size);
+    }
+    if copied < want {
+        // Bytes past the last buffer copied (more buffers than `MAX_IOVECS`, or a failed
+        // read) are counted in `len`, not copied.
+        count(counter::IOVECS_CUT);
+    }
     // SAFETY: as above; the header is the entry's first field.
-    unsafe { (*event).header = header };
+    unsafe {
+        let header = core::ptr::addr_of_mut!((*event).header);
+        origin.write_header(header, kind::DATA);
+        (*header).direction = bufs.direction;
+        (*header).len = bufs.total;
+        (*header).captured = copied as u32;
+    }
     let pending = EVENTS.query(BPF_RB_AVAIL_DATA);
     entry.submit(if pending >= setting(config::WAKEUP_BYTES) {
         BPF_RB_FORCE_WAKEUP

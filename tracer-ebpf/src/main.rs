@@ -40,13 +40,48 @@ macro_rules! syscall_hook {
     };
 }
 
-syscall_hook!(exit_recv_buf, |ctx| try_exit_data(ctx, RECV, Shape::Buf, None));
-syscall_hook!(exit_recvfrom, |ctx| try_exit_data(ctx, RECV, Shape::Buf, Some(3)));
-syscall_hook!(exit_send_buf, |ctx| try_exit_data(ctx, SEND, Shape::Buf, None));
-syscall_hook!(exit_recv_iov, |ctx| try_exit_data(ctx, RECV, Shape::Iov, None));
-syscall_hook!(exit_send_iov, |ctx| try_exit_data(ctx, SEND, Shape::Iov, None));
-syscall_hook!(exit_recvmsg, |ctx| try_exit_data(ctx, RECV, Shape::Msg, Some(2)));
-syscall_hook!(exit_sendmsg, |ctx| try_exit_data(ctx, SEND, Shape::Msg, None));
+syscall_hook!(exit_recv_buf, |ctx| try_exit_data(
+    ctx,
+    RECV,
+    Shape::Buf,
+    None
+));
+syscall_hook!(exit_recvfrom, |ctx| try_exit_data(
+    ctx,
+    RECV,
+    Shape::Buf,
+    Some(3)
+));
+syscall_hook!(exit_send_buf, |ctx| try_exit_data(
+    ctx,
+    SEND,
+    Shape::Buf,
+    None
+));
+syscall_hook!(exit_recv_iov, |ctx| try_exit_data(
+    ctx,
+    RECV,
+    Shape::Iov,
+    None
+));
+syscall_hook!(exit_send_iov, |ctx| try_exit_data(
+    ctx,
+    SEND,
+    Shape::Iov,
+    None
+));
+syscall_hook!(exit_recvmsg, |ctx| try_exit_data(
+    ctx,
+    RECV,
+    Shape::Msg,
+    Some(2)
+));
+syscall_hook!(exit_sendmsg, |ctx| try_exit_data(
+    ctx,
+    SEND,
+    Shape::Msg,
+    None
+));
 syscall_hook!(exit_socket, syscalls::try_exit_socket);
 syscall_hook!(exit_accept, syscalls::try_exit_accept);
 syscall_hook!(exit_connect, syscalls::try_exit_connect);

@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    COMM_LEN, MAX_EXEC_NAMES, MAX_SOCKETS, MAX_TARGETS, SockInfo, TARGET_BIT_WORDS, Target,
-    config, counter, target_bit,
+    COMM_LEN, MAX_EXEC_NAMES, MAX_SOCKETS, MAX_TARGETS, SockInfo, TARGET_BIT_WORDS, Target, config,
+    counter, target_bit,
 };
 
 /// Events to the agent. The agent sets the real size at load (`ring_buffer_bytes`).

@@ -15,7 +15,7 @@ use tracer_common::{
 };
 
 use crate::arch::Regs;
-use crate::emit::{Chunk, Origin, conn_event, data_event, now_ns};
+use crate::emit::{Buffers, Origin, conn_event, data_event, now_ns};
 use crate::maps::{SOCKETS, TARGETS, count, maybe_target, setting};
 
 const MSG_PEEK: u64 = 2;
@@ -132,36 +132,56 @@ pub fn try_exit_data(
     {
         return Ok(());
     }
+    count(counter::CALLS);
     // Stamped at return: when a receive's bytes arrived, when a send's were handed over.
     let origin = origin(&caller, fd as i32, sock, now_ns());
-    let total = ret as u64;
+    let mut bufs = Buffers {
+        direction: dir,
+        iov: [[regs.arg(1), ret as u64]; MAX_IOVECS],
+        count: 1,
+        total: ret as u64,
+    };
     match shape {
-        Shape::Buf => {
-            let chunk = Chunk {
-                direction: dir,
-                iov_index: 0,
-                src: regs.arg(1),
-                len: total,
-                avail: total,
-            };
-            data_event(&origin, &chunk);
-        }
-        Shape::Iov => iovecs(&origin, dir, regs.arg(1), regs.arg(2), total),
+        Shape::Buf => {}
+        Shape::Iov => read_iovecs(&mut bufs, regs.arg(1), regs.arg(2))?,
         Shape::Msg => {
-            let msg = regs.arg(1);
             // user_msghdr: msg_iov at 16, msg_iovlen at 24.
             // SAFETY: user memory read through the helper; a bad pointer returns an error.
-            let iov = unsafe { bpf_probe_read_user((msg + 16) as *const u64) };
-            let iovlen = unsafe { bpf_probe_read_user((msg + 24) as *const u64) };
-            match (iov, iovlen) {
-                (Ok(iov), Ok(iovlen)) => iovecs(&origin, dir, iov, iovlen, total),
-                (Err(e), _) | (_, Err(e)) => {
-                    count(counter::READ_FAILED);
-                    return Err(e.into());
-                }
-            }
+            let [iov, iovlen] =
+                unsafe { bpf_probe_read_user((regs.arg(1) + 16) as *const [u64; 2]) }
+                    .inspect_err(|_| count(counter::READ_FAILED))?;
+            read_iovecs(&mut bufs, iov, iovlen)?;
         }
     }
+    data_event(&origin, &bufs);
+    Ok(())
+}
+
+/// The first `MAX_IOVECS` entries of a vectored call's iovec array, in one read.
+#[inline(always)]
+fn read_iovecs(bufs: &mut Buffers, iov: u64, iovcnt: u64) -> Result<(), i64> {
+    let n = if iovcnt > MAX_IOVECS as u64 {
+        MAX_IOVECS
+    } else {
+        iovcnt as usize
+    };
+    if n == 0 {
+        return Ok(());
+    }
+    // SAFETY: at most `MAX_IOVECS` entries into an array of that many; a bad user pointer
+    // makes the helper fail.
+    let failed = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_user(
+            bufs.iov.as_mut_ptr().cast(),
+            (n * 16) as u32,
+            iov as *const core::ffi::c_void,
+        )
+    } != 0;
+    if failed {
+        count(counter::READ_FAILED);
+        return Err(-14);
+    }
+    bufs.count = n;
     Ok(())
 }
 
@@ -282,47 +302,6 @@ fn announce(origin: &Origin, peer: SockAddr) {
             origin.sock.role,
             peer.port
         );
-    }
-}
-
-/// One data event per iovec for the first `MAX_IOVECS`, each copied from its own base;
-/// `total` (the call's return value) is spread over them in order, and the last one carries
-/// whatever is left so the lengths always add up to `total`.
-fn iovecs(origin: &Origin, dir: u8, iov_ptr: u64, iov_count: u64, total: u64) {
-    let mut remaining = total;
-    for i in 0..MAX_IOVECS {
-        if i as u64 >= iov_count || remaining == 0 {
-            break;
-        }
-        // SAFETY: user memory read through the helper; a bad pointer returns an error.
-        let Ok(iov) =
-            (unsafe { bpf_probe_read_user((iov_ptr + 16 * i as u64) as *const [u64; 2]) })
-        else {
-            count(counter::READ_FAILED);
-            return;
-        };
-        let here = if iov[1] < remaining {
-            iov[1]
-        } else {
-            remaining
-        };
-        let last = i == MAX_IOVECS - 1 || i as u64 + 1 == iov_count;
-        let len = if last { remaining } else { here };
-        if len == 0 {
-            continue;
-        }
-        if len > here {
-            count(counter::IOVECS_CUT);
-        }
-        let chunk = Chunk {
-            direction: dir,
-            iov_index: i as u32,
-            src: iov[0],
-            len,
-            avail: here,
-        };
-        data_event(origin, &chunk);
-        remaining -= len;
     }
 }
 

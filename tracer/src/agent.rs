@@ -267,8 +267,12 @@ impl Agent {
         // The kernel copies of each call what the rules can use: heads, and the start of
         // bodies only where a rule reads a JSON field.
         let capture_caps = |service: &str| PayloadCaps {
-            server: config.capture.cap_for(rules.reads_body(service, Role::Server)),
-            client: config.capture.cap_for(rules.reads_body(service, Role::Client)),
+            server: config
+                .capture
+                .cap_for(rules.reads_body(service, Role::Server)),
+            client: config
+                .capture
+                .cap_for(rules.reads_body(service, Role::Client)),
         };
         let mut capture = Capture::start_with_caps(&config.capture, &capture_caps)?;
         let redactor = Redactor::new(&config.export.redact_path_segments)

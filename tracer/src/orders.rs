@@ -221,7 +221,11 @@ impl RuleSet {
                 .get(service)
                 .is_some_and(|s| s.server_rules.iter().any(|i| self.rules[*i].reads_body()))
         };
-        let client = || self.client_rules.iter().any(|i| self.rules[*i].reads_body());
+        let client = || {
+            self.client_rules
+                .iter()
+                .any(|i| self.rules[*i].reads_body())
+        };
         match role {
             Role::Server => server(),
             Role::Client => client(),
@@ -283,9 +287,8 @@ impl RuleSet {
 
 impl Rule {
     fn reads_body(&self) -> bool {
-        let from_body = |status: &Option<CompiledStatus>| {
-            matches!(status, Some(CompiledStatus::Field { .. }))
-        };
+        let from_body =
+            |status: &Option<CompiledStatus>| matches!(status, Some(CompiledStatus::Field { .. }));
         self.key.is_some()
             || from_body(&self.step)
             || from_body(&self.status)

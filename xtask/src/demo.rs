@@ -51,7 +51,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     crate::prereqs::ensure(crate::prereqs::Needs::demo())?;
     crate::prereqs::require_root("the agent loads eBPF programs")?;
     crate::build(true)?;
-    let bin = workspace_root().join("target/release");
+    let bin = crate::process::target_dir().join("release");
     let work = workspace_root().join("target/demo");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;

@@ -27,6 +27,8 @@ pub struct CaptureCounters {
     pub decode_errors: u64,
     pub data_events: u64,
     pub conn_events: u64,
+    /// Reads and writes captured (a vectored call is one call, and one event per buffer).
+    pub captured_calls: u64,
     /// Processes traced right now.
     pub targets: u64,
 }
@@ -65,6 +67,7 @@ pub fn snapshot(kernel: &PerCpuArray<MapData, u64>, user: &UserCounters) -> Capt
         decode_errors: user.decode_errors.load(Ordering::Relaxed),
         data_events: sum(counter::DATA_EVENTS),
         conn_events: sum(counter::CONN_EVENTS),
+        captured_calls: sum(counter::CALLS),
         targets: user.targets.load(Ordering::Relaxed),
     }
 }

@@ -128,7 +128,10 @@ impl Sink {
         }
         for (pid, service) in changes.added {
             let name = self.service_name(service);
-            match self.tables.add(pid, self.targets.entry(service), &name, &mut batch) {
+            match self
+                .tables
+                .add(pid, self.targets.entry(service), &name, &mut batch)
+            {
                 Ok(()) => tracing::info!("tracing pid {pid} as {name}"),
                 Err(e) => tracing::warn!("cannot trace pid {pid} ({name}): {e}"),
             }

@@ -269,8 +269,11 @@ mod tests {
             server: if service == "a" { 10 } else { 20 },
             client: 30,
         };
-        let targets =
-            Targets::new(&[TargetSpec::exe("a", "a"), TargetSpec::exe("b", "b")], &caps).unwrap();
+        let targets = Targets::new(
+            &[TargetSpec::exe("a", "a"), TargetSpec::exe("b", "b")],
+            &caps,
+        )
+        .unwrap();
         let entry = |i| targets.entry(i);
         assert_eq!((entry(0).server_cap, entry(0).client_cap), (10, 30));
         assert_eq!((entry(1).service, entry(1).server_cap), (1, 20));
@@ -288,7 +291,8 @@ mod tests {
 
     #[test]
     fn new_restarted_and_exited_processes() {
-        let mut targets = Targets::new(&[TargetSpec::exe("shop-api", "shop-api")], &uniform).unwrap();
+        let mut targets =
+            Targets::new(&[TargetSpec::exe("shop-api", "shop-api")], &uniform).unwrap();
         let first = targets.update(&[
             proc(10, "shop-api", "shop-api", 1),
             proc(11, "bash", "bash", 1),
