@@ -44,10 +44,16 @@ pub struct Mes {
 
 impl Mes {
     /// Starts one on a free port; `cpu` holds it (and so its runtime's worker count) to one CPU.
+    /// It runs under another name: a tracer elsewhere on the machine with the testbed's
+    /// default config (which traces `mes-api` by name) would otherwise trace it too.
     pub fn start(bin: &Path, work: &Path, cpu: Option<usize>) -> Result<Self> {
+        let exe = work.join("bench-mes-api");
+        if !exe.exists() {
+            std::fs::copy(bin.join("mes-api"), &exe).context("copying mes-api")?;
+        }
         let port = free_port()?;
         let log = std::fs::File::create(work.join(format!("mes-api-{port}.log")))?;
-        let mut cmd = Command::new(bin.join("mes-api"));
+        let mut cmd = Command::new(&exe);
         // Every testbed service takes the shop's port as base; the MES listens on base + 1.
         cmd.args(["--base-port", &(port - 1).to_string()])
             .stdout(log.try_clone()?)
