@@ -22,3 +22,4 @@ pub mod sampling;
 pub mod spans;
 pub mod store;
 pub mod streams;
+pub mod transport;

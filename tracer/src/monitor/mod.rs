@@ -128,6 +128,7 @@ impl Monitor {
         }
         let path = &config.store.path;
         let writer = Store::open(path)?;
+        writer.set_audit_retention(config.store.audit_retention_ns())?;
         let reader = Store::open(path)?;
         let orders = writer.load_active()?;
         let resumed = orders.len();
@@ -161,6 +162,7 @@ impl Monitor {
             outbox,
             root_spans: settings.root_spans,
             retention_ns: config.store.retention_ns(),
+            audit_retention_ns: config.store.audit_retention_ns(),
             purge_every: Duration::from_secs_f64(config.store.purge_interval_secs),
         };
         let core_stop = stop.clone();
@@ -257,6 +259,7 @@ struct Core {
     outbox: Outbox,
     root_spans: Option<RootSpanOut>,
     retention_ns: u64,
+    audit_retention_ns: u64,
     purge_every: Duration,
 }
 
@@ -366,8 +369,10 @@ impl Core {
     }
 
     fn purge(&mut self) {
-        let cutoff = unix_now().saturating_sub(self.retention_ns);
-        match self.store.purge(cutoff) {
+        let now = unix_now();
+        let cutoff = now.saturating_sub(self.retention_ns);
+        let audit_cutoff = now.saturating_sub(self.audit_retention_ns);
+        match self.store.purge(cutoff, audit_cutoff) {
             Ok(0) => {}
             Ok(rows) => tracing::info!(rows, "purged records older than the retention"),
             Err(err) => {
