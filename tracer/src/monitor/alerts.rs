@@ -25,7 +25,7 @@ pub struct AlertQueue {
 impl AlertQueue {
     /// Spawns the sender on the current runtime.
     pub fn start(url: &str, metrics: SharedMetrics) -> Self {
-        super::install_crypto_provider();
+        crate::process::install_crypto_provider();
         let (tx, rx) = mpsc::channel(QUEUE);
         let client = reqwest::Client::builder()
             .timeout(TIMEOUT)
@@ -111,7 +111,7 @@ pub fn payload(detection: &Detection) -> Value {
             detection.service
         ),
     });
-    let rfc = crate::api::rfc3339;
+    let rfc = crate::clock::rfc3339;
     json!({
         "version": "4",
         "groupKey": format!("order-tracer:{}", detection.id),
