@@ -1,4 +1,5 @@
-//! The agent: wires capture → streams → http → orders → spans → sampling/export.
+//! The agent: wires capture → streams → protocols (http, amqp) → orders → spans →
+//! sampling/export.
 //!
 //! One task does all the per-event work in order (streams, parsing, rules, span building),
 //! so nothing is shared on the hot path; the capture reader and the exporter run beside it,
@@ -16,10 +17,10 @@ use crate::capture::{Capture, CaptureCounters, CaptureEvent};
 use crate::clock::{monotonic_now_ns, monotonic_to_unix_offset_ns};
 use crate::config::Config;
 use crate::export::{ExportCounters, ExportHandle, ExportKind, Exporter, Fanout, SpanConsumer};
-use crate::http::Exchange;
 use crate::orders::RuleSet;
 use crate::pipeline_metrics::{PipelineCounters as PipelineMetrics, PipelineTotals};
 use crate::process::wait_for_shutdown;
+use crate::protocol::Record;
 use crate::sampling::{Sampler, SamplingCounters};
 use crate::spans::{MatchOutcome, Redactor, SpanBuilder, local_host_name};
 use crate::streams::{StreamCounters, Streams};
@@ -132,13 +133,16 @@ pub fn publish_totals(metrics: &PipelineMetrics, counters: &AgentCounters) {
         ("iovecs_beyond_capture", capture.iovecs_cut),
         ("undecodable_events", capture.decode_errors),
         ("streams_over_budget", streams.dropped_over_budget),
-        ("oversized_heads", streams.oversized_heads),
+        ("oversized_heads", streams.http.oversized_heads),
         ("connections_evicted", streams.connections_evicted),
         (
             "pending_requests_overflow",
-            streams.pairing.pending_overflow,
+            streams.http.pairing.pending_overflow,
         ),
-        ("unpaired_responses", streams.pairing.unpaired_responses),
+        (
+            "unpaired_responses",
+            streams.http.pairing.unpaired_responses,
+        ),
         ("sampling_ceiling", pipeline.sampling.dropped_ceiling),
         ("export_queue_full", export.dropped_queue_full),
         ("export_failed", export.dropped_failed),
@@ -146,7 +150,7 @@ pub fn publish_totals(metrics: &PipelineMetrics, counters: &AgentCounters) {
     metrics.set_totals(&PipelineTotals {
         events: capture.data_events + capture.conn_events,
         drops: &drops,
-        parse_errors: pipeline.streams.parse_errors,
+        parse_errors: pipeline.streams.http.parse_errors,
         export_failures: export.failed_batches,
     });
 }
@@ -189,11 +193,11 @@ pub struct PipelineSnapshot {
 /// What the rules made of the exchanges.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct PipelineCounters {
-    /// Exchanges a rule matched and found an order id in.
+    /// Records (exchanges, messages) a rule matched and found an order id in.
     pub order_exchanges: u64,
-    /// Exchanges a rule matched, but without an order id where the rule looks for it.
+    /// Records a rule matched, but without an order id where the rule looks for it.
     pub no_order_id: u64,
-    /// Exchanges no rule matched (still counted: they are the services' other traffic).
+    /// Records no rule matched (still counted: they are the services' other traffic).
     pub unmatched: u64,
     /// Spans built (before sampling).
     pub spans: u64,
@@ -243,7 +247,7 @@ impl Agent {
             builder,
             fanout,
             counters: PipelineCounters::default(),
-            exchanges: Vec::new(),
+            records: Vec::new(),
         };
         let pipeline = tokio::spawn(stages.run(events, snapshot_tx));
         Ok(Self {
@@ -300,7 +304,7 @@ struct Stages {
     fanout: Fanout,
     counters: PipelineCounters,
     /// Reused output buffer of the streams stage.
-    exchanges: Vec<Exchange>,
+    records: Vec<Record>,
 }
 
 impl Stages {
@@ -318,8 +322,8 @@ impl Stages {
                     None => break,
                 },
                 _ = tick.tick() => {
-                    self.streams.expire(monotonic_now_ns(), &mut self.exchanges);
-                    self.on_exchanges();
+                    self.streams.expire(monotonic_now_ns(), &mut self.records);
+                    self.on_records();
                     snapshot.send_replace(self.snapshot());
                 }
             }
@@ -329,14 +333,14 @@ impl Stages {
 
     fn on_batch(&mut self, batch: Vec<CaptureEvent>) {
         for event in batch {
-            self.streams.on_event(event, &mut self.exchanges);
+            self.streams.on_event(event, &mut self.records);
         }
-        self.on_exchanges();
+        self.on_records();
     }
 
-    fn on_exchanges(&mut self) {
-        for exchange in self.exchanges.drain(..) {
-            let (outcome, span) = self.builder.build(&exchange);
+    fn on_records(&mut self) {
+        for record in self.records.drain(..) {
+            let (outcome, span) = self.builder.build(&record);
             match outcome {
                 MatchOutcome::Order => self.counters.order_exchanges += 1,
                 MatchOutcome::NoOrderId => self.counters.no_order_id += 1,

@@ -2,10 +2,11 @@
 //!
 //! The modules follow the data, one per pipeline stage, and depend one way only.
 //!
-//! - The agent: `capture` (kernel events) → `streams` (per-connection reassembly) → `http`
-//!   (messages and exchanges) → `orders` (rules: order id, status) → `spans` (one trace per
-//!   order) → `sampling` → `export` (OTLP, stdout, and [`export::SpanConsumer`]s);
-//!   `pipeline_metrics` (its counters); `agent` wires them. None of these knows the monitor.
+//! - The agent: `capture` (kernel events) → `streams` (per-connection reassembly) → a
+//!   protocol (`http`: exchanges; the shape all share and the records they yield:
+//!   `protocol`) → `orders` (rules: order id, status) → `spans` (one trace per order) →
+//!   `sampling` → `export` (OTLP, stdout, and [`export::SpanConsumer`]s); `pipeline_metrics`
+//!   (its counters); `agent` wires them. None of these knows the monitor.
 //! - The monitor, which uses the agent's records: `lifecycle` (status machine and
 //!   detections), `store` (SQLite), `metrics` (its `/metrics`), `otlp_out` (OTLP/HTTP out),
 //!   `api` (operator API, page, auth, audit), `monitor` (the running component, alerts; its
@@ -28,6 +29,7 @@ pub mod orders;
 pub mod otlp_out;
 pub mod pipeline_metrics;
 pub mod process;
+pub mod protocol;
 pub mod receiver;
 pub mod sampling;
 pub mod shapes;

@@ -9,7 +9,8 @@ mod build;
 pub mod fixtures;
 
 pub use build::{
-    DEFAULT_REDACT_PATTERNS, MatchOutcome, REDACTED, Redactor, SpanBuilder, local_host_name,
+    DEFAULT_REDACT_PATTERNS, MatchOutcome, REDACTED, RecordRef, Redactor, SpanBuilder,
+    local_host_name,
 };
 
 /// Span kind, as in OpenTelemetry.

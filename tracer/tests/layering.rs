@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 const AGENT: &[&str] = &[
     "capture",
     "streams",
+    "protocol",
     "http",
     "orders",
     "spans",
@@ -109,8 +110,14 @@ fn every_module_has_a_side() {
         .lines()
         .filter_map(|l| l.strip_prefix("pub mod ")?.strip_suffix(';'))
         .collect();
-    let sided: BTreeSet<&str> = [AGENT, MONITOR, SHARED, ROOT].concat().into_iter().collect();
-    assert_eq!(declared, sided, "lib.rs modules vs the sides this test knows");
+    let sided: BTreeSet<&str> = [AGENT, MONITOR, SHARED, ROOT]
+        .concat()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        declared, sided,
+        "lib.rs modules vs the sides this test knows"
+    );
 }
 
 #[test]

@@ -10,6 +10,7 @@ use super::{
 use crate::capture::Role;
 use crate::http::{Exchange, Outcome};
 use crate::orders::{CallSide, Classification, RuleSet, Unmatched};
+use crate::protocol::Record;
 
 /// Longest `url.path` exported; the rest is cut (paths are attacker-controlled input).
 const MAX_URL_PATH: usize = 512;
@@ -119,9 +120,18 @@ impl SpanBuilder {
         &self.rules
     }
 
-    /// Zero or one span for an exchange: one when a rule found an order, or when the
+    /// Zero or one span for a record: one when a rule found an order, or when the
     /// service's `unmatched = "span"` asks for spans of the rest.
-    pub fn build(&self, exchange: &Exchange) -> (MatchOutcome, Option<SpanRecord>) {
+    pub fn build<'a>(
+        &self,
+        record: impl Into<RecordRef<'a>>,
+    ) -> (MatchOutcome, Option<SpanRecord>) {
+        match record.into() {
+            RecordRef::Http(exchange) => self.build_http(exchange),
+        }
+    }
+
+    fn build_http(&self, exchange: &Exchange) -> (MatchOutcome, Option<SpanRecord>) {
         let classification = self.rules.classify(exchange);
         let outcome = match &classification {
             Classification::Order(_) => MatchOutcome::Order,
@@ -261,6 +271,26 @@ impl SpanBuilder {
 
     fn to_unix(&self, monotonic_ns: u64) -> u64 {
         (monotonic_ns as i128 + self.monotonic_to_unix_ns).clamp(0, u64::MAX as i128) as u64
+    }
+}
+
+/// A record of any protocol, borrowed: what [`SpanBuilder::build`] takes.
+#[derive(Clone, Copy, Debug)]
+pub enum RecordRef<'a> {
+    Http(&'a Exchange),
+}
+
+impl<'a> From<&'a Record> for RecordRef<'a> {
+    fn from(record: &'a Record) -> Self {
+        match record {
+            Record::Http(exchange) => RecordRef::Http(exchange),
+        }
+    }
+}
+
+impl<'a> From<&'a Exchange> for RecordRef<'a> {
+    fn from(exchange: &'a Exchange) -> Self {
+        RecordRef::Http(exchange)
     }
 }
 
