@@ -42,6 +42,8 @@ pub struct Metrics {
     monitor_drops: Family<ReasonLabel, Counter>,
     pub alerts_sent: Counter,
     pub alerts_failed: Counter,
+    /// Alerts in the store's outbox, not yet acknowledged by their target.
+    pub alerts_pending: Gauge,
     pub store_errors: Counter,
 }
 
@@ -69,6 +71,7 @@ impl Metrics {
             monitor_drops: Family::default(),
             alerts_sent: Counter::default(),
             alerts_failed: Counter::default(),
+            alerts_pending: Gauge::default(),
             store_errors: Counter::default(),
         };
         let r = &mut metrics.registry;
@@ -105,13 +108,18 @@ impl Metrics {
         );
         r.register(
             "alerts_sent",
-            "Alert notifications delivered to the webhook",
+            "Alert notifications their target acknowledged",
             metrics.alerts_sent.clone(),
         );
         r.register(
             "alerts_failed",
-            "Alert notifications given up after retries",
+            "Alert deliveries that failed (retried until acknowledged; a 4xx refusal drops the alert)",
             metrics.alerts_failed.clone(),
+        );
+        r.register(
+            "alerts_pending",
+            "Alerts in the outbox waiting for their target",
+            metrics.alerts_pending.clone(),
         );
         r.register(
             "store_errors",
@@ -127,11 +135,15 @@ impl Metrics {
     }
 
     pub fn count_drop(&self, reason: &str) {
+        self.count_drops(reason, 1);
+    }
+
+    pub fn count_drops(&self, reason: &str, n: u64) {
         self.monitor_drops
             .get_or_create(&ReasonLabel {
                 reason: reason.to_string(),
             })
-            .inc();
+            .inc_by(n);
     }
 
     /// Sets the gauges from the lifecycle's current state (at start and periodically).

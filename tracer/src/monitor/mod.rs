@@ -2,8 +2,10 @@
 //! (all-in-one, central) wire it to the agent or to the OTLP receiver from above.
 //!
 //! [`Monitor`] owns one thread that feeds the [`Lifecycle`] (spans through a bounded channel,
-//! a clock tick), persists what changed, then notifies (alerts, metrics, root spans): state
-//! is saved before an alert goes out, so a restart never raises an alert twice.
+//! a clock tick), persists what changed — with the alerts it raised, in the store's outbox,
+//! in the same transaction — then notifies (outbox, metrics, root spans). A restart neither
+//! raises a detection twice nor loses its alert; a failed save is retried with everything it
+//! held.
 
 pub mod alerts;
 
@@ -17,12 +19,12 @@ use anyhow::Context;
 use crate::api::{ApiState, AuditLog, Auth};
 use crate::config::Config;
 use crate::export::SpanConsumer;
-use crate::lifecycle::{Event, Lifecycle};
+use crate::lifecycle::{Changes, Event, Lifecycle};
 use crate::metrics::SharedMetrics;
 use crate::pipeline_metrics::PipelineCounters;
 use crate::spans::SpanRecord;
 use crate::store::Store;
-use alerts::AlertQueue;
+use alerts::Outbox;
 
 /// Spans waiting for the lifecycle thread; over this they are dropped and counted.
 pub const SPAN_QUEUE: usize = 65_536;
@@ -32,6 +34,9 @@ const TICK: Duration = Duration::from_millis(250);
 const GAUGE_REFRESH: Duration = Duration::from_secs(5);
 /// Spans taken off the channel per wake-up, so ticks keep their pace under load.
 const DRAIN_BATCH: usize = 4096;
+/// After a failed save, the next try waits this long, doubling up to `MAX_SAVE_RETRY`.
+const FIRST_SAVE_RETRY: Duration = Duration::from_secs(1);
+const MAX_SAVE_RETRY: Duration = Duration::from_secs(30);
 
 /// How spans get into the monitor: cheap to clone, never blocks the sender.
 #[derive(Clone)]
@@ -116,30 +121,31 @@ impl Monitor {
         let mut lifecycle = Lifecycle::restore(config.lifecycle.clone(), orders);
         let inbox = writer.load_inbox()?;
         let requeued = inbox.len();
-        for (arrival, span) in inbox {
-            // Nothing is applied by `ingest` below the buffer bound, so no event is lost here.
-            let _ = lifecycle.ingest(span, arrival);
-        }
+        let resumed_events = lifecycle.resume_inbox(inbox);
+        let metrics = settings.metrics;
+        let outbox = Outbox::start(
+            Store::open(path)?,
+            alerts::targets(&config.api),
+            metrics.clone(),
+        )?;
         tracing::info!(
             store = %path.display(),
             resumed,
             requeued,
+            alert_targets = ?outbox.targets(),
             "lifecycle monitor started"
         );
-        let metrics = settings.metrics;
         metrics.refresh(&lifecycle);
-        let alerts = config
-            .api
-            .alert_webhook
-            .as_deref()
-            .map(|url| AlertQueue::start(url, metrics.clone()));
         let (tx, rx) = std::sync::mpsc::sync_channel(SPAN_QUEUE);
         let stop = Arc::new(AtomicBool::new(false));
         let core = Core {
             lifecycle,
             store: writer,
+            unsaved: Changes::default(),
+            next_save: None,
+            save_retry: FIRST_SAVE_RETRY,
             metrics: metrics.clone(),
-            alerts,
+            outbox,
             root_spans: settings.root_spans,
             retention_ns: config.store.retention_ns(),
             purge_every: Duration::from_secs_f64(config.store.purge_interval_secs),
@@ -147,7 +153,7 @@ impl Monitor {
         let core_stop = stop.clone();
         let core = std::thread::Builder::new()
             .name("lifecycle".into())
-            .spawn(move || core.run(rx, core_stop))
+            .spawn(move || core.run(rx, core_stop, resumed_events))
             .context("cannot start the lifecycle thread")?;
         let store = Arc::new(Mutex::new(reader));
         let auth = Auth::new(&config.api.auth, settings.anonymous_loopback).await?;
@@ -229,15 +235,21 @@ impl Drop for Monitor {
 struct Core {
     lifecycle: Lifecycle,
     store: Store,
+    /// What saves that failed held, written with the next one.
+    unsaved: Changes,
+    /// After a failed save: not before this.
+    next_save: Option<Instant>,
+    save_retry: Duration,
     metrics: SharedMetrics,
-    alerts: Option<AlertQueue>,
+    outbox: Outbox,
     root_spans: Option<RootSpanOut>,
     retention_ns: u64,
     purge_every: Duration,
 }
 
 impl Core {
-    fn run(mut self, rx: Receiver<SpanRecord>, stop: Arc<AtomicBool>) {
+    fn run(mut self, rx: Receiver<SpanRecord>, stop: Arc<AtomicBool>, resumed: Vec<Event>) {
+        self.settle(resumed);
         let mut last_tick = Instant::now();
         let mut last_gauges = Instant::now();
         let mut last_purge: Option<Instant> = None;
@@ -265,6 +277,10 @@ impl Core {
                 last_tick = Instant::now();
                 events.extend(self.lifecycle.tick(crate::clock::unix_now()));
             }
+            if stopping {
+                // The last chance to save: no waiting out a retry delay.
+                self.next_save = None;
+            }
             self.settle(events);
             if last_gauges.elapsed() >= GAUGE_REFRESH {
                 last_gauges = Instant::now();
@@ -281,44 +297,57 @@ impl Core {
         }
     }
 
-    /// Saves, then tells: store first, so a crash cannot make a restart re-alert.
+    /// Saves what changed with its alerts in one transaction, then tells the outbox.
     fn settle(&mut self, events: Vec<Event>) {
-        let dirty = self.lifecycle.take_dirty();
-        let inbox = self.lifecycle.buffer_if_changed();
-        if let Err(err) = self.store.save_state(&dirty, inbox.as_deref()) {
-            self.metrics.store_errors.inc();
-            tracing::error!("saving orders: {err}");
+        let mut changes = self.lifecycle.take_changes();
+        if !self.outbox.targets().is_empty() {
+            changes.alerts = events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Raised(d) | Event::Resolved(d) => Some(d.clone()),
+                    _ => None,
+                })
+                .collect();
         }
-        if events.is_empty() {
-            return;
-        }
-        let forgotten: Vec<String> = events
-            .iter()
-            .filter_map(|e| match e {
-                Event::Forgotten { order_id } => Some(order_id.clone()),
-                _ => None,
-            })
-            .collect();
-        if !forgotten.is_empty()
-            && let Err(err) = self.store.forget(&forgotten)
-        {
-            self.metrics.store_errors.inc();
-            tracing::error!("marking given-up orders: {err}");
-        }
+        self.unsaved.merge(changes);
+        self.save();
         self.metrics.observe(&events);
         for event in events {
-            match event {
-                Event::Raised(d) | Event::Resolved(d) => {
-                    if let Some(alerts) = &self.alerts {
-                        alerts.notify(&d);
-                    }
+            if let Event::RootSpan(span) = event
+                && let Some(out) = &self.root_spans
+            {
+                out(*span);
+            }
+        }
+    }
+
+    /// Writes what is unsaved; on failure keeps all of it for the next try, which waits a
+    /// growing delay (a full disk should not be hammered four times a second).
+    fn save(&mut self) {
+        if self.unsaved.is_empty() || self.next_save.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        match self.store.save(&self.unsaved, self.outbox.targets()) {
+            Ok(()) => {
+                let queued = self.unsaved.alerts.len() * self.outbox.targets().len();
+                self.unsaved = Changes::default();
+                self.next_save = None;
+                self.save_retry = FIRST_SAVE_RETRY;
+                if queued > 0 {
+                    self.metrics.alerts_pending.inc_by(queued as i64);
+                    self.outbox.wake();
                 }
-                Event::RootSpan(span) => {
-                    if let Some(out) = &self.root_spans {
-                        out(*span);
-                    }
-                }
-                Event::StatusChanged { .. } | Event::Forgotten { .. } => {}
+            }
+            Err(err) => {
+                self.metrics.store_errors.inc();
+                tracing::error!(
+                    orders = self.unsaved.orders.len(),
+                    alerts = self.unsaved.alerts.len(),
+                    "saving the lifecycle's changes failed, retrying in {:?}: {err}",
+                    self.save_retry
+                );
+                self.next_save = Some(Instant::now() + self.save_retry);
+                self.save_retry = (self.save_retry * 2).min(MAX_SAVE_RETRY);
             }
         }
     }
