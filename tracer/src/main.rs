@@ -20,9 +20,9 @@ enum Command {
     /// Trace the configured services and export order spans (OTLP or stdout).
     Agent(tracer::agent::AgentArgs),
     /// All-in-one: agent + lifecycle monitor + SQLite + operator API on this host.
-    Run(tracer::monitor::RunArgs),
+    Run(tracer::shapes::RunArgs),
     /// Central lifecycle monitor: receives OTLP from many agents, forwards to Jaeger.
-    Monitor(tracer::monitor::MonitorArgs),
+    Monitor(tracer::shapes::MonitorArgs),
 }
 
 #[tokio::main]
@@ -38,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Capture(args) => tracer::capture::cli::run(args).await,
         Command::Agent(args) => tracer::agent::run(args).await,
-        Command::Run(args) => tracer::monitor::run_all_in_one(args).await,
-        Command::Monitor(args) => tracer::monitor::run_central(args).await,
+        Command::Run(args) => tracer::shapes::run_all_in_one(args).await,
+        Command::Monitor(args) => tracer::shapes::run_central(args).await,
     }
 }

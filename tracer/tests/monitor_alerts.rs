@@ -13,7 +13,7 @@ use monitor_common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alert_raised_before_a_kill_is_delivered_after_the_restart() {
-    tracer::monitor::install_crypto_provider();
+    tracer::process::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let (webhook, webhook_addr) = Capture::start().await;
     webhook.refusing.store(true, Ordering::SeqCst);

@@ -74,7 +74,7 @@ async fn replay_otlp(mut spans: Vec<SpanRecord>, transport: &Transport) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn central_monitor_survives_a_kill_and_forwards_everything() {
-    tracer::monitor::install_crypto_provider();
+    tracer::process::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let (capture, upstream) = Capture::start().await;
     let store = dir.path().join("central.db");

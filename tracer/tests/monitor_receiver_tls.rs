@@ -57,7 +57,7 @@ async fn send_order(config: &ExportConfig, order: &str) -> tracer::export::Expor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_over_mutual_tls_reaches_the_monitor_and_anonymous_clients_do_not() {
-    tracer::monitor::install_crypto_provider();
+    tracer::process::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::generate();
     let extra = format!(

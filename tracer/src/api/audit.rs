@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use tokio::sync::mpsc;
 
-use crate::monitor::otlp_out::{OtlpPoster, string_attr};
+use crate::otlp_out::{OtlpPoster, string_attr};
 use crate::store::{AuditEntry, Store};
 
 /// Audit records waiting for the OTLP logs exporter; over this, they are dropped (and
@@ -149,7 +149,7 @@ impl AuditLog {
                 .unwrap_or(0);
             if suppressed > 0 {
                 let summary = AuditEntry {
-                    at: crate::monitor::unix_now(),
+                    at: crate::clock::unix_now(),
                     who: "refused".into(),
                     action: format!(
                         "{suppressed} refused requests not recorded one by one (over {REFUSALS_PER_SEC}/s)"

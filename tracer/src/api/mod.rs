@@ -25,7 +25,6 @@ use serde::Deserialize;
 
 pub use audit::{AuditLog, logs_request};
 pub use auth::{Auth, AuthConfig, AuthError, AuthSetupError, OidcConfig, Principal, StaticToken};
-pub use routes::rfc3339;
 
 use crate::metrics::SharedMetrics;
 use crate::store::{AuditEntry, Store};
@@ -150,7 +149,7 @@ pub async fn serve(state: Arc<ApiState>, listen: SocketAddr) -> anyhow::Result<(
 pub async fn serve_on(state: Arc<ApiState>, listener: std::net::TcpListener) -> anyhow::Result<()> {
     let tls = match (&state.config.tls_cert, &state.config.tls_key) {
         (Some(cert), Some(key)) => {
-            crate::monitor::install_crypto_provider();
+            crate::process::install_crypto_provider();
             Some(
                 axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                     .await
@@ -240,7 +239,7 @@ async fn guard(
         .unwrap_or_else(|| request.uri().path().to_string());
     let action = format!("{} {}", request.method(), path);
     let refusal = |result: StatusCode, order_id: Option<String>| AuditEntry {
-        at: crate::monitor::unix_now(),
+        at: crate::clock::unix_now(),
         who: format!("refused@{}", peer.ip()),
         action: action.clone(),
         order_id,
@@ -274,7 +273,7 @@ async fn guard(
             request.extensions_mut().insert(principal);
             let response = next.run(request).await;
             let entry = AuditEntry {
-                at: crate::monitor::unix_now(),
+                at: crate::clock::unix_now(),
                 who,
                 action,
                 order_id,

@@ -92,7 +92,7 @@ fn status_of(detection: &Detection) -> &'static str {
 
 /// An HTTP client for alert targets (rustls, the system's roots, a time-out).
 pub fn http_client() -> reqwest::Client {
-    super::install_crypto_provider();
+    crate::process::install_crypto_provider();
     reqwest::Client::builder()
         .timeout(TIMEOUT)
         .build()
@@ -332,7 +332,7 @@ pub fn payload(detection: &Detection) -> Value {
             detection.service
         ),
     });
-    let rfc = crate::api::rfc3339;
+    let rfc = crate::clock::rfc3339;
     json!({
         "version": "4",
         "groupKey": format!("order-tracer:{}", detection.id),

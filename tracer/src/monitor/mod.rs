@@ -1,6 +1,5 @@
-//! The lifecycle monitor as a running component, and its two shapes: all-in-one
-//! (`tracer run`: agent + monitor in one process) and central (`tracer monitor`: an OTLP
-//! receiver for many agents, forwarding to Jaeger).
+//! The lifecycle monitor as a running component; the commands of its two deployment shapes
+//! (all-in-one, central) wire it to the agent or to the OTLP receiver from above.
 //!
 //! [`Monitor`] owns one thread that feeds the [`Lifecycle`] (spans through a bounded channel,
 //! a clock tick), persists what changed — with the alerts it raised, in the store's outbox,
@@ -9,10 +8,7 @@
 //! held.
 
 pub mod alerts;
-pub mod otlp_out;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -22,12 +18,13 @@ use anyhow::Context;
 
 use crate::api::{ApiState, AuditLog, Auth};
 use crate::config::Config;
+use crate::export::SpanConsumer;
 use crate::lifecycle::{Changes, Event, Lifecycle};
-use crate::metrics::{Metrics, PipelineCounters, SharedMetrics};
+use crate::metrics::SharedMetrics;
+use crate::pipeline_metrics::PipelineCounters;
 use crate::spans::SpanRecord;
 use crate::store::Store;
 use alerts::Outbox;
-use otlp_out::Forwarder;
 
 /// Spans waiting for the lifecycle thread; over this they are dropped and counted.
 pub const SPAN_QUEUE: usize = 65_536;
@@ -40,23 +37,6 @@ const DRAIN_BATCH: usize = 4096;
 /// After a failed save, the next try waits this long, doubling up to `MAX_SAVE_RETRY`.
 const FIRST_SAVE_RETRY: Duration = Duration::from_secs(1);
 const MAX_SAVE_RETRY: Duration = Duration::from_secs(30);
-
-/// Unix time in ns.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
-/// rustls needs one process-wide crypto provider; ring is the one this build carries.
-pub fn install_crypto_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // Err means another part of the process installed one first: fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
 
 /// How spans get into the monitor: cheap to clone, never blocks the sender.
 #[derive(Clone)]
@@ -90,6 +70,13 @@ impl SpanSink {
     }
 }
 
+/// The export stage's consumer: how the in-process agent's spans reach the monitor.
+impl SpanConsumer for SpanSink {
+    fn consume(&mut self, span: &SpanRecord) -> bool {
+        self.send(span.clone())
+    }
+}
+
 /// Where the orders' root spans go (an exporter); called on the lifecycle thread, so it
 /// must not block.
 pub type RootSpanOut = Box<dyn Fn(SpanRecord) + Send>;
@@ -114,7 +101,7 @@ impl Monitor {
     /// Opens the store, resumes the orders it holds, and starts the lifecycle thread.
     /// Call inside a tokio runtime (alerts and audit export run as tasks).
     pub async fn start(settings: MonitorSettings) -> anyhow::Result<Self> {
-        install_crypto_provider();
+        crate::process::install_crypto_provider();
         let config = settings.config;
         if !config.api.auth.is_configured() && !settings.anonymous_loopback {
             anyhow::bail!(
@@ -275,9 +262,9 @@ impl Core {
             let mut disconnected = false;
             match rx.recv_timeout(wait) {
                 Ok(span) => {
-                    events.extend(self.lifecycle.ingest(span, unix_now()));
+                    events.extend(self.lifecycle.ingest(span, crate::clock::unix_now()));
                     for span in rx.try_iter().take(DRAIN_BATCH) {
-                        events.extend(self.lifecycle.ingest(span, unix_now()));
+                        events.extend(self.lifecycle.ingest(span, crate::clock::unix_now()));
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -286,12 +273,12 @@ impl Core {
             let stopping = disconnected || stop.load(Ordering::SeqCst);
             if stopping {
                 for span in rx.try_iter() {
-                    events.extend(self.lifecycle.ingest(span, unix_now()));
+                    events.extend(self.lifecycle.ingest(span, crate::clock::unix_now()));
                 }
-                events.extend(self.lifecycle.flush(unix_now()));
+                events.extend(self.lifecycle.flush(crate::clock::unix_now()));
             } else if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
-                events.extend(self.lifecycle.tick(unix_now()));
+                events.extend(self.lifecycle.tick(crate::clock::unix_now()));
             }
             if stopping {
                 // The last chance to save: no waiting out a retry delay.
@@ -369,7 +356,7 @@ impl Core {
     }
 
     fn purge(&mut self) {
-        let now = unix_now();
+        let now = crate::clock::unix_now();
         let cutoff = now.saturating_sub(self.retention_ns);
         let audit_cutoff = now.saturating_sub(self.audit_retention_ns);
         match self.store.purge(cutoff, audit_cutoff) {
@@ -381,195 +368,4 @@ impl Core {
             }
         }
     }
-}
-
-/// Options both shapes take.
-#[derive(Debug, clap::Args)]
-pub struct CommonArgs {
-    /// Config file (TOML); without it, the embedded testbed config.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Address of the operator API, page and /metrics (overrides [api] listen).
-    #[arg(long)]
-    pub listen: Option<SocketAddr>,
-    /// Serve local callers without a token (demo and tests only; needs a loopback --listen).
-    #[arg(long)]
-    pub allow_anonymous_loopback: bool,
-    /// SQLite file for order state (overrides [store] path).
-    #[arg(long)]
-    pub store: Option<PathBuf>,
-}
-
-/// `tracer run`: agent + monitor on one host.
-#[derive(Debug, clap::Args)]
-pub struct RunArgs {
-    #[command(flatten)]
-    pub common: CommonArgs,
-}
-
-/// `tracer monitor`: central monitor fed over OTLP.
-#[derive(Debug, clap::Args)]
-pub struct MonitorArgs {
-    #[command(flatten)]
-    pub common: CommonArgs,
-    /// OTLP/gRPC receiver address. Another host's address needs [api] tls_cert and tls_key
-    /// (or [api] insecure = true).
-    #[arg(long, default_value = "127.0.0.1:4317")]
-    pub otlp_grpc: SocketAddr,
-    /// OTLP/HTTP receiver address (`POST /v1/traces`); same rule as --otlp-grpc.
-    #[arg(long, default_value = "127.0.0.1:4318")]
-    pub otlp_http: SocketAddr,
-    /// OTLP/HTTP traces endpoint of the upstream (Jaeger or a Collector), e.g.
-    /// `http://jaeger:4318/v1/traces`: received spans and the orders' root spans go there.
-    #[arg(long)]
-    pub forward_to: Option<String>,
-}
-
-/// Config file, with the command line's overrides applied and checked.
-fn load_config(args: &CommonArgs) -> anyhow::Result<Config> {
-    let mut config = Config::load_or_embedded(args.config.as_deref())?;
-    if let Some(listen) = args.listen {
-        config.api.listen = listen;
-    }
-    if let Some(store) = &args.store {
-        config.store.path = store.clone();
-    }
-    if args.allow_anonymous_loopback && !config.api.listen.ip().is_loopback() {
-        anyhow::bail!(
-            "--allow-anonymous-loopback refuses {}: anonymous access is for a loopback address only (e.g. --listen 127.0.0.1:8480)",
-            config.api.listen
-        );
-    }
-    config
-        .api
-        .check_listen(config.api.listen, "--listen / [api] listen")
-        .map_err(anyhow::Error::msg)?;
-    Ok(config)
-}
-
-/// What the agent pipeline gets in all-in-one mode.
-pub struct AgentHookup {
-    pub config: Config,
-    /// Send every exchange span here (as well as to the agent's own exporter).
-    pub spans: SpanSink,
-    /// Add the pipeline's counters here; `/metrics` shows them.
-    pub counters: PipelineCounters,
-    /// The orders' root spans, for the agent's exporter to send with the others.
-    pub root_spans: tokio::sync::mpsc::Receiver<SpanRecord>,
-}
-
-/// Root spans waiting for the agent's exporter.
-const ROOT_SPAN_QUEUE: usize = 4096;
-
-/// `tracer run`: the agent pipeline feeds the monitor in-process; the monitor's root spans go
-/// out through the agent's exporter.
-pub async fn run_all_in_one(args: RunArgs) -> anyhow::Result<()> {
-    let config = load_config(&args.common)?;
-    let listen = config.api.listen;
-    let (root_tx, root_rx) = tokio::sync::mpsc::channel(ROOT_SPAN_QUEUE);
-    let metrics: SharedMetrics = Arc::new(Metrics::new());
-    let root_metrics = metrics.clone();
-    let monitor = Monitor::start(MonitorSettings {
-        config: config.clone(),
-        metrics,
-        anonymous_loopback: args.common.allow_anonymous_loopback,
-        root_spans: Some(Box::new(move |span| {
-            if root_tx.try_send(span).is_err() {
-                root_metrics.count_drop("root_span_queue_full");
-            }
-        })),
-    })
-    .await?;
-    let listener = std::net::TcpListener::bind(listen).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot listen on {listen} for the API: {e} (pick a free address with --listen)"
-        )
-    })?;
-    tracing::info!(%listen, "operator API listening");
-    let hookup = AgentHookup {
-        config,
-        spans: monitor.span_sink(),
-        counters: monitor.pipeline_counters(),
-        root_spans: root_rx,
-    };
-    let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel();
-    let mut agent = tokio::spawn(crate::agent::run_in_monitor(hookup, agent_stopped));
-    let result = tokio::select! {
-        served = monitor.serve_api(listener) => served,
-        ended = &mut agent => ended
-            .map_err(anyhow::Error::from)
-            .and_then(|r| r)
-            .context("the agent pipeline stopped"),
-        _ = crate::agent::wait_for_shutdown(|| ()) => {
-            // Let the agent detach and flush its exporter before the monitor closes.
-            let _ = stop_agent.send(());
-            agent.await.map_err(anyhow::Error::from).and_then(|r| r)
-        }
-    };
-    monitor.shutdown();
-    result
-}
-
-/// `tracer monitor`: OTLP in (gRPC + HTTP), lifecycle, API; spans forwarded upstream.
-pub async fn run_central(args: MonitorArgs) -> anyhow::Result<()> {
-    let config = load_config(&args.common)?;
-    for (addr, flag) in [
-        (args.otlp_grpc, "--otlp-grpc"),
-        (args.otlp_http, "--otlp-http"),
-    ] {
-        config
-            .api
-            .check_listen(addr, flag)
-            .map_err(anyhow::Error::msg)?;
-    }
-    let receiver_tls = crate::receiver::ReceiverTls::load(&config.api)?;
-    let otlp_tls = match (&receiver_tls, &config.api.otlp_client_ca) {
-        (None, _) => "off",
-        (Some(_), None) => "tls",
-        (Some(_), Some(_)) => "mutual tls",
-    };
-    let listen = config.api.listen;
-    install_crypto_provider();
-    let metrics: SharedMetrics = Arc::new(Metrics::new());
-    let forwarder = args
-        .forward_to
-        .as_deref()
-        .map(|url| Forwarder::start(url, metrics.clone()));
-    let root_forwarder = forwarder.clone();
-    let monitor = Monitor::start(MonitorSettings {
-        config,
-        metrics,
-        anonymous_loopback: args.common.allow_anonymous_loopback,
-        root_spans: root_forwarder.map(|forwarder| -> RootSpanOut {
-            Box::new(move |span| {
-                let request = crate::receiver::otlp_from_spans(&[span]);
-                forwarder.send(prost::Message::encode_to_vec(&request).into());
-            })
-        }),
-    })
-    .await?;
-    let receiver = crate::receiver::Receiver::new(monitor.span_sink(), forwarder, receiver_tls);
-    let grpc = crate::receiver::bind(args.otlp_grpc, "OTLP/gRPC", "--otlp-grpc").await?;
-    let http = crate::receiver::bind(args.otlp_http, "OTLP/HTTP", "--otlp-http").await?;
-    let api = std::net::TcpListener::bind(listen).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot listen on {listen} for the API: {e} (pick a free address with --listen)"
-        )
-    })?;
-    tracing::info!(
-        api = %listen,
-        otlp_grpc = %args.otlp_grpc,
-        otlp_http = %args.otlp_http,
-        otlp_tls,
-        forward_to = args.forward_to.as_deref().unwrap_or("-"),
-        "central monitor listening"
-    );
-    let result = tokio::select! {
-        served = monitor.serve_api(api) => served,
-        served = receiver.clone().serve_grpc(grpc) => served,
-        served = receiver.serve_http(http) => served,
-        _ = crate::agent::wait_for_shutdown(|| ()) => Ok(()),
-    };
-    monitor.shutdown();
-    result
 }

@@ -141,7 +141,7 @@ fn audit_is_append_only_and_retention_purges_old_rows() {
     // No policy yet: nothing may be deleted. With one, only what is older than it.
     let err = store.conn().execute("DELETE FROM audit", []).unwrap_err();
     assert!(err.to_string().contains("append-only"), "{err}");
-    let now = crate::monitor::unix_now();
+    let now = crate::clock::unix_now();
     store.set_audit_retention(now - 50 * S).unwrap();
     let err = store
         .conn()

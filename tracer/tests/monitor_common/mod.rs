@@ -81,7 +81,7 @@ pub fn config(store: &std::path::Path, api_extra: &str) -> Config {
 }
 
 pub fn now_ns() -> u64 {
-    tracer::monitor::unix_now()
+    tracer::clock::unix_now()
 }
 
 /// GETs `url` as JSON; `None` on any failure (for polling).
@@ -276,7 +276,7 @@ fn truth_line(order: &str, faults: &[(&str, &str, &str, &str, u64)]) -> String {
     let faults: Vec<_> = faults
         .iter()
         .map(|(kind, detection, step, service, at)| {
-            serde_json::json!({"kind": kind, "detection": detection, "step": step, "service": service, "at": tracer::api::rfc3339(*at)})
+            serde_json::json!({"kind": kind, "detection": detection, "step": step, "service": service, "at": tracer::clock::rfc3339(*at)})
         })
         .collect();
     format!(
