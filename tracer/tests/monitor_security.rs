@@ -217,3 +217,54 @@ async fn refused_and_malformed_requests_are_audited_bounded_in_size_and_rate() {
     );
     monitor.shutdown();
 }
+
+#[test]
+fn plain_http_to_other_hosts_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("m.db");
+    let refused = |extra: &str, args: &[&str]| {
+        let config = dir.path().join("monitor.toml");
+        std::fs::write(&config, config_toml(&store, extra)).unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_tracer"))
+            .args(["monitor", "--allow-anonymous-loopback", "--config"])
+            .arg(&config)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--otlp-grpc",
+                "127.0.0.1:0",
+                "--otlp-http",
+                "127.0.0.1:0",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{extra} {args:?} started");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let jwks = "[api.auth.oidc]\nissuer = \"https://idp.example\"\naudience = \"a\"\nrequired_role = \"r\"\njwks_url = \"http://idp.example/certs\"\n";
+    for (extra, args, what) in [
+        (
+            "alert_webhook = \"http://relay.example/hook\"\n",
+            &[][..],
+            "alert_webhook",
+        ),
+        (
+            "audit_otlp_logs = \"HTTP://logs.example/v1/logs\"\n",
+            &[],
+            "audit_otlp_logs",
+        ),
+        (jwks, &[], "jwks_url"),
+        (
+            "",
+            &["--forward-to", "http://jaeger.example:4318/v1/traces"],
+            "--forward-to",
+        ),
+    ] {
+        let stderr = refused(extra, args);
+        assert!(
+            stderr.contains(what) && stderr.contains("[api] insecure = true"),
+            "{what}: {stderr}"
+        );
+    }
+}

@@ -136,6 +136,15 @@ impl Monitor {
             alert_targets = ?outbox.targets(),
             "lifecycle monitor started"
         );
+        let lifecycle_config = lifecycle.config();
+        metrics.know_services(
+            lifecycle_config
+                .statuses
+                .iter()
+                .map(|s| s.service.as_str())
+                .chain(lifecycle_config.transits.iter().map(|t| t.service.as_str()))
+                .chain(config.services.iter().map(|s| s.name.as_str())),
+        );
         metrics.refresh(&lifecycle);
         let (tx, rx) = std::sync::mpsc::sync_channel(SPAN_QUEUE);
         let stop = Arc::new(AtomicBool::new(false));
