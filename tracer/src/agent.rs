@@ -16,7 +16,9 @@ use tokio::task::JoinHandle;
 use crate::capture::{Capture, CaptureCounters, CaptureEvent};
 use crate::clock::{monotonic_now_ns, monotonic_to_unix_offset_ns};
 use crate::config::Config;
-use crate::export::{ExportCounters, ExportHandle, ExportKind, Exporter, Fanout, SpanConsumer};
+use crate::export::{
+    ExportCounters, ExportHandle, ExportKind, ExportUse, Exporter, Fanout, SpanConsumer,
+};
 use crate::orders::RuleSet;
 use crate::pipeline_metrics::{PipelineCounters as PipelineMetrics, PipelineTotals};
 use crate::process::wait_for_shutdown;
@@ -53,13 +55,14 @@ fn parse_export_kind(text: &str) -> Result<ExportKind, String> {
         .map_err(|_| format!("unknown exporter {text:?}: use stdout, otlp-grpc, otlp-http or none"))
 }
 
-/// The config `tracer agent` runs with: the file given, or the embedded default, with the
-/// exporter optionally overridden.
+/// The config `tracer agent` runs with: the file given, or the embedded default, under the
+/// `OTEL_*` environment and `--export`.
 fn load_config(path: Option<&PathBuf>, export: Option<ExportKind>) -> anyhow::Result<Config> {
     let mut config = Config::load_or_embedded(path.map(PathBuf::as_path))?;
-    if let Some(kind) = export {
-        config.export.kind = kind;
-    }
+    config
+        .export
+        .apply_process_env(export, ExportUse::Agent)
+        .map_err(|e| anyhow::anyhow!("OTEL_* environment: {e}"))?;
     Ok(config)
 }
 
@@ -239,11 +242,7 @@ impl Agent {
             local_host_name(),
             monotonic_to_unix_offset_ns(),
         );
-        let mut export_config = config.export.clone();
-        export_config
-            .apply_env(|name| std::env::var(name).ok())
-            .map_err(|e| anyhow::anyhow!("OTEL_* environment: {e}"))?;
-        let exporter = Exporter::start(&export_config).context("cannot start the exporter")?;
+        let exporter = Exporter::start(&config.export).context("cannot start the exporter")?;
         let mut fanout = Fanout::new(Sampler::new(config.sampling.clone()), exporter.handle());
         if let Some(monitor) = monitor {
             fanout = fanout.with_consumer(monitor);

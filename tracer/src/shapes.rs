@@ -12,6 +12,7 @@ use anyhow::Context;
 
 use crate::agent::{self, Agent};
 use crate::config::Config;
+use crate::export::{ExportConfig, ExportUse};
 use crate::metrics::{Metrics, SharedMetrics};
 use crate::monitor::{Monitor, MonitorSettings, RootSpanOut, SpanSink};
 use crate::otlp_out::Forwarder;
@@ -73,8 +74,12 @@ pub struct MonitorArgs {
 }
 
 /// Config file, with the command line's overrides applied and checked.
-fn load_config(args: &CommonArgs) -> anyhow::Result<Config> {
+fn load_config(args: &CommonArgs, usage: ExportUse) -> anyhow::Result<Config> {
     let mut config = Config::load_or_embedded(args.config.as_deref())?;
+    config
+        .export
+        .apply_process_env(None, usage)
+        .map_err(|e| anyhow::anyhow!("OTEL_* environment: {e}"))?;
     if let Some(listen) = args.listen {
         config.api.listen = listen;
     }
@@ -94,6 +99,21 @@ fn load_config(args: &CommonArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// The tracer's own spans (the orders' root spans) under `[export] service_name` and
+/// `resource_attributes`, as the exporter would dress them.
+fn own_span(mut span: SpanRecord, export: &ExportConfig) -> SpanRecord {
+    if let Some(name) = &export.service_name {
+        span.resource
+            .insert("service.name".into(), name.as_str().into());
+    }
+    for (key, value) in &export.resource_attributes {
+        span.resource
+            .entry(key.clone())
+            .or_insert_with(|| value.as_str().into());
+    }
+    span
+}
+
 /// What the agent pipeline gets in all-in-one mode.
 pub struct AgentHookup {
     pub config: Config,
@@ -111,8 +131,9 @@ const ROOT_SPAN_QUEUE: usize = 4096;
 /// `tracer run`: the agent pipeline feeds the monitor in-process; the monitor's root spans go
 /// out through the agent's exporter.
 pub async fn run_all_in_one(args: RunArgs) -> anyhow::Result<()> {
-    let config = load_config(&args.common)?;
+    let config = load_config(&args.common, ExportUse::AllInOne)?;
     let listen = config.api.listen;
+    let export = config.export.clone();
     let (root_tx, root_rx) = tokio::sync::mpsc::channel(ROOT_SPAN_QUEUE);
     let metrics: SharedMetrics = Arc::new(Metrics::new());
     let root_metrics = metrics.clone();
@@ -121,7 +142,7 @@ pub async fn run_all_in_one(args: RunArgs) -> anyhow::Result<()> {
         metrics,
         anonymous_loopback: args.common.allow_anonymous_loopback,
         root_spans: Some(Box::new(move |span| {
-            if root_tx.try_send(span).is_err() {
+            if root_tx.try_send(own_span(span, &export)).is_err() {
                 root_metrics.count_drop("root_span_queue_full");
             }
         })),
@@ -194,7 +215,8 @@ async fn run_agent_in_monitor(
 
 /// `tracer monitor`: OTLP in (gRPC + HTTP), lifecycle, API; spans forwarded upstream.
 pub async fn run_central(args: MonitorArgs) -> anyhow::Result<()> {
-    let config = load_config(&args.common)?;
+    let config = load_config(&args.common, ExportUse::Forwarding)?;
+    let export = config.export.clone();
     for (addr, flag) in [
         (args.otlp_grpc, "--otlp-grpc"),
         (args.otlp_http, "--otlp-http"),
@@ -242,9 +264,9 @@ pub async fn run_central(args: MonitorArgs) -> anyhow::Result<()> {
         config,
         metrics,
         anonymous_loopback: args.common.allow_anonymous_loopback,
-        root_spans: root_forwarder.map(|forwarder| -> RootSpanOut {
+        root_spans: root_forwarder.map(move |forwarder| -> RootSpanOut {
             Box::new(move |span| {
-                let request = receiver::otlp_from_spans(&[span]);
+                let request = receiver::otlp_from_spans(&[own_span(span, &export)]);
                 forwarder.send(prost::Message::encode_to_vec(&request).into());
             })
         }),
@@ -274,4 +296,30 @@ pub async fn run_central(args: MonitorArgs) -> anyhow::Result<()> {
     };
     monitor.shutdown();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_spans_take_the_configured_name_and_attributes() {
+        let mut span =
+            crate::lifecycle::root_span(&crate::lifecycle::OrderState::new("SO-1", 0), 1);
+        span.resource.insert("host.name".into(), "node-1".into());
+        let mut export = ExportConfig {
+            service_name: Some("shop-orders".into()),
+            ..ExportConfig::default()
+        };
+        export
+            .resource_attributes
+            .insert("deployment.environment".into(), "prod".into());
+        export
+            .resource_attributes
+            .insert("host.name".into(), "ignored".into());
+        let span = own_span(span, &export);
+        assert_eq!(span.resource["service.name"], "shop-orders".into());
+        assert_eq!(span.resource["deployment.environment"], "prod".into());
+        assert_eq!(span.resource["host.name"], "node-1".into());
+    }
 }
