@@ -23,7 +23,7 @@ pub use config::{
     StatusSource, Unmatched,
 };
 use extract::LazyJson;
-pub use extract::MAX_ORDER_ID_LEN;
+pub use extract::{MAX_ORDER_ID_LEN, clean_order_id};
 use template::Template;
 
 /// The ten statuses of an order's life, in order. The lifecycle monitor owns the transitions;

@@ -146,6 +146,60 @@ pub struct LifecycleCounters {
     pub orders_evicted: u64,
 }
 
+/// The span attributes the lifecycle reads ([`SpanView`]); a span is cut to these (and the
+/// resource's `service.name`) as it comes in, so nothing else reaches the store's inbox.
+const READ_ATTRIBUTES: [&str; 10] = [
+    "order.id",
+    "order.owner",
+    "order.rule",
+    "order.status",
+    "order.step",
+    "order.observed_status",
+    "order.lookup",
+    "order.key",
+    "http.response.status_code",
+    "error.type",
+];
+/// Longest attribute value kept (statuses, rule and service names, hashes); longer ones are
+/// dropped, not cut, so that two values never become one.
+const MAX_VALUE_LEN: usize = 256;
+
+/// `span` as the lifecycle keeps it: ids, kind, times, status, the attributes it reads
+/// within the agent's limits (order ids as the agent would accept them); `None` when no
+/// usable order id is left.
+pub fn minimal(span: SpanRecord) -> Option<SpanRecord> {
+    let fits = |value: &AttrValue| !matches!(value, AttrValue::Str(s) if s.len() > MAX_VALUE_LEN);
+    let mut attributes: std::collections::BTreeMap<String, AttrValue> = span
+        .attributes
+        .into_iter()
+        .filter(|(key, value)| READ_ATTRIBUTES.contains(&key.as_str()) && fits(value))
+        .collect();
+    let order_id = match attributes.get("order.id") {
+        Some(AttrValue::Str(raw)) => crate::orders::clean_order_id(raw)?,
+        _ => return None,
+    };
+    attributes.insert("order.id".into(), AttrValue::Str(order_id));
+    let resource = span
+        .resource
+        .into_iter()
+        .filter(|(key, value)| key == "service.name" && fits(value))
+        .collect();
+    Some(SpanRecord {
+        trace_id: span.trace_id,
+        span_id: span.span_id,
+        parent_span_id: span.parent_span_id,
+        links: Vec::new(),
+        name: String::new(),
+        kind: span.kind,
+        start_unix_nano: span.start_unix_nano,
+        end_unix_nano: span.end_unix_nano,
+        status: span.status,
+        resource,
+        attributes,
+        events: Vec::new(),
+    })
+}
+
 /// The fields of an exchange span the lifecycle reads.
 struct SpanView<'a> {
     order_id: &'a str,
@@ -307,9 +361,14 @@ impl Lifecycle {
         out
     }
 
-    /// Takes a span in; it is applied by a later `tick` once the reorder window has passed.
+    /// Takes a span in, cut to what the lifecycle reads ([`minimal`]); it is applied by a later
+    /// `tick` once the reorder window has passed.
     pub fn ingest(&mut self, span: SpanRecord, now: u64) -> Vec<Event> {
         let mut out = Vec::new();
+        let Some(span) = minimal(span) else {
+            self.counters.spans_without_order += 1;
+            return out;
+        };
         self.make_room(&mut out);
         let seq = self.next_seq;
         self.next_seq += 1;

@@ -342,3 +342,40 @@ fn spans_delivered_again_after_the_order_moved_on_change_nothing() {
         assert_eq!(lifecycle.order("SO-D").unwrap(), &before, "fault {fault:?}");
     }
 }
+
+#[test]
+fn spans_come_in_cut_to_what_the_lifecycle_reads() {
+    let mut span = Span::server("SO-1", "shop-api", "shop.create", T0)
+        .reached("INITIATED")
+        .attr("http.request.header.cookie", "secret")
+        .attr("order.rule", &"r".repeat(1000))
+        .at(0.0, 0.1);
+    span.name = "POST /orders?email=secret".into();
+    span.resource
+        .insert("host.name".into(), AttrValue::Str("secret".into()));
+    let cut = minimal(span.clone()).unwrap();
+    assert!(cut.name.is_empty() && cut.events.is_empty() && cut.links.is_empty());
+    assert_eq!(cut.resource.keys().collect::<Vec<_>>(), ["service.name"]);
+    assert!(!cut.attributes.contains_key("http.request.header.cookie"));
+    assert!(
+        !cut.attributes.contains_key("order.rule"),
+        "over-long values go"
+    );
+    assert_eq!(
+        cut.attributes["order.status"],
+        span.attributes["order.status"]
+    );
+    assert_eq!(minimal(cut.clone()), Some(cut), "idempotent");
+    for bad in ["", " ", &"X".repeat(20_000)] {
+        let mut span = span.clone();
+        span.attributes
+            .insert("order.id".into(), AttrValue::Str(bad.to_string()));
+        assert_eq!(minimal(span), None, "{bad:.20}");
+    }
+    let mut lifecycle = Lifecycle::new(test_config());
+    let mut without = span.clone();
+    without.attributes.remove("order.id");
+    lifecycle.ingest(without, T0);
+    assert_eq!(lifecycle.buffered_spans(), 0);
+    assert_eq!(lifecycle.counters().spans_without_order, 1);
+}
