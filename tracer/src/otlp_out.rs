@@ -10,8 +10,10 @@ use tokio::sync::mpsc;
 
 use crate::metrics::SharedMetrics;
 
-/// Upstream requests waiting to be sent; over this they are dropped and counted.
+/// Upstream requests waiting to be sent, and their bytes; over either they are dropped and
+/// counted (`forward_queue_full`).
 const FORWARD_QUEUE: usize = 1024;
+pub const FORWARD_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Posts protobuf bodies to one OTLP/HTTP endpoint.
@@ -107,31 +109,47 @@ impl OtlpPoster {
 /// A bounded queue of OTLP trace requests (protobuf bodies) to an upstream collector.
 #[derive(Clone)]
 pub struct Forwarder {
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<(Bytes, tokio::sync::OwnedSemaphorePermit)>,
+    bytes: std::sync::Arc<tokio::sync::Semaphore>,
     metrics: SharedMetrics,
 }
 
 impl Forwarder {
     /// Spawns the sender task on the current runtime.
     pub fn start(poster: OtlpPoster, metrics: SharedMetrics) -> Self {
-        let (tx, mut rx) = mpsc::channel::<Bytes>(FORWARD_QUEUE);
+        let (tx, mut rx) =
+            mpsc::channel::<(Bytes, tokio::sync::OwnedSemaphorePermit)>(FORWARD_QUEUE);
         let task_metrics = metrics.clone();
         tokio::spawn(async move {
-            while let Some(body) = rx.recv().await {
+            // The permit goes with the body: its bytes count until the post is done.
+            while let Some((body, _permit)) = rx.recv().await {
                 if let Err(err) = poster.post_bytes(body).await {
                     task_metrics.pipeline().add_export_failures(1);
                     tracing::warn!("forwarding spans upstream: {err}");
                 }
             }
         });
-        Self { tx, metrics }
+        Self {
+            tx,
+            bytes: std::sync::Arc::new(tokio::sync::Semaphore::new(FORWARD_QUEUE_BYTES / 1024)),
+            metrics,
+        }
     }
 
-    /// Queues a body; never waits (a slow upstream must not stall the receivers).
-    pub fn send(&self, body: Bytes) {
-        if self.tx.try_send(body).is_err() {
+    /// Queues a body; never waits (a slow upstream must not stall the receivers). `false`
+    /// when it was dropped (queue full), counted.
+    pub fn send(&self, body: Bytes) -> bool {
+        let units = u32::try_from(body.len().div_ceil(1024)).unwrap_or(u32::MAX);
+        let queued = self
+            .bytes
+            .clone()
+            .try_acquire_many_owned(units)
+            .ok()
+            .is_some_and(|permit| self.tx.try_send((body, permit)).is_ok());
+        if !queued {
             self.metrics.count_drop("forward_queue_full");
         }
+        queued
     }
 }
 

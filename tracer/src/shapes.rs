@@ -267,7 +267,8 @@ pub async fn run_central(args: MonitorArgs) -> anyhow::Result<()> {
         root_spans: root_forwarder.map(move |forwarder| -> RootSpanOut {
             Box::new(move |span| {
                 let request = receiver::otlp_from_spans(&[own_span(span, &export)]);
-                forwarder.send(prost::Message::encode_to_vec(&request).into());
+                // A root span dropped with the queue full is counted there.
+                let _ = forwarder.send(prost::Message::encode_to_vec(&request).into());
             })
         }),
     })
