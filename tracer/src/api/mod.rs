@@ -3,13 +3,20 @@
 //!
 //! - `GET /api/v1/orders/{id}`: the order with its timeline and detections;
 //! - `GET /api/v1/orders?status=&limit=&offset=`: orders, most recently active first;
-//! - `GET /api/v1/detections?open=&kind=&service=&order_id=&limit=&offset=`: newest first;
+//! - `GET /api/v1/orders?status=&waiting=true`: the followed orders of a status, longest
+//!   waiting first (the board's lists);
+//! - `GET /api/v1/detections?open=&kind=&service=&step=&order_id=&sort=oldest|newest&limit=&offset=`;
+//! - `GET /api/v1/board`: per status, orders there now, how many over the stuck limit, the
+//!   oldest one's age;
+//! - `GET /api/v1/dwell?window=24h`: per status, median / p90 / p99 of the stays that ended in
+//!   the window;
 //! - `GET /api/v1/stuck`, `GET /api/v1/lost`: the open `stuck` / `lost_in_transit` ones;
 //! - `GET /api/v1/audit?limit=&offset=`: the audit log, newest first;
 //! - `GET /` (page), `GET /metrics` (Prometheus), `GET /healthz` (liveness, no data).
 
 mod audit;
 mod auth;
+mod console;
 mod routes;
 
 use std::net::SocketAddr;
@@ -47,6 +54,9 @@ pub struct ApiConfig {
     pub alert_webhook: Option<String>,
     /// OTLP/HTTP logs endpoint (`…/v1/logs`) the audit log is copied to.
     pub audit_otlp_logs: Option<String>,
+    /// Jaeger's UI (e.g. `https://jaeger.example.com`): order views link to
+    /// `{jaeger_url}/trace/{trace_id}`.
+    pub jaeger_url: Option<String>,
     /// Serve `/metrics` without a token (metrics carry no order ids).
     pub metrics_public: bool,
     /// Largest page a list request may ask for.
@@ -66,6 +76,7 @@ impl Default for ApiConfig {
             auth: AuthConfig::default(),
             alert_webhook: None,
             audit_otlp_logs: None,
+            jaeger_url: None,
             metrics_public: false,
             max_page: 500,
             insecure: false,
@@ -88,6 +99,7 @@ impl ApiConfig {
         for (field, url) in [
             ("alert_webhook", &self.alert_webhook),
             ("audit_otlp_logs", &self.audit_otlp_logs),
+            ("jaeger_url", &self.jaeger_url),
         ] {
             if let Some(url) = url
                 && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -123,6 +135,8 @@ pub struct ApiState {
     pub audit: AuditLog,
     pub metrics: SharedMetrics,
     pub config: ApiConfig,
+    /// The lifecycle's statuses in order, with their limits (the board's columns).
+    pub statuses: Vec<crate::lifecycle::StatusConfig>,
 }
 
 /// The whole HTTP surface.

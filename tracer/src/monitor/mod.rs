@@ -168,6 +168,7 @@ impl Monitor {
             audit,
             metrics: metrics.clone(),
             config: config.api.clone(),
+            statuses: config.lifecycle.statuses.clone(),
         });
         Ok(Self {
             sink: SpanSink {
