@@ -86,10 +86,7 @@ impl Driver {
             request.json(&body)
         };
         let answer: Value = request.send().await.unwrap().json().await.unwrap();
-        assert!(
-            answer["value"].get("error").is_none(),
-            "{path}: {answer}"
-        );
+        assert!(answer["value"].get("error").is_none(), "{path}: {answer}");
         answer["value"].clone()
     }
 
@@ -185,7 +182,10 @@ async fn the_console_agrees_with_the_api_and_is_usable() {
     let (spans, truth) = fault_run("SO-C", now_ns() - 30 * S);
     replay(spans, &monitor.span_sink()).await;
     let client = reqwest::Client::new();
-    let faults = truth.lines().filter(|l| l.contains("\"detection\"")).count();
+    let faults = truth
+        .lines()
+        .filter(|l| l.contains("\"detection\""))
+        .count();
     // Every injected fault detected: the state the console shows is settled.
     wait_for(Duration::from_secs(30), "every fault detected", || async {
         let v = get_json(&client, &format!("{api}/api/v1/detections?limit=100")).await?;
@@ -284,7 +284,9 @@ async fn the_console_agrees_with_the_api_and_is_usable() {
     let order = get_json(&client, &format!("{api}/api/v1/orders/{stuck_order}"))
         .await
         .unwrap();
-    driver.click(&format!("#status-table a[href=\"#order/{stuck_order}\"]")).await;
+    driver
+        .click(&format!("#status-table a[href=\"#order/{stuck_order}\"]"))
+        .await;
     let bars = driver
         .until(
             "the order's bars",
@@ -297,7 +299,10 @@ async fn the_console_agrees_with_the_api_and_is_usable() {
         .await;
     assert_eq!(
         link,
-        json!(format!("{JAEGER}/trace/{}", order["trace_id"].as_str().unwrap()))
+        json!(format!(
+            "{JAEGER}/trace/{}",
+            order["trace_id"].as_str().unwrap()
+        ))
     );
     assert_eq!(
         driver

@@ -93,7 +93,10 @@ async fn page_shows_an_orders_timeline_and_the_open_detections() {
     );
     // The open detections table lists the stuck and the lost order, linking to them.
     let listed = headless(&format!("{api}/#detections"), &profile, &["--dump-dom"]);
-    let table = listed.split(r#"<table id="detections">"#).nth(1).unwrap_or("");
+    let table = listed
+        .split(r#"<table id="detections">"#)
+        .nth(1)
+        .unwrap_or("");
     assert!(
         table.contains(r##"href="#order/SO-B-hung""##) && table.contains(">stuck<"),
         "{table}"
