@@ -5,14 +5,17 @@
 //! resolves it when the order moves on.
 
 // This test drives the testbed's services itself, not a whole `testbed run`.
+#[path = "support/alertmanager.rs"]
+mod alertmanager;
 #[allow(dead_code)]
 #[path = "support/testbed_run.rs"]
 mod testbed_run;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use alertmanager::{free_port, spawn};
 use serde_json::{Value, json};
 use testbed_run::{bin_dir, free_base_port, scratch};
 
@@ -41,37 +44,6 @@ fn alert_rules_pass_promtool_and_their_unit_tests() {
     assert!(checked.contains("SUCCESS"), "{checked}");
     let tested = promtool(&["test", "rules", "order-tracer.rules.test.yml"]);
     assert!(tested.contains("SUCCESS"), "{tested}");
-}
-
-/// A process this test started, stopped by its PID.
-struct Owned(Child);
-
-impl Drop for Owned {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(program: &Path, args: &[String], log: &Path, what: &'static str) -> Owned {
-    let child = Command::new(program)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(log.with_extension("out")).unwrap())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what} ({}): {e}", program.display()));
-    Owned(child)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn wait_until<T, F, Fut>(limit: Duration, what: &str, logs: &[&Path], mut check: F) -> T
@@ -116,46 +88,14 @@ fn rules_with_short_holds() -> String {
         .join("\n")
 }
 
-/// Alertmanager's alerts named `name` (active ones unless `all`).
-async fn alertmanager_alerts(client: &reqwest::Client, url: &str, name: &str) -> Vec<Value> {
-    let list: Value = match client
-        .get(format!(
-            "{url}/api/v2/alerts?filter=alertname%3D%22{name}%22"
-        ))
-        .send()
-        .await
-    {
-        Ok(r) => r.json().await.unwrap_or(Value::Null),
-        Err(_) => Value::Null,
-    };
-    list.as_array().cloned().unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_order_pages_through_prometheus_and_alertmanager_and_resolves() {
     let dir = scratch("prometheus");
     tracer::process::install_crypto_provider();
     let client = reqwest::Client::new();
 
-    // Alertmanager: one null receiver, no cluster port.
-    let am_port = free_port();
-    let am_url = format!("http://127.0.0.1:{am_port}");
-    std::fs::write(
-        dir.join("alertmanager.yml"),
-        "route:\n  receiver: 'null'\n  group_wait: 1s\n  group_interval: 1s\nreceivers:\n  - name: 'null'\n",
-    )
-    .unwrap();
-    let _alertmanager = spawn(
-        Path::new("prometheus-alertmanager"),
-        &[
-            format!("--config.file={}", dir.join("alertmanager.yml").display()),
-            format!("--storage.path={}", dir.join("am-data").display()),
-            format!("--web.listen-address=127.0.0.1:{am_port}"),
-            "--cluster.listen-address=".into(),
-        ],
-        &dir.join("alertmanager.log"),
-        "alertmanager",
-    );
+    let (_alertmanager, am_url) = alertmanager::start(&dir);
+    let am_port = am_url.rsplit(':').next().unwrap().to_string();
 
     // tracer run on the embedded default (the testbed's config: INITIATED is stuck after 8 s).
     let api_port = free_port();
@@ -172,7 +112,6 @@ async fn a_stuck_order_pages_through_prometheus_and_alertmanager_and_resolves() 
             dir.join("orders.db").display().to_string(),
         ],
         &tracer_log,
-        "tracer run",
     );
     wait_until(
         Duration::from_secs(60),
@@ -208,7 +147,6 @@ async fn a_stuck_order_pages_through_prometheus_and_alertmanager_and_resolves() 
             "--rules.alert.resend-delay=1s".into(),
         ],
         &prom_log,
-        "prometheus",
     );
     wait_until(
         Duration::from_secs(30),
@@ -237,7 +175,6 @@ async fn a_stuck_order_pages_through_prometheus_and_alertmanager_and_resolves() 
         &bin_dir().join("testbed"),
         &["serve".into(), "--base-port".into(), base_port.to_string()],
         &testbed_log,
-        "testbed serve",
     );
     let shop = format!("http://127.0.0.1:{base_port}");
     wait_until(
@@ -289,7 +226,7 @@ async fn a_stuck_order_pages_through_prometheus_and_alertmanager_and_resolves() 
         "OrdersStuck at Alertmanager",
         &logs,
         || async {
-            let alerts = alertmanager_alerts(&client, &am_url, "OrdersStuck").await;
+            let alerts = alertmanager::alerts(&client, &am_url, "OrdersStuck").await;
             alerts
                 .into_iter()
                 .find(|a| a["status"]["state"] == "active")
@@ -326,7 +263,7 @@ async fn a_stuck_order_pages_through_prometheus_and_alertmanager_and_resolves() 
         "OrdersStuck resolved at Alertmanager",
         &logs,
         || async {
-            let alerts = alertmanager_alerts(&client, &am_url, "OrdersStuck").await;
+            let alerts = alertmanager::alerts(&client, &am_url, "OrdersStuck").await;
             alerts
                 .iter()
                 .all(|a| a["status"]["state"] != "active")

@@ -50,8 +50,11 @@ pub struct ApiConfig {
     pub otlp_client_ca: Option<PathBuf>,
     pub auth: AuthConfig,
     /// Alertmanager-compatible webhook receiving one notification per detection raised and
-    /// resolved.
+    /// resolved (Alertmanager's webhook format, for relays).
     pub alert_webhook: Option<String>,
+    /// Alertmanager itself (e.g. `http://alertmanager:9093`): each detection is posted to its
+    /// `POST /api/v2/alerts`, firing while open, with `endsAt` when resolved.
+    pub alertmanager_url: Option<String>,
     /// OTLP/HTTP logs endpoint (`…/v1/logs`) the audit log is copied to.
     pub audit_otlp_logs: Option<String>,
     /// Jaeger's UI (e.g. `https://jaeger.example.com`): order views link to
@@ -75,6 +78,7 @@ impl Default for ApiConfig {
             otlp_client_ca: None,
             auth: AuthConfig::default(),
             alert_webhook: None,
+            alertmanager_url: None,
             audit_otlp_logs: None,
             jaeger_url: None,
             metrics_public: false,
@@ -98,6 +102,7 @@ impl ApiConfig {
         }
         for (field, url) in [
             ("alert_webhook", &self.alert_webhook),
+            ("alertmanager_url", &self.alertmanager_url),
             ("audit_otlp_logs", &self.audit_otlp_logs),
             ("jaeger_url", &self.jaeger_url),
         ] {
