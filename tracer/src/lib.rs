@@ -36,3 +36,4 @@ pub mod shapes;
 pub mod spans;
 pub mod store;
 pub mod streams;
+pub mod transport;

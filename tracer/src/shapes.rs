@@ -58,9 +58,19 @@ pub struct MonitorArgs {
     #[arg(long, default_value = "127.0.0.1:4318")]
     pub otlp_http: SocketAddr,
     /// OTLP/HTTP traces endpoint of the upstream (Jaeger or a Collector), e.g.
-    /// `http://jaeger:4318/v1/traces`: received spans and the orders' root spans go there.
+    /// `https://jaeger:4318/v1/traces`: received spans and the orders' root spans go there.
+    /// Plain `http://` only to this host, unless [api] insecure = true.
     #[arg(long)]
     pub forward_to: Option<String>,
+    /// PEM CA that signed the upstream's certificate (beside the system's roots).
+    #[arg(long, requires = "forward_to")]
+    pub forward_ca: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS to the upstream (with --forward-client-key).
+    #[arg(long, requires = "forward_client_key")]
+    pub forward_client_cert: Option<PathBuf>,
+    /// PEM private key of --forward-client-cert.
+    #[arg(long, requires = "forward_client_cert")]
+    pub forward_client_key: Option<PathBuf>,
 }
 
 /// Config file, with the command line's overrides applied and checked.
@@ -225,10 +235,30 @@ pub async fn run_central(args: MonitorArgs) -> anyhow::Result<()> {
     let listen = config.api.listen;
     crate::process::install_crypto_provider();
     let metrics: SharedMetrics = Arc::new(Metrics::new());
-    let forwarder = args
-        .forward_to
-        .as_deref()
-        .map(|url| Forwarder::start(url, metrics.clone()));
+    let forwarder = match args.forward_to.as_deref() {
+        None => None,
+        Some(url) => {
+            crate::transport::check_url(
+                url,
+                "--forward-to",
+                config.api.insecure,
+                "[api] insecure = true",
+            )
+            .map_err(anyhow::Error::msg)?;
+            let tls = crate::otlp_out::ClientTls {
+                ca_file: args.forward_ca.clone(),
+                client_cert: args.forward_client_cert.clone(),
+                client_key: args.forward_client_key.clone(),
+            };
+            let poster = crate::otlp_out::OtlpPoster::with_tls(
+                url,
+                &tls,
+                "--forward-ca / --forward-client-cert",
+            )
+            .map_err(anyhow::Error::msg)?;
+            Some(Forwarder::start(poster, metrics.clone()))
+        }
+    };
     let root_forwarder = forwarder.clone();
     let monitor = Monitor::start(MonitorSettings {
         config,

@@ -64,8 +64,10 @@ pub struct ApiConfig {
     pub metrics_public: bool,
     /// Largest page a list request may ask for.
     pub max_page: u32,
-    /// Serve plain HTTP on an address other than loopback, bearer tokens and order data in
-    /// clear. Off: such an address needs `tls_cert` and `tls_key`.
+    /// Plain text across the network, both ways: serve plain HTTP on an address other than
+    /// loopback (bearer tokens and order data in clear), and send to `http://` URLs of other
+    /// hosts (`alert_webhook`, `audit_otlp_logs`, `jwks_url`, `tracer monitor --forward-to`).
+    /// Off: listening off loopback needs `tls_cert` and `tls_key`, and those URLs `https://`.
     pub insecure: bool,
 }
 
@@ -100,17 +102,22 @@ impl ApiConfig {
                     .into(),
             );
         }
+        let jwks_url = self.auth.oidc.as_ref().and_then(|o| o.jwks_url.as_ref());
         for (field, url) in [
-            ("alert_webhook", &self.alert_webhook),
-            ("alertmanager_url", &self.alertmanager_url),
-            ("audit_otlp_logs", &self.audit_otlp_logs),
-            ("jaeger_url", &self.jaeger_url),
+            ("[api] alert_webhook", self.alert_webhook.as_ref()),
+            ("[api] alertmanager_url", self.alertmanager_url.as_ref()),
+            ("[api] audit_otlp_logs", self.audit_otlp_logs.as_ref()),
+            ("[api.auth.oidc] jwks_url", jwks_url),
         ] {
-            if let Some(url) = url
-                && !(url.starts_with("http://") || url.starts_with("https://"))
-            {
-                return Err(format!("[api] {field}: give an http:// or https:// URL"));
+            if let Some(url) = url {
+                crate::transport::check_url(url, field, self.insecure, "[api] insecure = true")?;
             }
+        }
+        // A link for the operators' browsers, not a connection the monitor makes.
+        if let Some(url) = &self.jaeger_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err("[api] jaeger_url: give an http:// or https:// URL".into());
         }
         if self.max_page == 0 {
             return Err("[api] max_page must be at least 1".into());
@@ -193,11 +200,60 @@ pub async fn serve_on(state: Arc<ApiState>, listener: std::net::TcpListener) -> 
     Ok(())
 }
 
-/// Authenticates, then audits, every request.
+/// Longest request target and header block the API takes. Past them the answer is 414 / 431
+/// from here, audited; hyper's own limits are far above, and its refusals would bypass the
+/// audit.
+const MAX_TARGET_BYTES: usize = 8 * 1024;
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+fn oversized(request: &Request) -> Option<(StatusCode, &'static str)> {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    if target > MAX_TARGET_BYTES {
+        return Some((StatusCode::URI_TOO_LONG, "request target too long"));
+    }
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    (headers > MAX_HEADER_BYTES).then_some((
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "request headers too large",
+    ))
+}
+
+/// The order a request is about, decoded by the extractors the handlers use (so
+/// `order%5Fid=X` is the same `order_id` for both): a path's `{order_id}`, an order's `{id}`,
+/// or the query's `order_id`.
+async fn audited_order(parts: &mut axum::http::request::Parts, matched: &str) -> Option<String> {
+    use axum::extract::{FromRequestParts, Query, RawPathParams};
+    if let Ok(params) = RawPathParams::from_request_parts(parts, &()).await {
+        let under_orders = matched.starts_with("/api/v1/orders/");
+        if let Some((_, value)) = params
+            .iter()
+            .find(|(key, _)| *key == "order_id" || (under_orders && *key == "id"))
+        {
+            return Some(value.to_string());
+        }
+    }
+    let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri).ok()?;
+    pairs
+        .into_iter()
+        .find_map(|(key, value)| (key == "order_id").then_some(value))
+}
+
+fn error(status: StatusCode, text: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": text }))).into_response()
+}
+
+/// Authenticates, then audits, every request; refusals are audited within a rate.
 async fn guard(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> Response {
     let path = request
@@ -206,53 +262,71 @@ async fn guard(
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| request.uri().path().to_string());
     let action = format!("{} {}", request.method(), path);
-    let order_id = routes::order_of(&path, request.uri());
+    let refusal = |result: StatusCode, order_id: Option<String>| AuditEntry {
+        at: crate::clock::unix_now(),
+        who: format!("refused@{}", peer.ip()),
+        action: action.clone(),
+        order_id,
+        result: result.as_u16().to_string(),
+    };
+    if let Some((status, reason)) = oversized(&request) {
+        state.audit.record_refusal(refusal(status, None)).await;
+        return error(status, reason);
+    }
+    let (mut parts, body) = request.into_parts();
+    let order_id = audited_order(&mut parts, &path).await;
+    let mut request = Request::from_parts(parts, body);
     let public = path == "/metrics" && state.config.metrics_public;
     let authorization = request
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or("invalid"));
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()));
     let checked = if public {
         Ok(Principal(format!("public@{}", peer.ip())))
     } else {
-        state.auth.check(authorization, peer).await
+        state.auth.check(authorization, peer, host).await
     };
-    let (who, response) = match checked {
+    match checked {
         Ok(principal) => {
             let who = principal.0.clone();
             request.extensions_mut().insert(principal);
-            (who, next.run(request).await)
+            let response = next.run(request).await;
+            let entry = AuditEntry {
+                at: crate::clock::unix_now(),
+                who,
+                action,
+                order_id,
+                result: response.status().as_u16().to_string(),
+            };
+            match state.audit.record(entry).await {
+                Ok(()) => response,
+                // Fail closed: what cannot be audited is not answered.
+                Err(_) => error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the audit log cannot be written; try again later",
+                ),
+            }
         }
         Err(err) => {
-            let status = match err {
-                AuthError::Forbidden => StatusCode::FORBIDDEN,
-                _ => StatusCode::UNAUTHORIZED,
-            };
-            let mut response = (
-                status,
-                axum::Json(serde_json::json!({"error": err.to_string()})),
-            )
-                .into_response();
+            let (code, text) = err.public();
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::UNAUTHORIZED);
+            tracing::info!(peer = %peer.ip(), %action, "request refused: {err}");
+            let mut response = error(status, text);
             if status == StatusCode::UNAUTHORIZED {
                 response.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"order-tracer\""),
                 );
             }
-            (format!("refused@{}", peer.ip()), response)
+            state.audit.record_refusal(refusal(status, order_id)).await;
+            response
         }
-    };
-    state
-        .audit
-        .record(AuditEntry {
-            at: crate::clock::unix_now(),
-            who,
-            action,
-            order_id,
-            result: response.status().as_u16().to_string(),
-        })
-        .await;
-    response
+    }
 }
 
 #[cfg(test)]

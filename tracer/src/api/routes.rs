@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, Uri, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
@@ -43,38 +43,6 @@ pub(super) fn routes() -> Router<Arc<ApiState>> {
             "/style.css",
             get(|| asset("text/css; charset=utf-8", PAGE_CSS)),
         )
-}
-
-/// The order a request is about, for the audit log.
-pub(super) fn order_of(matched_path: &str, uri: &Uri) -> Option<String> {
-    if matched_path == "/api/v1/orders/{id}" {
-        return uri.path().rsplit('/').next().map(percent_decode);
-    }
-    uri.query()?
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("order_id="))
-        .map(percent_decode)
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Some(byte) = std::str::from_utf8(&bytes[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(byte);
-            i += 3;
-        } else {
-            out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -418,25 +386,6 @@ async fn list_audit(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_audited_order_comes_from_the_path_or_the_query() {
-        let uri: Uri = "/api/v1/orders/SO-1%2F2".parse().unwrap();
-        assert_eq!(
-            order_of("/api/v1/orders/{id}", &uri).as_deref(),
-            Some("SO-1/2")
-        );
-        let uri: Uri = "/api/v1/detections?open=true&order_id=SO-9"
-            .parse()
-            .unwrap();
-        assert_eq!(
-            order_of("/api/v1/detections", &uri).as_deref(),
-            Some("SO-9")
-        );
-        let uri: Uri = "/api/v1/detections?open=true".parse().unwrap();
-        assert_eq!(order_of("/api/v1/detections", &uri), None);
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
-    }
 
     #[test]
     fn pages_know_whether_more_follow() {

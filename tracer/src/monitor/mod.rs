@@ -116,6 +116,7 @@ impl Monitor {
         }
         let path = &config.store.path;
         let writer = Store::open(path)?;
+        writer.set_audit_retention(config.store.audit_retention_ns())?;
         let reader = Store::open(path)?;
         let orders = writer.load_active()?;
         let resumed = orders.len();
@@ -140,6 +141,15 @@ impl Monitor {
             alert_targets = ?outbox.targets(),
             "lifecycle monitor started"
         );
+        let lifecycle_config = lifecycle.config();
+        metrics.know_services(
+            lifecycle_config
+                .statuses
+                .iter()
+                .map(|s| s.service.as_str())
+                .chain(lifecycle_config.transits.iter().map(|t| t.service.as_str()))
+                .chain(config.services.iter().map(|s| s.name.as_str())),
+        );
         metrics.refresh(&lifecycle);
         let (tx, rx) = std::sync::mpsc::sync_channel(SPAN_QUEUE);
         let stop = Arc::new(AtomicBool::new(false));
@@ -153,6 +163,7 @@ impl Monitor {
             outbox,
             root_spans: settings.root_spans,
             retention_ns: config.store.retention_ns(),
+            audit_retention_ns: config.store.audit_retention_ns(),
             purge_every: Duration::from_secs_f64(config.store.purge_interval_secs),
         };
         let core_stop = stop.clone();
@@ -250,6 +261,7 @@ struct Core {
     outbox: Outbox,
     root_spans: Option<RootSpanOut>,
     retention_ns: u64,
+    audit_retention_ns: u64,
     purge_every: Duration,
 }
 
@@ -359,8 +371,10 @@ impl Core {
     }
 
     fn purge(&mut self) {
-        let cutoff = crate::clock::unix_now().saturating_sub(self.retention_ns);
-        match self.store.purge(cutoff) {
+        let now = crate::clock::unix_now();
+        let cutoff = now.saturating_sub(self.retention_ns);
+        let audit_cutoff = now.saturating_sub(self.audit_retention_ns);
+        match self.store.purge(cutoff, audit_cutoff) {
             Ok(0) => {}
             Ok(rows) => tracing::info!(rows, "purged records older than the retention"),
             Err(err) => {
