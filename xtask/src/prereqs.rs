@@ -20,6 +20,12 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("python3", "python3"),
     ("curl", "curl"),
     ("chromium", "chromium"),
+    // WebDriver for the console's browser test.
+    ("chromium-driver", "chromedriver"),
+    // promtool checks and unit-tests the alert rules; a real Prometheus and Alertmanager
+    // run them end to end.
+    ("prometheus", "promtool"),
+    ("prometheus-alertmanager", "prometheus-alertmanager"),
 ];
 const DEMO_PACKAGES: &[(&str, &str)] = &[("curl", "curl")];
 const BENCH_PACKAGES: &[(&str, &str)] = &[("wrk", "wrk"), ("curl", "curl")];
@@ -27,6 +33,9 @@ const ALL_PACKAGES: &[(&str, &str)] = &[
     ("python3", "python3"),
     ("curl", "curl"),
     ("chromium", "chromium"),
+    ("chromium-driver", "chromedriver"),
+    ("prometheus", "promtool"),
+    ("prometheus-alertmanager", "prometheus-alertmanager"),
     ("wrk", "wrk"),
 ];
 

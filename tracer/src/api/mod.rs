@@ -3,13 +3,20 @@
 //!
 //! - `GET /api/v1/orders/{id}`: the order with its timeline and detections;
 //! - `GET /api/v1/orders?status=&limit=&offset=`: orders, most recently active first;
-//! - `GET /api/v1/detections?open=&kind=&service=&order_id=&limit=&offset=`: newest first;
+//! - `GET /api/v1/orders?status=&waiting=true`: the followed orders of a status, longest
+//!   waiting first (the board's lists);
+//! - `GET /api/v1/detections?open=&kind=&service=&step=&order_id=&sort=oldest|newest&limit=&offset=`;
+//! - `GET /api/v1/board`: per status, orders there now, how many over the stuck limit, the
+//!   oldest one's age;
+//! - `GET /api/v1/dwell?window=24h`: per status, median / p90 / p99 of the stays that ended in
+//!   the window;
 //! - `GET /api/v1/stuck`, `GET /api/v1/lost`: the open `stuck` / `lost_in_transit` ones;
 //! - `GET /api/v1/audit?limit=&offset=`: the audit log, newest first;
 //! - `GET /` (page), `GET /metrics` (Prometheus), `GET /healthz` (liveness, no data).
 
 mod audit;
 mod auth;
+mod console;
 mod routes;
 
 use std::net::SocketAddr;
@@ -43,10 +50,16 @@ pub struct ApiConfig {
     pub otlp_client_ca: Option<PathBuf>,
     pub auth: AuthConfig,
     /// Alertmanager-compatible webhook receiving one notification per detection raised and
-    /// resolved.
+    /// resolved (Alertmanager's webhook format, for relays).
     pub alert_webhook: Option<String>,
+    /// Alertmanager itself (e.g. `http://alertmanager:9093`): each detection is posted to its
+    /// `POST /api/v2/alerts`, firing while open, with `endsAt` when resolved.
+    pub alertmanager_url: Option<String>,
     /// OTLP/HTTP logs endpoint (`…/v1/logs`) the audit log is copied to.
     pub audit_otlp_logs: Option<String>,
+    /// Jaeger's UI (e.g. `https://jaeger.example.com`): order views link to
+    /// `{jaeger_url}/trace/{trace_id}`.
+    pub jaeger_url: Option<String>,
     /// Serve `/metrics` without a token (metrics carry no order ids).
     pub metrics_public: bool,
     /// Largest page a list request may ask for.
@@ -67,7 +80,9 @@ impl Default for ApiConfig {
             otlp_client_ca: None,
             auth: AuthConfig::default(),
             alert_webhook: None,
+            alertmanager_url: None,
             audit_otlp_logs: None,
+            jaeger_url: None,
             metrics_public: false,
             max_page: 500,
             insecure: false,
@@ -90,12 +105,19 @@ impl ApiConfig {
         let jwks_url = self.auth.oidc.as_ref().and_then(|o| o.jwks_url.as_ref());
         for (field, url) in [
             ("[api] alert_webhook", self.alert_webhook.as_ref()),
+            ("[api] alertmanager_url", self.alertmanager_url.as_ref()),
             ("[api] audit_otlp_logs", self.audit_otlp_logs.as_ref()),
             ("[api.auth.oidc] jwks_url", jwks_url),
         ] {
             if let Some(url) = url {
                 crate::transport::check_url(url, field, self.insecure, "[api] insecure = true")?;
             }
+        }
+        // A link for the operators' browsers, not a connection the monitor makes.
+        if let Some(url) = &self.jaeger_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err("[api] jaeger_url: give an http:// or https:// URL".into());
         }
         if self.max_page == 0 {
             return Err("[api] max_page must be at least 1".into());
@@ -125,6 +147,8 @@ pub struct ApiState {
     pub audit: AuditLog,
     pub metrics: SharedMetrics,
     pub config: ApiConfig,
+    /// The lifecycle's statuses in order, with their limits (the board's columns).
+    pub statuses: Vec<crate::lifecycle::StatusConfig>,
 }
 
 /// The whole HTTP surface.

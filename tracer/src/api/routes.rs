@@ -31,6 +31,8 @@ pub(super) fn routes() -> Router<Arc<ApiState>> {
         .route("/api/v1/stuck", get(list_stuck))
         .route("/api/v1/lost", get(list_lost))
         .route("/api/v1/audit", get(list_audit))
+        .route("/api/v1/board", get(super::console::board))
+        .route("/api/v1/dwell", get(super::console::dwell))
         .route("/metrics", get(metrics))
         .route("/", get(|| asset("text/html; charset=utf-8", PAGE_HTML)))
         .route(
@@ -69,7 +71,7 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
         .into_response()
 }
 
-pub(super) struct ApiError(StatusCode, String);
+pub(super) struct ApiError(pub(super) StatusCode, pub(super) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -78,7 +80,7 @@ impl IntoResponse for ApiError {
 }
 
 /// Runs a store read off the async threads.
-async fn read<T: Send + 'static>(
+pub(super) async fn read<T: Send + 'static>(
     state: &Arc<ApiState>,
     job: impl FnOnce(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -142,6 +144,8 @@ struct OrderView {
     order_id: String,
     status: Option<String>,
     trace_id: String,
+    /// The order's trace in Jaeger, when `[api] jaeger_url` is set.
+    trace_url: Option<String>,
     first_seen: String,
     last_activity: String,
     closed_at: Option<String>,
@@ -151,7 +155,8 @@ struct OrderView {
     detections: Vec<DetectionView>,
 }
 
-fn order_view(order: &OrderState, now: u64) -> OrderView {
+fn order_view(order: &OrderState, now: u64, jaeger_url: Option<&str>) -> OrderView {
+    let trace_id = hex::encode(crate::spans::order_trace_id(&order.order_id));
     let mut history = Vec::with_capacity(order.history.len());
     let mut time_in_status = BTreeMap::new();
     for (i, entry) in order.history.iter().enumerate() {
@@ -173,7 +178,9 @@ fn order_view(order: &OrderState, now: u64) -> OrderView {
     OrderView {
         order_id: order.order_id.clone(),
         status: order.status.clone(),
-        trace_id: hex::encode(crate::spans::order_trace_id(&order.order_id)),
+        trace_url: jaeger_url
+            .map(|base| format!("{}/trace/{trace_id}", base.trim_end_matches('/'))),
+        trace_id,
         first_seen: rfc3339(order.first_seen),
         last_activity: rfc3339(order.last_activity),
         closed_at: order.closed_at.map(rfc3339),
@@ -190,7 +197,11 @@ async fn get_order(
     let wanted = id.clone();
     let order = read(&state, move |store| store.order(&wanted)).await?;
     match order {
-        Some(order) => Ok(Json(order_view(&order, crate::clock::unix_now()))),
+        Some(order) => Ok(Json(order_view(
+            &order,
+            crate::clock::unix_now(),
+            state.config.jaeger_url.as_deref(),
+        ))),
         None => Err(ApiError(StatusCode::NOT_FOUND, format!("no order {id}"))),
     }
 }
@@ -241,6 +252,8 @@ fn page<T>(mut items: Vec<T>, limit: u32, offset: u64) -> Page<T> {
 #[derive(Deserialize)]
 struct OrdersParams {
     status: Option<String>,
+    /// `true`: only followed orders, longest in their status first (the board's lists).
+    waiting: Option<bool>,
     limit: Option<u32>,
     offset: Option<u64>,
 }
@@ -253,6 +266,7 @@ async fn list_orders(
     let offset = params.offset.unwrap_or(0);
     let query = OrderQuery {
         status: params.status.filter(|s| !s.is_empty()),
+        waiting: params.waiting.unwrap_or(false),
         limit: limit + 1,
         offset,
     };
@@ -265,7 +279,10 @@ struct DetectionParams {
     open: Option<bool>,
     kind: Option<String>,
     service: Option<String>,
+    step: Option<String>,
     order_id: Option<String>,
+    /// `oldest` (the longest-standing first) or `newest` (the default).
+    sort: Option<String>,
     limit: Option<u32>,
     offset: Option<u64>,
 }
@@ -294,7 +311,18 @@ async fn detections_page(
         open: params.open,
         kind,
         service: params.service.filter(|s| !s.is_empty()),
+        step: params.step.filter(|s| !s.is_empty()),
         order_id: params.order_id.filter(|s| !s.is_empty()),
+        oldest_first: match params.sort.as_deref() {
+            None | Some("") | Some("newest") => false,
+            Some("oldest") => true,
+            Some(other) => {
+                return Err(ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!("sort {other:?}: use oldest or newest"),
+                ));
+            }
+        },
         limit: limit + 1,
         offset,
     };
@@ -379,7 +407,11 @@ mod tests {
                 span_id: "00".into(),
             });
         }
-        let view = order_view(&order, 5_000_000_000);
+        let view = order_view(&order, 5_000_000_000, Some("https://jaeger.example/"));
+        assert_eq!(
+            view.trace_url.as_deref(),
+            Some(format!("https://jaeger.example/trace/{}", view.trace_id).as_str())
+        );
         assert_eq!(view.history[0].dwell_secs, 2.0);
         assert_eq!(view.time_in_status["FILE_UPLOADED"], 3.0);
         assert_eq!(view.history[0].at, "1970-01-01T00:00:00Z");

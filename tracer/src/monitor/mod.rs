@@ -7,6 +7,7 @@
 //! raises a detection twice nor loses its alert; a failed save is retried with everything it
 //! held.
 
+pub mod alertmanager;
 pub mod alerts;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -124,9 +125,13 @@ impl Monitor {
         let requeued = inbox.len();
         let resumed_events = lifecycle.resume_inbox(inbox);
         let metrics = settings.metrics;
+        let open = lifecycle
+            .orders()
+            .flat_map(|o| o.open_detections().cloned())
+            .collect();
         let outbox = Outbox::start(
             Store::open(path)?,
-            alerts::targets(&config.api),
+            alerts::targets(&config.api, open),
             metrics.clone(),
         )?;
         tracing::info!(
@@ -179,6 +184,7 @@ impl Monitor {
             audit,
             metrics: metrics.clone(),
             config: config.api.clone(),
+            statuses: config.lifecycle.statuses.clone(),
         });
         Ok(Self {
             sink: SpanSink {

@@ -5,6 +5,7 @@
 //! payloads. Rows older than the retention are purged. The schema is versioned with
 //! `PRAGMA user_version`; migrations run at open, in order, each in a transaction.
 
+mod console;
 mod outbox;
 mod query;
 
@@ -16,6 +17,7 @@ use serde::Deserialize;
 use crate::lifecycle::{Changes, OrderState};
 use crate::spans::SpanRecord;
 
+pub use console::{Stay, Waiting};
 pub use outbox::PendingAlert;
 pub use query::{AuditEntry, DetectionQuery, OrderQuery, OrderSummary};
 

@@ -86,6 +86,7 @@ fn lists_filter_and_page_newest_first() {
             status: Some("INITIATED".into()),
             limit: 2,
             offset: 0,
+            ..Default::default()
         })
         .unwrap();
     assert_eq!(
@@ -97,6 +98,7 @@ fn lists_filter_and_page_newest_first() {
             status: Some("INITIATED".into()),
             limit: 2,
             offset: 2,
+            ..Default::default()
         })
         .unwrap();
     assert_eq!(next.len(), 1);
