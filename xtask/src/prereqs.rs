@@ -29,6 +29,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
 ];
 const DEMO_PACKAGES: &[(&str, &str)] = &[("curl", "curl")];
 const BENCH_PACKAGES: &[(&str, &str)] = &[("wrk", "wrk"), ("curl", "curl")];
+/// libfuzzer-sys compiles libFuzzer (C++).
+const FUZZ_PACKAGES: &[(&str, &str)] = &[("g++", "g++")];
 const ALL_PACKAGES: &[(&str, &str)] = &[
     ("python3", "python3"),
     ("curl", "curl"),
@@ -37,6 +39,7 @@ const ALL_PACKAGES: &[(&str, &str)] = &[
     ("prometheus", "promtool"),
     ("prometheus-alertmanager", "prometheus-alertmanager"),
     ("wrk", "wrk"),
+    ("g++", "g++"),
 ];
 
 impl Needs {
@@ -62,6 +65,12 @@ impl Needs {
         Self {
             ebpf: true,
             debian: BENCH_PACKAGES,
+        }
+    }
+    pub fn fuzz() -> Self {
+        Self {
+            ebpf: true,
+            debian: FUZZ_PACKAGES,
         }
     }
     pub fn all() -> Self {
