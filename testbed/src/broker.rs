@@ -91,8 +91,7 @@ impl Broker {
                  `cargo xtask prereqs`)"
             );
         }
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         std::fs::write(dir.join("enabled_plugins"), "[].\n")?;
         std::fs::write(
             dir.join("rabbitmq.conf"),
@@ -110,7 +109,9 @@ impl Broker {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         die_with_parent(&mut epmd);
-        let epmd = epmd.spawn().with_context(|| format!("cannot start {EPMD}"))?;
+        let epmd = epmd
+            .spawn()
+            .with_context(|| format!("cannot start {EPMD}"))?;
         let mut server = Command::new(SERVER);
         server
             .env("HOME", dir)
@@ -212,7 +213,12 @@ pub async fn declare_topology(url: &str) -> anyhow::Result<()> {
         args
     };
     let queues = [
-        (CRM_QUEUE, FieldTable::default(), PRICED_EXCHANGE, keys::PRICED),
+        (
+            CRM_QUEUE,
+            FieldTable::default(),
+            PRICED_EXCHANGE,
+            keys::PRICED,
+        ),
         (
             "crm.priced-orders.apac",
             limited("x-message-ttl", 0),

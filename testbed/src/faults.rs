@@ -123,9 +123,7 @@ impl FaultKind {
                 (D::FailedStep, S::PriceCalculated, Service::Mes)
             }
             K::PricedOrderDropped => (D::LostInTransit, S::ManufacturingApproved, Service::Crm),
-            K::PricedOrderReturned => {
-                (D::FailedStep, S::ManufacturingApproved, Service::Queue)
-            }
+            K::PricedOrderReturned => (D::FailedStep, S::ManufacturingApproved, Service::Queue),
             K::WorkOrderDropped | K::WorkOrderUnacked => {
                 (D::LostInTransit, S::ManufacturingStarted, Service::Mes)
             }

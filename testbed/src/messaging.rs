@@ -97,10 +97,7 @@ impl Amqp {
                 .with_message_id(format!("{topic}-{order_id}").into()),
             Carry::HeaderAndMessageId => {
                 let mut headers = FieldTable::default();
-                headers.insert(
-                    "x-order-id".into(),
-                    AMQPValue::LongString(order_id.into()),
-                );
+                headers.insert("x-order-id".into(), AMQPValue::LongString(order_id.into()));
                 props.with_headers(headers).with_message_id(order_id.into())
             }
         };

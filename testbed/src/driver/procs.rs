@@ -39,7 +39,10 @@ impl Services {
     /// Starts the four services. Call it from the main thread: each child is told to die
     /// with the thread that started it, so even a killed driver leaves no orphans.
     pub fn spawn(launch: &Launch) -> anyhow::Result<Self> {
-        for log in [launch.request_log, launch.message_log].into_iter().flatten() {
+        for log in [launch.request_log, launch.message_log]
+            .into_iter()
+            .flatten()
+        {
             // A fresh log per run: the tracer's tests compare it with one run's spans.
             std::fs::File::create(log)
                 .with_context(|| format!("cannot create log {}", log.display()))?;

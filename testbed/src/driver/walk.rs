@@ -382,7 +382,8 @@ impl OrderWalk<'_> {
         let w = self.w;
         let id = self.id.clone();
         self.think().await;
-        let approve_fault = fault.filter(|k| matches!(k, K::WorkOrderDropped | K::WorkOrderUnacked));
+        let approve_fault =
+            fault.filter(|k| matches!(k, K::WorkOrderDropped | K::WorkOrderUnacked));
         let crm_deal = |path: &str| w.url(Service::Crm, &format!("/crm/v1/deals/{id}{path}"));
         let req = Self::with_fault(w.client.post(crm_deal("/approve")), approve_fault);
         self.send("approve", req, StatusCode::OK).await?;

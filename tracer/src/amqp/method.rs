@@ -255,6 +255,39 @@ pub fn parse_content_header(payload: &Bytes) -> Option<(u64, Properties)> {
 }
 
 impl Properties {
+    /// Properties as a publisher would encode them: text properties by name (others are
+    /// ignored) and a `headers` table of text values. For fixtures and benchmarks.
+    pub fn encode(text: &[(&str, &str)], headers: &[(&str, &str)]) -> Properties {
+        let mut flags = 0u16;
+        let mut list = Vec::new();
+        for (bit, name) in PROPERTY_NAMES.iter().enumerate() {
+            if *name == "headers" && !headers.is_empty() {
+                flags |= 0x8000 >> bit;
+                let mut table = Vec::new();
+                for (key, value) in headers {
+                    table.push(key.len() as u8);
+                    table.extend_from_slice(key.as_bytes());
+                    table.push(b'S');
+                    table.extend_from_slice(&(value.len() as u32).to_be_bytes());
+                    table.extend_from_slice(value.as_bytes());
+                }
+                list.extend_from_slice(&(table.len() as u32).to_be_bytes());
+                list.extend(table);
+            } else if let Some((_, value)) = text.iter().find(|(n, _)| n == name)
+                && is_text_property(name)
+            {
+                flags |= 0x8000 >> bit;
+                list.push(value.len() as u8);
+                list.extend_from_slice(value.as_bytes());
+            }
+        }
+        let mut encoded = flags.to_be_bytes().to_vec();
+        encoded.extend(list);
+        Properties {
+            encoded: Bytes::from(encoded),
+        }
+    }
+
     /// A text property by its 0-9-1 name (`message-id`, `correlation-id`, …).
     pub fn text(&self, name: &str) -> Option<Bytes> {
         match self.find(name)? {
@@ -274,7 +307,7 @@ impl Properties {
     fn find(&self, name: &str) -> Option<Value> {
         let wanted = PROPERTY_NAMES.iter().position(|n| *n == name)?;
         let mut r = Reader::new(&self.encoded, 0);
-        let mut flags = r.u16()?;
+        let flags = r.u16()?;
         // Continuation words carry no properties of 0-9-1's basic class: step over them.
         let mut word = flags;
         while word & 1 != 0 {
@@ -299,7 +332,6 @@ impl Properties {
             if bit == wanted {
                 return Some(value);
             }
-            flags &= !(0x8000 >> bit);
         }
         None
     }
