@@ -309,7 +309,7 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         let hits = (0..4000).filter(|_| spec.pick(&mut rng).is_some()).count();
         assert!((800..1200).contains(&hits), "{hits}");
-        let full: FaultSpec = "all=0.0555".parse().unwrap();
+        let full: FaultSpec = "all=0.05555555556".parse().unwrap();
         assert!((0..1000).all(|_| full.pick(&mut rng).is_some()));
     }
 }

@@ -320,16 +320,30 @@ async fn log_server_side(
 /// Serves `routes` (plus `GET /healthz`) for `service` on 127.0.0.1 until the process is
 /// killed. Traced services log each exchange's server side.
 pub async fn serve(ctx: Arc<Ctx>, routes: Router) -> std::io::Result<()> {
-    let mut app = routes.route("/healthz", get(|| async { "ok" }));
-    if ctx.service != Service::Queue {
-        app = app.layer(middleware::from_fn_with_state(ctx.clone(), log_server_side));
-    }
+    let listener = bind(&ctx).await?;
+    serve_on(listener, ctx, routes).await
+}
+
+/// Takes the service's port (before a slow start, so nothing else takes it meanwhile).
+pub async fn bind(ctx: &Ctx) -> std::io::Result<tokio::net::TcpListener> {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], ctx.service.port(ctx.base_port)));
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         std::io::Error::new(
             e.kind(),
             format!("{}: cannot listen on {addr}: {e}", ctx.service),
         )
-    })?;
+    })
+}
+
+/// Serves `routes` (plus `GET /healthz`) on a port [`bind`] took.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    ctx: Arc<Ctx>,
+    routes: Router,
+) -> std::io::Result<()> {
+    let mut app = routes.route("/healthz", get(|| async { "ok" }));
+    if ctx.service != Service::Queue {
+        app = app.layer(middleware::from_fn_with_state(ctx.clone(), log_server_side));
+    }
     axum::serve(listener, app).await
 }

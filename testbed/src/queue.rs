@@ -86,6 +86,8 @@ type Shared = Arc<Store<Delivery>>;
 /// Runs the broker and the bookkeeping until the process is told to stop.
 pub async fn run(ctx: Arc<Ctx>) -> anyhow::Result<()> {
     let base = ctx.base_port;
+    // The port first: the driver waits for it to answer, which it does once the broker is up.
+    let listener = crate::net::bind(&ctx).await?;
     let ports = Ports {
         amqp: Service::amqp_port(base),
         dist: base + 5,
@@ -109,7 +111,7 @@ pub async fn run(ctx: Arc<Ctx>) -> anyhow::Result<()> {
         )
         .with_state(store);
     let served = tokio::select! {
-        served = crate::net::serve(ctx, routes) => served.map_err(anyhow::Error::from),
+        served = crate::net::serve_on(listener, ctx, routes) => served.map_err(anyhow::Error::from),
         _ = terminated() => Ok(()),
     };
     node.stop();

@@ -14,20 +14,24 @@ pub struct Testbed {
     serve: Child,
 }
 
-/// Four consecutive free loopback ports (other tests and sessions use this machine too).
+/// Seven consecutive free loopback ports (four services and the broker's three; other tests
+/// and sessions use this machine too).
 /// Each call of one test process starts from its own block, so parallel tests never pick
 /// the same ports before their services bind them.
 pub fn free_base_port() -> u16 {
     static CALLS: AtomicU16 = AtomicU16::new(0);
     let block = CALLS.fetch_add(1, Ordering::Relaxed);
-    let mut start = 20_000 + (std::process::id() % 2_000) as u16 * 16 + block * 4;
+    let n = testbed::service::PORTS_USED;
+    // Below the ephemeral range (32768 up), which outgoing connections draw from: the
+    // broker binds its ports only once it has started.
+    let mut start = 20_000 + (std::process::id() % 600) as u16 * 16 + block * n;
     loop {
-        let free = (0..4).all(|i| TcpListener::bind(("127.0.0.1", start + i)).is_ok());
+        let free = (0..n).all(|i| TcpListener::bind(("127.0.0.1", start + i)).is_ok());
         if free {
             return start;
         }
         start += 64;
-        assert!(start < 60_000, "no four free consecutive ports");
+        assert!(start < 32_000, "no seven free consecutive ports");
     }
 }
 
@@ -47,6 +51,8 @@ impl Testbed {
             ])
             .arg("--request-log")
             .arg(dir.join("requests.jsonl"))
+            .arg("--message-log")
+            .arg(dir.join("messages.jsonl"))
             .spawn()
             .unwrap();
         let bed = Testbed {
@@ -59,7 +65,8 @@ impl Testbed {
     }
 
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // The broker takes 10–30 s on a busy machine.
+        let deadline = Instant::now() + Duration::from_secs(120);
         for service in Service::ALL {
             while std::net::TcpStream::connect(("127.0.0.1", service.port(self.base_port))).is_err()
             {
