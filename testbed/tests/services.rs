@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{Testbed, free_base_port};
+use common::{Testbed, free_base_port, one_broker_at_a_time};
 use testbed::driver::{ServiceStates, expected_states, observe};
 use testbed::mes::MesState;
 use testbed::messagelog::{MessageOutcome, MessageSide, read_message_log};
@@ -291,6 +291,7 @@ const CLOSED_BY_CRM: &str = r#"{"status":"CLOSED","source":"crm"}"#;
 
 #[test]
 fn run_starts_checks_and_stops_its_own_services() {
+    let _one_at_a_time = one_broker_at_a_time();
     let base_port = free_base_port();
     let dir = std::env::temp_dir().join(format!("testbed-own-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

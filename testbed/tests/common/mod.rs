@@ -4,6 +4,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use testbed::Service;
@@ -12,6 +13,14 @@ pub struct Testbed {
     pub base_port: u16,
     pub dir: PathBuf,
     serve: Child,
+    _one_at_a_time: MutexGuard<'static, ()>,
+}
+
+/// One testbed (and so one RabbitMQ node) at a time in this test process: brokers starting
+/// side by side on two shared cores starve each other.
+pub fn one_broker_at_a_time() -> MutexGuard<'static, ()> {
+    static BROKER: Mutex<()> = Mutex::new(());
+    BROKER.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Seven consecutive free loopback ports (four services and the broker's three; other tests
@@ -38,6 +47,7 @@ pub fn free_base_port() -> u16 {
 impl Testbed {
     /// Starts the services with a request log, under `testbed serve`.
     pub fn serve(name: &str) -> Testbed {
+        let guard = one_broker_at_a_time();
         let dir = std::env::temp_dir().join(format!("testbed-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let base_port = free_base_port();
@@ -59,6 +69,7 @@ impl Testbed {
             base_port,
             dir,
             serve,
+            _one_at_a_time: guard,
         };
         bed.wait_ready();
         bed
