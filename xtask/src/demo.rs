@@ -79,7 +79,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let tracer = Guard::spawn(tracer, &work.join("tracer.log"))?;
     wait_for_log(&tracer, "waiting for target", 3)?;
 
-    step("starting the testbed's Shop, MES, CRM and order queue");
+    step("starting the testbed's Shop, MES, CRM and RabbitMQ broker (10–30 s)");
     let mut serve = Command::new(bin.join("testbed"));
     serve.args(["serve", "--base-port", &args.base_port.to_string()]);
     let _serve = Guard::spawn(serve, &work.join("testbed-serve.log"))?;

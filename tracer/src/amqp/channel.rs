@@ -177,7 +177,7 @@ impl Channel {
     }
 
     pub fn cancel(&mut self, tag: &Bytes) {
-        self.consumers.retain(|c| &c.tag != tag);
+        self.consumers.retain(|c| c.tag != *tag);
     }
 
     pub fn get(&mut self, queue: Bytes, no_ack: bool) {
@@ -293,7 +293,7 @@ impl Channel {
                 delivery_tag,
                 redelivered,
             } => {
-                let consumer = self.consumers.iter().find(|c| &c.tag == consumer_tag);
+                let consumer = self.consumers.iter().find(|c| c.tag == *consumer_tag);
                 (
                     Operation::Deliver,
                     consumer.map(|c| c.queue.clone()),
