@@ -51,7 +51,8 @@ pub fn report_socket(base_port: u16) -> PathBuf {
     std::env::temp_dir().join(format!("order-testbed-{base_port}.sock"))
 }
 
-/// How a service reports (fire and forget: a lost report only makes the driver wait).
+/// How a service reports. A send waits (a second at most) for room in the queue process's
+/// socket: a report dropped under load would leave the driver waiting for good.
 pub struct Reporter {
     socket: Option<std::os::unix::net::UnixDatagram>,
     to: PathBuf,
@@ -61,7 +62,7 @@ impl Reporter {
     pub fn new(base_port: u16) -> Self {
         let socket = std::os::unix::net::UnixDatagram::unbound().ok();
         if let Some(s) = &socket {
-            let _ = s.set_nonblocking(true);
+            let _ = s.set_write_timeout(Some(std::time::Duration::from_secs(1)));
         }
         Reporter {
             socket,
@@ -75,8 +76,10 @@ impl Reporter {
             order_id: order_id.to_owned(),
             state,
         };
-        if let (Some(socket), Ok(bytes)) = (&self.socket, serde_json::to_vec(&report)) {
-            let _ = socket.send_to(&bytes, &self.to);
+        if let (Some(socket), Ok(bytes)) = (&self.socket, serde_json::to_vec(&report))
+            && let Err(e) = socket.send_to(&bytes, &self.to)
+        {
+            eprintln!("report of {order_id} on {topic} lost: {e}");
         }
     }
 }
