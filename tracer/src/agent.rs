@@ -13,12 +13,15 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::capture::event::{monotonic_now_ns, monotonic_to_unix_offset_ns};
 use crate::capture::{Capture, CaptureCounters, CaptureEvent};
+use crate::clock::{monotonic_now_ns, monotonic_to_unix_offset_ns};
 use crate::config::Config;
-use crate::export::{ExportCounters, ExportKind, Exporter, Fanout, SpanConsumer};
-use crate::monitor::{AgentHookup, SpanSink};
+use crate::export::{
+    ExportCounters, ExportHandle, ExportKind, ExportUse, Exporter, Fanout, SpanConsumer,
+};
 use crate::orders::RuleSet;
+use crate::pipeline_metrics::{PipelineCounters as PipelineMetrics, PipelineTotals};
+use crate::process::wait_for_shutdown;
 use crate::protocol::Record;
 use crate::sampling::{Sampler, SamplingCounters};
 use crate::spans::{MatchOutcome, Redactor, SpanBuilder, local_host_name};
@@ -48,13 +51,14 @@ fn parse_export_kind(text: &str) -> Result<ExportKind, String> {
         .map_err(|_| format!("unknown exporter {text:?}: use stdout, otlp-grpc, otlp-http or none"))
 }
 
-/// The config `tracer agent` runs with: the file given, or the embedded default, with the
-/// exporter optionally overridden.
+/// The config `tracer agent` runs with: the file given, or the embedded default, under the
+/// `OTEL_*` environment and `--export`.
 fn load_config(path: Option<&PathBuf>, export: Option<ExportKind>) -> anyhow::Result<Config> {
     let mut config = Config::load_or_embedded(path.map(PathBuf::as_path))?;
-    if let Some(kind) = export {
-        config.export.kind = kind;
-    }
+    config
+        .export
+        .apply_process_env(export, ExportUse::Agent)
+        .map_err(|e| anyhow::anyhow!("OTEL_* environment: {e}"))?;
     Ok(config)
 }
 
@@ -73,7 +77,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             tokio::select! {
                 done = &mut shutdown => break done?,
                 _ = publish.tick() => if let Some(metrics) = &metrics {
-                    publish_totals(&metrics.pipeline(), &agent.counters());
+                    publish_totals(metrics, &agent.counters());
                 },
             }
         }
@@ -84,19 +88,24 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 }
 
 /// `/metrics` of a stand-alone agent: the pipeline counters, in the monitor's metric names.
-async fn serve_metrics(
-    addr: std::net::SocketAddr,
-) -> anyhow::Result<std::sync::Arc<crate::metrics::Metrics>> {
-    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+async fn serve_metrics(addr: std::net::SocketAddr) -> anyhow::Result<PipelineMetrics> {
+    let metrics = PipelineMetrics::default();
+    let mut registry = prometheus_client::registry::Registry::with_prefix("order_tracer");
+    metrics.register(&mut registry);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} for /metrics: pick a free address with --metrics-listen")
     })?;
-    let page = metrics.clone();
+    let registry = std::sync::Arc::new(registry);
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let page = page.clone();
-            async move { page.encode() }
+            let registry = registry.clone();
+            async move {
+                let mut page = String::new();
+                // Writing into a String cannot fail.
+                let _ = prometheus_client::encoding::text::encode(&mut page, &registry);
+                page
+            }
         }),
     );
     tokio::spawn(async move {
@@ -108,49 +117,8 @@ async fn serve_metrics(
     Ok(metrics)
 }
 
-/// The agent side of `tracer run`: every span goes to the in-process monitor as well as to the
-/// exporter; the monitor's root spans go out through the same exporter; the pipeline's
-/// counters reach the monitor's `/metrics`. Returns when `stop` fires, after flushing.
-pub async fn run_in_monitor(
-    hookup: AgentHookup,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-) -> anyhow::Result<()> {
-    let AgentHookup {
-        config,
-        spans,
-        counters,
-        mut root_spans,
-    } = hookup;
-    let agent = Agent::start(&config, Some(Box::new(spans)))?;
-    let export = agent.exporter.handle();
-    let mut publish = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            root = root_spans.recv() => match root {
-                Some(span) if crate::sampling::keep_root(&config.sampling, &span) => {
-                    export.submit(span)
-                }
-                Some(_) => {}
-                None => break,
-            },
-            _ = publish.tick() => publish_totals(&counters, &agent.counters()),
-            _ = &mut stop => break,
-        }
-    }
-    let last = agent.shutdown().await;
-    publish_totals(&counters, &last);
-    log_counters(&last);
-    Ok(())
-}
-
-impl SpanConsumer for SpanSink {
-    fn consume(&mut self, span: &crate::spans::SpanRecord) -> bool {
-        self.send(span.clone())
-    }
-}
-
 /// The agent's running totals, as the monitor's `/metrics` shows them.
-fn publish_totals(metrics: &crate::metrics::PipelineCounters, counters: &AgentCounters) {
+pub fn publish_totals(metrics: &PipelineMetrics, counters: &AgentCounters) {
     let AgentCounters {
         capture,
         pipeline,
@@ -182,27 +150,12 @@ fn publish_totals(metrics: &crate::metrics::PipelineCounters, counters: &AgentCo
         ("export_queue_full", export.dropped_queue_full),
         ("export_failed", export.dropped_failed),
     ];
-    metrics.set_totals(&crate::metrics::PipelineTotals {
+    metrics.set_totals(&PipelineTotals {
         events: capture.data_events + capture.conn_events,
         drops: &drops,
         parse_errors: pipeline.streams.http.parse_errors,
         export_failures: export.failed_batches,
     });
-}
-
-/// Resolves on SIGINT or SIGTERM; calls `on_usr1` at each SIGUSR1.
-pub async fn wait_for_shutdown(on_usr1: impl Fn()) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let mut usr1 = signal(SignalKind::user_defined1()).context("cannot watch SIGUSR1")?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = usr1.recv() => on_usr1(),
-        }
-    }
 }
 
 /// One JSON line on stderr: what tools (the bench, tests) read the agent's counters from.
@@ -277,11 +230,7 @@ impl Agent {
             local_host_name(),
             monotonic_to_unix_offset_ns(),
         );
-        let mut export_config = config.export.clone();
-        export_config
-            .apply_env(|name| std::env::var(name).ok())
-            .map_err(|e| anyhow::anyhow!("OTEL_* environment: {e}"))?;
-        let exporter = Exporter::start(&export_config).context("cannot start the exporter")?;
+        let exporter = Exporter::start(&config.export).context("cannot start the exporter")?;
         let mut fanout = Fanout::new(Sampler::new(config.sampling.clone()), exporter.handle());
         if let Some(monitor) = monitor {
             fanout = fanout.with_consumer(monitor);
@@ -306,6 +255,11 @@ impl Agent {
             exporter,
             snapshot,
         })
+    }
+
+    /// Where spans made outside the pipeline (the monitor's root spans) join the export.
+    pub fn export_handle(&self) -> ExportHandle {
+        self.exporter.handle()
     }
 
     /// Every stage's counters: the pipeline's as of its last tick, the others live.

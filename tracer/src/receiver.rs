@@ -27,7 +27,7 @@ use prost::Message;
 
 use crate::api::ApiConfig;
 use crate::monitor::SpanSink;
-use crate::monitor::otlp_out::Forwarder;
+use crate::otlp_out::Forwarder;
 use crate::spans::{AttrValue, SpanEvent, SpanKind, SpanLink, SpanRecord, SpanStatus};
 
 /// Largest request accepted (both transports): what a Collector's batch sends by default,

@@ -38,7 +38,8 @@ impl Agent {
     fn start(receiver: &OtlpReceiver, dir: &std::path::Path) -> Agent {
         let log = dir.join("agent.log");
         let child = Command::new(bin_dir().join("tracer"))
-            .args(["agent", "--export", "otlp-grpc"])
+            // The endpoint alone switches the embedded default (stdout) to OTLP/gRPC.
+            .args(["agent"])
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.grpc_endpoint())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -439,7 +439,7 @@ async fn api_speaks_tls_when_configured() {
     );
     let (monitor, api) = start_monitor(config(&dir.path().join("m.db"), &extra), false).await;
     let https = api.replace("http://", "https://");
-    tracer::monitor::install_crypto_provider();
+    tracer::process::install_crypto_provider();
     let client = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
         .build()

@@ -9,7 +9,7 @@ use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use tokio::sync::mpsc;
 
-use crate::monitor::otlp_out::{OtlpPoster, string_attr};
+use crate::otlp_out::{OtlpPoster, string_attr};
 use crate::store::{AuditEntry, Store};
 
 /// Audit records waiting for the OTLP logs exporter; over this, they are dropped (and

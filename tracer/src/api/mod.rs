@@ -25,7 +25,6 @@ use serde::Deserialize;
 
 pub use audit::{AuditLog, logs_request};
 pub use auth::{Auth, AuthConfig, AuthError, AuthSetupError, OidcConfig, Principal, StaticToken};
-pub use routes::rfc3339;
 
 use crate::metrics::SharedMetrics;
 use crate::store::{AuditEntry, Store};
@@ -148,7 +147,7 @@ pub async fn serve(state: Arc<ApiState>, listen: SocketAddr) -> anyhow::Result<(
 pub async fn serve_on(state: Arc<ApiState>, listener: std::net::TcpListener) -> anyhow::Result<()> {
     let tls = match (&state.config.tls_cert, &state.config.tls_key) {
         (Some(cert), Some(key)) => {
-            crate::monitor::install_crypto_provider();
+            crate::process::install_crypto_provider();
             Some(
                 axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                     .await
@@ -227,7 +226,7 @@ async fn guard(
     state
         .audit
         .record(AuditEntry {
-            at: crate::monitor::unix_now(),
+            at: crate::clock::unix_now(),
             who,
             action,
             order_id,

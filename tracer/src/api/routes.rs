@@ -10,10 +10,9 @@ use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use super::ApiState;
+use crate::clock::rfc3339;
 use crate::lifecycle::{Detection, DetectionKind, OrderState};
 use crate::store::{DetectionQuery, OrderQuery, Store};
 
@@ -134,14 +133,6 @@ async fn read<T: Send + 'static>(
     .map_err(internal)
 }
 
-/// Unix ns as RFC 3339 (UTC), the API's and the alerts' time format.
-pub fn rfc3339(ns: u64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
-}
-
 #[derive(Serialize)]
 struct HistoryView {
     status: String,
@@ -231,7 +222,7 @@ async fn get_order(
     let wanted = id.clone();
     let order = read(&state, move |store| store.order(&wanted)).await?;
     match order {
-        Some(order) => Ok(Json(order_view(&order, crate::monitor::unix_now()))),
+        Some(order) => Ok(Json(order_view(&order, crate::clock::unix_now()))),
         None => Err(ApiError(StatusCode::NOT_FOUND, format!("no order {id}"))),
     }
 }

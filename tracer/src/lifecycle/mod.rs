@@ -22,12 +22,13 @@
 //! A resolved detection stays on the order's record: the set of detections ever raised per
 //! order is what a truth file is compared with.
 
+mod changes;
 mod config;
 mod order;
 mod root;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -35,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::spans::{AttrValue, SpanKind, SpanRecord, SpanStatus};
 
+pub use changes::Changes;
 use config::secs_to_ns;
 pub use config::{LifecycleConfig, StatusConfig, TransitConfig};
 pub use order::{Creation, HistoryEntry, OrderState, PendingFailure, PendingTransit};
@@ -229,16 +231,27 @@ struct CreationRef {
     hung: bool,
 }
 
+/// A span waiting out the reorder window.
+struct Buffered {
+    /// Identifies the span in the store's inbox.
+    seq: u64,
+    /// Unix ns when it was taken in.
+    arrival: u64,
+    span: SpanRecord,
+}
+
 /// The status machine over all orders in memory.
 pub struct Lifecycle {
     config: LifecycleConfig,
     orders: HashMap<String, OrderState>,
-    /// Spans waiting out the reorder window, in arrival order: (arrival ns, span).
-    buffer: VecDeque<(u64, SpanRecord)>,
+    /// Spans waiting out the reorder window, in arrival order.
+    buffer: VecDeque<Buffered>,
+    next_seq: u64,
     creations: HashMap<String, Vec<CreationRef>>,
+    /// Orders changed since the last `take_changes`.
     dirty: BTreeSet<String>,
-    /// The buffer changed since the last `take_buffer_if_changed`.
-    buffer_changed: bool,
+    /// What else changed since the last `take_changes`: the inbox, orders given up.
+    unsaved: Changes,
     counters: LifecycleCounters,
 }
 
@@ -253,9 +266,10 @@ impl Lifecycle {
             config,
             orders: HashMap::with_capacity(orders.len()),
             buffer: VecDeque::new(),
+            next_seq: 1,
             creations: HashMap::new(),
             dirty: BTreeSet::new(),
-            buffer_changed: false,
+            unsaved: Changes::default(),
             counters: LifecycleCounters::default(),
         };
         for order in orders {
@@ -287,32 +301,48 @@ impl Lifecycle {
         self.buffer.len()
     }
 
-    /// The spans not applied yet (arrival ns, span), when they changed since the last call:
-    /// what a store keeps so that a crash loses no acknowledged span.
-    pub fn buffer_if_changed(&mut self) -> Option<Vec<(u64, &SpanRecord)>> {
-        if !std::mem::take(&mut self.buffer_changed) {
-            return None;
+    /// Puts back the spans a store kept unapplied, (seq, arrival ns, span) in arrival order,
+    /// before any new span is taken in. They are already in the store: no change to save.
+    pub fn resume_inbox(&mut self, inbox: Vec<(u64, u64, SpanRecord)>) -> Vec<Event> {
+        let mut out = Vec::new();
+        for (seq, arrival, span) in inbox {
+            self.next_seq = self.next_seq.max(seq + 1);
+            self.make_room(&mut out);
+            self.buffer.push_back(Buffered { seq, arrival, span });
         }
-        Some(
-            self.buffer
-                .iter()
-                .map(|(arrival, span)| (*arrival, span))
-                .collect(),
-        )
+        out
     }
 
     /// Takes a span in; it is applied by a later `tick` once the reorder window has passed.
     pub fn ingest(&mut self, span: SpanRecord, now: u64) -> Vec<Event> {
         let mut out = Vec::new();
+        self.make_room(&mut out);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.unsaved.inbox_added.insert(seq, (now, span.clone()));
+        self.buffer.push_back(Buffered {
+            seq,
+            arrival: now,
+            span,
+        });
+        out
+    }
+
+    /// Over the buffer bound the oldest span is applied early (counted).
+    fn make_room(&mut self, out: &mut Vec<Event>) {
         if self.buffer.len() >= self.config.max_buffered_spans
-            && let Some((_, oldest)) = self.buffer.pop_front()
+            && let Some(oldest) = self.buffer.pop_front()
         {
             self.counters.spans_applied_early += 1;
-            self.apply(&oldest, &mut out);
+            self.note_applied(oldest.seq);
+            self.apply(&oldest.span, out);
         }
-        self.buffer.push_back((now, span));
-        self.buffer_changed = true;
-        out
+    }
+
+    fn note_applied(&mut self, seq: u64) {
+        if self.unsaved.inbox_added.remove(&seq).is_none() {
+            self.unsaved.inbox_removed.insert(seq);
+        }
     }
 
     /// Applies the spans whose reorder window passed, then the timers.
@@ -332,12 +362,18 @@ impl Lifecycle {
         out
     }
 
-    /// Orders changed since the last call, for the store.
-    pub fn take_dirty(&mut self) -> Vec<OrderState> {
-        std::mem::take(&mut self.dirty)
-            .into_iter()
-            .filter_map(|id| self.orders.get(&id).cloned())
-            .collect()
+    /// Everything a store must write since the last call: changed orders, orders given up,
+    /// spans taken in and applied (`alerts` is left to the caller).
+    pub fn take_changes(&mut self) -> Changes {
+        let mut changes = std::mem::take(&mut self.unsaved);
+        for id in std::mem::take(&mut self.dirty) {
+            if let Some(order) = self.orders.get(&id) {
+                // Given up and seen again since: followed, not given up.
+                changes.forgotten.remove(&id);
+                changes.orders.insert(id, order.clone());
+            }
+        }
+        changes
     }
 
     /// Number of orders in memory per current status (statuses in lifecycle order).
@@ -357,29 +393,33 @@ impl Lifecycle {
     }
 
     fn release(&mut self, ready: impl Fn(u64) -> bool, out: &mut Vec<Event>) {
-        let mut batch: Vec<SpanRecord> = Vec::new();
-        while let Some((arrival, _)) = self.buffer.front() {
-            if !ready(*arrival) {
+        let mut batch: Vec<Buffered> = Vec::new();
+        while let Some(first) = self.buffer.front() {
+            if !ready(first.arrival) {
                 break;
             }
-            if let Some((_, span)) = self.buffer.pop_front() {
-                batch.push(span);
+            if let Some(first) = self.buffer.pop_front() {
+                batch.push(first);
             }
         }
         if batch.is_empty() {
             return;
         }
-        self.buffer_changed = true;
         // Stragglers that ended before the newest released span go with it, in order.
-        let newest = batch.iter().map(|s| s.end_unix_nano).max().unwrap_or(0);
+        let newest = batch
+            .iter()
+            .map(|b| b.span.end_unix_nano)
+            .max()
+            .unwrap_or(0);
         let (early, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.buffer)
             .into_iter()
-            .partition(|(_, span)| span.end_unix_nano <= newest);
+            .partition(|b| b.span.end_unix_nano <= newest);
         self.buffer = later.into();
-        batch.extend(early.into_iter().map(|(_, span)| span));
-        batch.sort_by_key(|s| (s.end_unix_nano, s.start_unix_nano));
-        for span in &batch {
-            self.apply(span, out);
+        batch.extend(early);
+        batch.sort_by_key(|b| (b.span.end_unix_nano, b.span.start_unix_nano));
+        for buffered in &batch {
+            self.note_applied(buffered.seq);
+            self.apply(&buffered.span, out);
         }
     }
 
@@ -425,6 +465,7 @@ impl Lifecycle {
         out.push(Event::Forgotten {
             order_id: order_id.to_string(),
         });
+        self.unsaved.forgotten.insert(order_id.to_string(), order);
     }
 
     fn apply(&mut self, span: &SpanRecord, out: &mut Vec<Event>) {

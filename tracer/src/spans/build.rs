@@ -122,7 +122,7 @@ pub struct SpanBuilder {
 }
 
 impl SpanBuilder {
-    /// `monotonic_to_unix_ns`: see `capture::event::monotonic_to_unix_offset_ns`.
+    /// `monotonic_to_unix_ns`: see `clock::monotonic_to_unix_offset_ns`.
     pub fn new(
         rules: RuleSet,
         redactor: Redactor,

@@ -5,6 +5,7 @@
 //! payloads. Rows older than the retention are purged. The schema is versioned with
 //! `PRAGMA user_version`; migrations run at open, in order, each in a transaction.
 
+mod outbox;
 mod query;
 
 use std::path::{Path, PathBuf};
@@ -12,9 +13,10 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Deserialize;
 
-use crate::lifecycle::OrderState;
+use crate::lifecycle::{Changes, OrderState};
 use crate::spans::SpanRecord;
 
+pub use outbox::PendingAlert;
 pub use query::{AuditEntry, DetectionQuery, OrderQuery, OrderSummary};
 
 /// Purging less often than weekly is never what retention wants, and keeps the interval far
@@ -132,6 +134,17 @@ const MIGRATIONS: &[&str] = &[
         arrival INTEGER NOT NULL,
         span TEXT NOT NULL
     );",
+    // 3: alerts not yet delivered, one row per detection change and target, written with the
+    // detection itself: a crash between the two cannot lose a page.
+    "CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        target TEXT NOT NULL,
+        detection TEXT NOT NULL,
+        queued_at INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT
+    );
+    CREATE INDEX outbox_by_target ON outbox(target, seq);",
 ];
 
 pub struct Store {
@@ -167,40 +180,49 @@ impl Store {
 
     /// Writes orders' current state and their detections, in one transaction.
     pub fn save_orders(&mut self, orders: &[OrderState]) -> Result<(), StoreError> {
-        self.save_state(orders, None)
+        self.save(
+            &Changes {
+                orders: orders
+                    .iter()
+                    .map(|o| (o.order_id.clone(), o.clone()))
+                    .collect(),
+                ..Changes::default()
+            },
+            &[],
+        )
     }
 
-    /// Writes orders (with their detections) and, when given, replaces the inbox with the
-    /// spans not applied yet, all in one transaction: after a crash every span is either in
-    /// the orders' state or in the inbox, never in both, never in neither.
-    pub fn save_state(
-        &mut self,
-        orders: &[OrderState],
-        inbox: Option<&[(u64, &SpanRecord)]>,
-    ) -> Result<(), StoreError> {
-        if orders.is_empty() && inbox.is_none() {
+    /// Writes one pass of the lifecycle in one transaction: orders (with their detections),
+    /// orders given up, the inbox's additions and removals, and the alerts for each of
+    /// `alert_targets`. After a crash, every span is either in the orders' state or in the
+    /// inbox (never both, never neither), and every detection saved has its alerts queued.
+    pub fn save(&mut self, changes: &Changes, alert_targets: &[&str]) -> Result<(), StoreError> {
+        if changes.is_empty() {
             return Ok(());
         }
         let tx = self.conn.transaction()?;
         {
             let mut upsert_order = tx.prepare_cached(
                 "INSERT INTO orders (order_id, status, first_seen, last_activity, closed_at, active, state)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT(order_id) DO UPDATE SET status = ?2, first_seen = ?3,
-                   last_activity = ?4, closed_at = ?5, active = 1, state = ?6",
+                   last_activity = ?4, closed_at = ?5, active = ?6, state = ?7",
             )?;
             let mut upsert_detection = tx.prepare_cached(
                 "INSERT INTO detections (id, order_id, kind, step, service, at, resolved_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT(id) DO UPDATE SET resolved_at = ?7",
             )?;
-            for order in orders {
+            let followed = changes.orders.values().map(|o| (o, true));
+            let given_up = changes.forgotten.values().map(|o| (o, false));
+            for (order, active) in followed.chain(given_up) {
                 upsert_order.execute(params![
                     order.order_id,
                     order.status,
                     to_sql_time(order.first_seen),
                     to_sql_time(order.last_activity),
                     order.closed_at.map(to_sql_time),
+                    active,
                     serde_json::to_string(order)?,
                 ])?;
                 for d in &order.detections {
@@ -215,47 +237,49 @@ impl Store {
                     ])?;
                 }
             }
-            if let Some(inbox) = inbox {
-                tx.execute("DELETE FROM inbox", [])?;
-                let mut insert =
-                    tx.prepare_cached("INSERT INTO inbox (arrival, span) VALUES (?1, ?2)")?;
-                for (arrival, span) in inbox {
-                    insert.execute(params![to_sql_time(*arrival), serde_json::to_string(span)?])?;
-                }
+            let mut insert = tx.prepare_cached(
+                "INSERT OR REPLACE INTO inbox (seq, arrival, span) VALUES (?1, ?2, ?3)",
+            )?;
+            for (seq, (arrival, span)) in &changes.inbox_added {
+                insert.execute(params![
+                    to_sql_time(*seq),
+                    to_sql_time(*arrival),
+                    serde_json::to_string(span)?
+                ])?;
             }
+            let mut remove = tx.prepare_cached("DELETE FROM inbox WHERE seq = ?1")?;
+            for seq in &changes.inbox_removed {
+                remove.execute([to_sql_time(*seq)])?;
+            }
+            outbox::enqueue(&tx, &changes.alerts, alert_targets)?;
         }
         tx.commit()?;
         Ok(())
     }
 
-    /// The spans received but not applied when the monitor stopped, in arrival order.
-    pub fn load_inbox(&self) -> Result<Vec<(u64, SpanRecord)>, StoreError> {
+    /// The spans received but not applied when the monitor stopped: (seq, arrival, span), in
+    /// arrival order.
+    pub fn load_inbox(&self) -> Result<Vec<(u64, u64, SpanRecord)>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT arrival, span FROM inbox ORDER BY seq")?;
+            .prepare("SELECT seq, arrival, span FROM inbox ORDER BY seq")?;
         let rows = stmt.query_map([], |row| {
-            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, String>(2)?,
+            ))
         })?;
         let mut spans = Vec::new();
         for row in rows {
-            let (arrival, span) = row?;
-            spans.push((from_sql_time(arrival), serde_json::from_str(&span)?));
+            let (seq, arrival, span) = row?;
+            spans.push((
+                from_sql_time(seq),
+                from_sql_time(arrival),
+                serde_json::from_str(&span)?,
+            ));
         }
         Ok(spans)
-    }
-
-    /// Marks orders as no longer followed (expired or evicted); they stay queryable until
-    /// the retention purges them. Their detections were resolved and saved before.
-    pub fn forget(&mut self, order_ids: &[String]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached("UPDATE orders SET active = 0 WHERE order_id = ?1")?;
-            for id in order_ids {
-                stmt.execute([id])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
     }
 
     /// The orders the lifecycle follows, to resume after a restart.

@@ -22,7 +22,7 @@ pub struct OtlpPoster {
 
 impl OtlpPoster {
     pub fn new(url: &str) -> Self {
-        super::install_crypto_provider();
+        crate::process::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(TIMEOUT)
             .build()
