@@ -167,22 +167,41 @@ impl Broker {
         }
     }
 
-    /// Stops the node and its port mapper (SIGTERM, then SIGKILL), and removes its directory.
+    /// Stops the node (SIGTERM, which the server script turns into a clean stop through the
+    /// port mapper; SIGKILL after a while), then the Erlang VM by the PID it wrote, should it
+    /// outlive the script, then the port mapper; removes the directory.
     pub fn stop(&mut self) {
-        for child in [&mut self.server, &mut self.epmd] {
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let vm = std::fs::read_to_string(self.dir.join("pid"))
+            .ok()
+            .and_then(|pid| pid.trim().parse::<i32>().ok());
+        stop_child(&mut self.server, Duration::from_secs(15));
+        if let Some(vm) = vm {
+            // SAFETY: kill(2) on the VM our server script started (its PID file is ours).
+            let alive = || unsafe { libc::kill(vm, 0) } == 0;
+            unsafe { libc::kill(vm, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while alive() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if alive() {
+                unsafe { libc::kill(vm, libc::SIGKILL) };
+            }
         }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline && matches!(self.server.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        for child in [&mut self.server, &mut self.epmd] {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        stop_child(&mut self.epmd, Duration::from_secs(2));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// SIGTERM, then SIGKILL after `grace`; reaped either way.
+fn stop_child(child: &mut Child, grace: Duration) {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Drop for Broker {
