@@ -40,10 +40,14 @@ pub struct AgentArgs {
     /// Where spans go, overriding the config: stdout, otlp-grpc, otlp-http or none.
     #[arg(long, value_parser = parse_export_kind)]
     pub export: Option<ExportKind>,
-    /// Serve the pipeline's counters as Prometheus `/metrics` on this address (e.g.
-    /// `0.0.0.0:9464`); they carry no order data.
+    /// Serve the pipeline's counters as Prometheus `/metrics` (plain HTTP) on this address,
+    /// e.g. `127.0.0.1:9464`. Another host's address needs --metrics-public.
     #[arg(long)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Let --metrics-listen take an address other hosts reach (a Prometheus scraping the
+    /// node): the counters carry no order data, but they tell the traced services' load.
+    #[arg(long, requires = "metrics_listen")]
+    pub metrics_public: bool,
 }
 
 fn parse_export_kind(text: &str) -> Result<ExportKind, String> {
@@ -64,6 +68,14 @@ fn load_config(path: Option<&PathBuf>, export: Option<ExportKind>) -> anyhow::Re
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let config = load_config(args.config.as_ref(), args.export)?;
+    if let Some(addr) = args.metrics_listen
+        && !addr.ip().is_loopback()
+        && !args.metrics_public
+    {
+        anyhow::bail!(
+            "--metrics-listen {addr} is reachable from other hosts: add --metrics-public if a scraper there should read it, or listen on 127.0.0.1"
+        );
+    }
     let agent = Agent::start(&config, None)?;
     let metrics = match args.metrics_listen {
         Some(addr) => Some(serve_metrics(addr).await?),

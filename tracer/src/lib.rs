@@ -37,3 +37,4 @@ pub mod shapes;
 pub mod spans;
 pub mod store;
 pub mod streams;
+pub mod transport;

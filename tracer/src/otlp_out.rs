@@ -1,6 +1,7 @@
 //! OTLP/HTTP protobuf out of the monitor: forwarding received spans upstream, the orders'
 //! root spans, the audit log as logs.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,17 +21,66 @@ pub struct OtlpPoster {
     url: String,
 }
 
+/// TLS of an outgoing connection beyond the system's roots: a CA to trust (a private PKI's)
+/// and a client certificate for mutual TLS. `what` in errors names the flags.
+#[derive(Clone, Debug, Default)]
+pub struct ClientTls {
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+impl ClientTls {
+    fn client(&self, what: &str) -> Result<reqwest::Client, String> {
+        crate::process::install_crypto_provider();
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|e| format!("{what}: cannot read {}: {e}", path.display()))
+        };
+        let mut builder = reqwest::Client::builder().timeout(TIMEOUT);
+        if let Some(ca) = &self.ca_file {
+            let certificate = reqwest::Certificate::from_pem(&read(ca)?).map_err(|e| {
+                format!("{what}: {} is not a PEM CA certificate: {e}", ca.display())
+            })?;
+            builder = builder.add_root_certificate(certificate);
+        }
+        match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => {
+                let mut pem = read(cert)?;
+                pem.push(b'\n');
+                pem.extend(read(key)?);
+                let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                    format!("{what}: client certificate and key do not make an identity: {e}")
+                })?;
+                builder = builder.identity(identity);
+            }
+            (None, None) => {}
+            _ => {
+                return Err(format!(
+                    "{what}: give both the client certificate and its key"
+                ));
+            }
+        }
+        builder.build().map_err(|e| format!("{what}: {e}"))
+    }
+}
+
 impl OtlpPoster {
     pub fn new(url: &str) -> Self {
-        crate::process::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .timeout(TIMEOUT)
-            .build()
+        let client = ClientTls::default()
+            .client("OTLP")
             .unwrap_or_else(|_| reqwest::Client::new());
         Self {
             client,
             url: url.to_string(),
         }
+    }
+
+    /// With TLS options; errors name `what` (the flags that set them).
+    pub fn with_tls(url: &str, tls: &ClientTls, what: &str) -> Result<Self, String> {
+        Ok(Self {
+            client: tls.client(what)?,
+            url: url.to_string(),
+        })
     }
 
     pub async fn post(&self, message: &impl prost::Message) -> Result<(), String> {
@@ -63,9 +113,8 @@ pub struct Forwarder {
 
 impl Forwarder {
     /// Spawns the sender task on the current runtime.
-    pub fn start(url: &str, metrics: SharedMetrics) -> Self {
+    pub fn start(poster: OtlpPoster, metrics: SharedMetrics) -> Self {
         let (tx, mut rx) = mpsc::channel::<Bytes>(FORWARD_QUEUE);
-        let poster = OtlpPoster::new(url);
         let task_metrics = metrics.clone();
         tokio::spawn(async move {
             while let Some(body) = rx.recv().await {

@@ -36,6 +36,10 @@ pub struct CommonArgs {
     /// SQLite file for order state (overrides [store] path).
     #[arg(long)]
     pub store: Option<PathBuf>,
+    /// Jaeger's UI, e.g. `http://jaeger:16686`: the console and the alerts link each order's
+    /// trace there (overrides [api] jaeger_url).
+    #[arg(long)]
+    pub jaeger_url: Option<String>,
 }
 
 /// `tracer run`: agent + monitor on one host.
@@ -58,9 +62,19 @@ pub struct MonitorArgs {
     #[arg(long, default_value = "127.0.0.1:4318")]
     pub otlp_http: SocketAddr,
     /// OTLP/HTTP traces endpoint of the upstream (Jaeger or a Collector), e.g.
-    /// `http://jaeger:4318/v1/traces`: received spans and the orders' root spans go there.
+    /// `https://jaeger:4318/v1/traces`: received spans and the orders' root spans go there.
+    /// Plain `http://` only to this host, unless [api] insecure = true.
     #[arg(long)]
     pub forward_to: Option<String>,
+    /// PEM CA that signed the upstream's certificate (beside the system's roots).
+    #[arg(long, requires = "forward_to")]
+    pub forward_ca: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS to the upstream (with --forward-client-key).
+    #[arg(long, requires = "forward_client_key")]
+    pub forward_client_cert: Option<PathBuf>,
+    /// PEM private key of --forward-client-cert.
+    #[arg(long, requires = "forward_client_cert")]
+    pub forward_client_key: Option<PathBuf>,
 }
 
 /// Config file, with the command line's overrides applied and checked.
@@ -75,6 +89,13 @@ fn load_config(args: &CommonArgs, usage: ExportUse) -> anyhow::Result<Config> {
     }
     if let Some(store) = &args.store {
         config.store.path = store.clone();
+    }
+    if let Some(url) = &args.jaeger_url {
+        config.api.jaeger_url = Some(url.clone());
+        config
+            .api
+            .validate()
+            .map_err(|e| anyhow::anyhow!("--jaeger-url: {e}"))?;
     }
     if args.allow_anonymous_loopback && !config.api.listen.ip().is_loopback() {
         anyhow::bail!(
@@ -225,10 +246,30 @@ pub async fn run_central(args: MonitorArgs) -> anyhow::Result<()> {
     let listen = config.api.listen;
     crate::process::install_crypto_provider();
     let metrics: SharedMetrics = Arc::new(Metrics::new());
-    let forwarder = args
-        .forward_to
-        .as_deref()
-        .map(|url| Forwarder::start(url, metrics.clone()));
+    let forwarder = match args.forward_to.as_deref() {
+        None => None,
+        Some(url) => {
+            crate::transport::check_url(
+                url,
+                "--forward-to",
+                config.api.insecure,
+                "[api] insecure = true",
+            )
+            .map_err(anyhow::Error::msg)?;
+            let tls = crate::otlp_out::ClientTls {
+                ca_file: args.forward_ca.clone(),
+                client_cert: args.forward_client_cert.clone(),
+                client_key: args.forward_client_key.clone(),
+            };
+            let poster = crate::otlp_out::OtlpPoster::with_tls(
+                url,
+                &tls,
+                "--forward-ca / --forward-client-cert",
+            )
+            .map_err(anyhow::Error::msg)?;
+            Some(Forwarder::start(poster, metrics.clone()))
+        }
+    };
     let root_forwarder = forwarder.clone();
     let monitor = Monitor::start(MonitorSettings {
         config,

@@ -28,6 +28,12 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("python3", "python3"),
     ("curl", "curl"),
     ("chromium", "chromium"),
+    // WebDriver for the console's browser test.
+    ("chromium-driver", "chromedriver"),
+    // promtool checks and unit-tests the alert rules; a real Prometheus and Alertmanager
+    // run them end to end.
+    ("prometheus", "promtool"),
+    ("prometheus-alertmanager", "prometheus-alertmanager"),
     RABBITMQ,
     PIKA,
 ];
@@ -37,6 +43,9 @@ const ALL_PACKAGES: &[(&str, &str)] = &[
     ("python3", "python3"),
     ("curl", "curl"),
     ("chromium", "chromium"),
+    ("chromium-driver", "chromedriver"),
+    ("prometheus", "promtool"),
+    ("prometheus-alertmanager", "prometheus-alertmanager"),
     ("wrk", "wrk"),
     RABBITMQ,
     PIKA,

@@ -15,6 +15,8 @@ use tracer::spans::{
     AttrValue, SpanKind, SpanRecord, SpanStatus, order_root_span_id, order_trace_id,
 };
 
+#[path = "idp.rs"]
+pub mod idp;
 #[path = "process.rs"]
 pub mod process;
 #[path = "walk.rs"]
