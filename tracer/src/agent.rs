@@ -158,6 +158,8 @@ pub fn publish_totals(metrics: &PipelineMetrics, counters: &AgentCounters) {
             "unpaired_responses",
             streams.http.pairing.unpaired_responses,
         ),
+        ("amqp_oversized_frames", streams.amqp.oversized_frames),
+        ("amqp_unsettled_overflow", streams.amqp.unsettled_overflow),
         ("sampling_ceiling", pipeline.sampling.dropped_ceiling),
         ("export_queue_full", export.dropped_queue_full),
         ("export_failed", export.dropped_failed),

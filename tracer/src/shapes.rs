@@ -36,6 +36,10 @@ pub struct CommonArgs {
     /// SQLite file for order state (overrides [store] path).
     #[arg(long)]
     pub store: Option<PathBuf>,
+    /// Jaeger's UI, e.g. `http://jaeger:16686`: the console and the alerts link each order's
+    /// trace there (overrides [api] jaeger_url).
+    #[arg(long)]
+    pub jaeger_url: Option<String>,
 }
 
 /// `tracer run`: agent + monitor on one host.
@@ -85,6 +89,13 @@ fn load_config(args: &CommonArgs, usage: ExportUse) -> anyhow::Result<Config> {
     }
     if let Some(store) = &args.store {
         config.store.path = store.clone();
+    }
+    if let Some(url) = &args.jaeger_url {
+        config.api.jaeger_url = Some(url.clone());
+        config
+            .api
+            .validate()
+            .map_err(|e| anyhow::anyhow!("--jaeger-url: {e}"))?;
     }
     if args.allow_anonymous_loopback && !config.api.listen.ip().is_loopback() {
         anyhow::bail!(

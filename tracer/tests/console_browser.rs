@@ -310,6 +310,37 @@ async fn the_console_agrees_with_the_api_and_is_usable() {
             .await,
         order["status"]
     );
+    // The screenshot shows an order that went far: a bar per status it passed.
+    let furthest = board["statuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rfind(|c| !c["stuck_after_secs"].is_null() && c["orders"].as_u64() > Some(0))
+        .unwrap();
+    let far = get_json(
+        &client,
+        &format!(
+            "{api}/api/v1/orders?waiting=true&status={}",
+            furthest["status"].as_str().unwrap()
+        ),
+    )
+    .await
+    .unwrap();
+    let far_id = far["items"][0]["order_id"].as_str().unwrap();
+    let far_order = get_json(&client, &format!("{api}/api/v1/orders/{far_id}"))
+        .await
+        .unwrap();
+    driver.open(&format!("{api}/#order/{far_id}")).await;
+    let expected = far_order["history"].as_array().unwrap().len();
+    driver
+        .until(
+            "the far order's bars",
+            &format!(
+                "return document.getElementById('order-shown')?.textContent === '{far_id}' && \
+                 document.querySelectorAll('ol.timeline li .bar').length === {expected} || null;"
+            ),
+        )
+        .await;
     driver.screenshot(&shots.join("order.png")).await;
 
     // Dwell times: a row of bars per non-final status.

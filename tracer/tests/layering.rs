@@ -11,6 +11,7 @@ const AGENT: &[&str] = &[
     "streams",
     "protocol",
     "http",
+    "amqp",
     "orders",
     "spans",
     "sampling",

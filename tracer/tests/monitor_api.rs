@@ -249,7 +249,7 @@ async fn detections_equal_the_truth_and_alert_once_each() {
     let lost: serde_json::Value = get_json(&client, &format!("{api}/api/v1/lost"))
         .await
         .unwrap();
-    assert_eq!(lost["items"].as_array().unwrap().len(), 2);
+    assert_eq!(lost["items"].as_array().unwrap().len(), 3);
     let closed = get_json(
         &client,
         &format!("{api}/api/v1/orders?status=CLOSED&limit=2"),

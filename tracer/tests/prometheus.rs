@@ -75,6 +75,14 @@ where
     }
 }
 
+/// Waits until `log` (a process's stderr) satisfies `done`.
+async fn wait_for_log(log: &Path, what: &str, done: impl Fn(&str) -> bool) {
+    wait_until(Duration::from_secs(60), what, &[log], || async {
+        done(&std::fs::read_to_string(log).unwrap_or_default()).then_some(())
+    })
+    .await;
+}
+
 /// The rules file with its `for:` holds cut to a few seconds, so a test run does not wait
 /// the minutes a real page waits; the expressions, labels and annotations stay as shipped.
 fn rules_with_short_holds() -> String {
@@ -113,15 +121,9 @@ async fn a_stuck_order_pages_through_prometheus_and_alertmanager_and_resolves() 
         ],
         &tracer_log,
     );
-    wait_until(
-        Duration::from_secs(60),
-        "tracer run to attach",
-        &[&tracer_log],
-        || async {
-            let log = std::fs::read_to_string(&tracer_log).unwrap_or_default();
-            (log.matches("waiting for target").count() >= 3).then_some(())
-        },
-    )
+    wait_for_log(&tracer_log, "tracer run to attach", |log| {
+        log.matches("waiting for target").count() >= 3
+    })
     .await;
 
     // Prometheus scraping it every second, with the shipped rules.
@@ -192,15 +194,9 @@ async fn a_stuck_order_pages_through_prometheus_and_alertmanager_and_resolves() 
     )
     .await;
     // The agent attaches to each service as it starts; give it a moment past the log line.
-    wait_until(
-        Duration::from_secs(30),
-        "tracing the shop",
-        &[&tracer_log],
-        || async {
-            let log = std::fs::read_to_string(&tracer_log).unwrap_or_default();
-            log.contains("as shop-api").then_some(())
-        },
-    )
+    wait_for_log(&tracer_log, "tracing the shop", |log| {
+        log.contains("as shop-api")
+    })
     .await;
     let created: Value = client
         .post(format!("{shop}/api/v1/orders"))

@@ -379,3 +379,33 @@ fn spans_come_in_cut_to_what_the_lifecycle_reads() {
     assert_eq!(lifecycle.buffered_spans(), 0);
     assert_eq!(lifecycle.counters().spans_without_order, 1);
 }
+
+#[test]
+fn a_transit_may_start_from_a_status_reached() {
+    let mut config = test_config();
+    config.transits.push(TransitConfig {
+        from_rule: None,
+        from_status: Some("SHIPPED".into()),
+        to_rule: "crm.carrier_webhook".into(),
+        step: "CLOSED".into(),
+        service: "crm-api".into(),
+        limit_secs: 3.0,
+    });
+    let mut lifecycle = Lifecycle::new(config);
+    let spans = walk("SO-9", Some("carrier_webhook_lost"), T0);
+    let mut now = T0;
+    let mut events = Vec::new();
+    for span in spans {
+        now = now.max(span.end_unix_nano);
+        events.extend(lifecycle.ingest(span, now));
+    }
+    // The hand-over's limit (3 s after SHIPPED at 7.5 s) passes before the stuck limit.
+    for _ in 0..30 {
+        now += S / 4;
+        events.extend(lifecycle.tick(now));
+    }
+    assert_eq!(
+        detections_of(&lifecycle, "SO-9"),
+        one("lost_in_transit", "CLOSED", "crm-api")
+    );
+}

@@ -424,6 +424,8 @@ pub fn spans_from_otlp(request: &ExportTraceServiceRequest) -> Vec<SpanRecord> {
                     kind: match otlp::span::SpanKind::try_from(span.kind) {
                         Ok(otlp::span::SpanKind::Server) => SpanKind::Server,
                         Ok(otlp::span::SpanKind::Client) => SpanKind::Client,
+                        Ok(otlp::span::SpanKind::Producer) => SpanKind::Producer,
+                        Ok(otlp::span::SpanKind::Consumer) => SpanKind::Consumer,
                         _ => SpanKind::Internal,
                     },
                     start_unix_nano: span.start_time_unix_nano,
@@ -485,6 +487,8 @@ pub fn otlp_from_spans(spans: &[SpanRecord]) -> ExportTraceServiceRequest {
             kind: match span.kind {
                 SpanKind::Server => otlp::span::SpanKind::Server,
                 SpanKind::Client => otlp::span::SpanKind::Client,
+                SpanKind::Producer => otlp::span::SpanKind::Producer,
+                SpanKind::Consumer => otlp::span::SpanKind::Consumer,
                 SpanKind::Internal => otlp::span::SpanKind::Internal,
             } as i32,
             start_time_unix_nano: span.start_unix_nano,

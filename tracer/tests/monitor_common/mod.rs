@@ -410,6 +410,8 @@ pub fn sdk_span(record: &SpanRecord) -> opentelemetry_sdk::trace::SpanData {
             SpanKind::Server => opentelemetry::trace::SpanKind::Server,
             SpanKind::Client => opentelemetry::trace::SpanKind::Client,
             SpanKind::Internal => opentelemetry::trace::SpanKind::Internal,
+            SpanKind::Producer => opentelemetry::trace::SpanKind::Producer,
+            SpanKind::Consumer => opentelemetry::trace::SpanKind::Consumer,
         },
         name: record.name.clone().into(),
         start_time: at(record.start_unix_nano),
