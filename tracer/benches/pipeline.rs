@@ -13,8 +13,8 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tracer::capture::event::{ConnClose, ConnOpen, DataChunk};
 use tracer::capture::{CaptureEvent, ConnKey, Direction, Role};
-use tracer::http::Exchange;
 use tracer::orders::RuleSet;
+use tracer::protocol::Record;
 use tracer::spans::{Redactor, SpanBuilder};
 use tracer::streams::{Streams, StreamsConfig};
 
@@ -350,7 +350,7 @@ fn record(orders: usize) -> (Vec<CaptureEvent>, u64) {
 
 /// Feeds the events through the streams stage; `later` is what the agent does next with each
 /// batch of exchanges. Returns the exchanges made.
-fn run(events: &[CaptureEvent], mut later: impl FnMut(&[Exchange])) -> usize {
+fn run(events: &[CaptureEvent], mut later: impl FnMut(&[Record])) -> usize {
     let mut streams = Streams::new(StreamsConfig::default());
     let mut out = Vec::with_capacity(256);
     let mut total = 0;
@@ -377,9 +377,9 @@ fn span_builder() -> SpanBuilder {
     )
 }
 
-fn spans_of(builder: &SpanBuilder, exchanges: &[Exchange], spans: &mut u64) {
-    for exchange in exchanges {
-        if let (_, Some(span)) = builder.build(exchange) {
+fn spans_of(builder: &SpanBuilder, records: &[Record], spans: &mut u64) {
+    for record in records {
+        if let (_, Some(span)) = builder.build(record) {
             *spans += 1;
             black_box(span);
         }

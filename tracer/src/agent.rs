@@ -1,4 +1,5 @@
-//! The agent: wires capture → streams → http → orders → spans → sampling/export.
+//! The agent: wires capture → streams → protocols (http, amqp) → orders → spans →
+//! sampling/export.
 //!
 //! One task does all the per-event work in order (streams, parsing, rules, span building),
 //! so nothing is shared on the hot path; the capture reader and the exporter run beside it,
@@ -12,13 +13,16 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::capture::event::{monotonic_now_ns, monotonic_to_unix_offset_ns};
 use crate::capture::{Capture, CaptureCounters, CaptureEvent, PayloadCaps, Role};
+use crate::clock::{monotonic_now_ns, monotonic_to_unix_offset_ns};
 use crate::config::Config;
-use crate::export::{ExportCounters, ExportKind, Exporter, Fanout, SpanConsumer};
-use crate::http::Exchange;
-use crate::monitor::{AgentHookup, SpanSink};
+use crate::export::{
+    ExportCounters, ExportHandle, ExportKind, ExportUse, Exporter, Fanout, SpanConsumer,
+};
 use crate::orders::RuleSet;
+use crate::pipeline_metrics::{PipelineCounters as PipelineMetrics, PipelineTotals};
+use crate::process::wait_for_shutdown;
+use crate::protocol::Record;
 use crate::sampling::{Sampler, SamplingCounters};
 use crate::spans::{MatchOutcome, Redactor, SpanBuilder, local_host_name};
 use crate::streams::{StreamCounters, Streams};
@@ -36,10 +40,14 @@ pub struct AgentArgs {
     /// Where spans go, overriding the config: stdout, otlp-grpc, otlp-http or none.
     #[arg(long, value_parser = parse_export_kind)]
     pub export: Option<ExportKind>,
-    /// Serve the pipeline's counters as Prometheus `/metrics` on this address (e.g.
-    /// `0.0.0.0:9464`); they carry no order data.
+    /// Serve the pipeline's counters as Prometheus `/metrics` (plain HTTP) on this address,
+    /// e.g. `127.0.0.1:9464`. Another host's address needs --metrics-public.
     #[arg(long)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Let --metrics-listen take an address other hosts reach (a Prometheus scraping the
+    /// node): the counters carry no order data, but they tell the traced services' load.
+    #[arg(long, requires = "metrics_listen")]
+    pub metrics_public: bool,
 }
 
 fn parse_export_kind(text: &str) -> Result<ExportKind, String> {
@@ -47,18 +55,27 @@ fn parse_export_kind(text: &str) -> Result<ExportKind, String> {
         .map_err(|_| format!("unknown exporter {text:?}: use stdout, otlp-grpc, otlp-http or none"))
 }
 
-/// The config `tracer agent` runs with: the file given, or the embedded default, with the
-/// exporter optionally overridden.
+/// The config `tracer agent` runs with: the file given, or the embedded default, under the
+/// `OTEL_*` environment and `--export`.
 fn load_config(path: Option<&PathBuf>, export: Option<ExportKind>) -> anyhow::Result<Config> {
     let mut config = Config::load_or_embedded(path.map(PathBuf::as_path))?;
-    if let Some(kind) = export {
-        config.export.kind = kind;
-    }
+    config
+        .export
+        .apply_process_env(export, ExportUse::Agent)
+        .map_err(|e| anyhow::anyhow!("OTEL_* environment: {e}"))?;
     Ok(config)
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let config = load_config(args.config.as_ref(), args.export)?;
+    if let Some(addr) = args.metrics_listen
+        && !addr.ip().is_loopback()
+        && !args.metrics_public
+    {
+        anyhow::bail!(
+            "--metrics-listen {addr} is reachable from other hosts: add --metrics-public if a scraper there should read it, or listen on 127.0.0.1"
+        );
+    }
     let agent = Agent::start(&config, None)?;
     let metrics = match args.metrics_listen {
         Some(addr) => Some(serve_metrics(addr).await?),
@@ -72,7 +89,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             tokio::select! {
                 done = &mut shutdown => break done?,
                 _ = publish.tick() => if let Some(metrics) = &metrics {
-                    publish_totals(&metrics.pipeline(), &agent.counters());
+                    publish_totals(metrics, &agent.counters());
                 },
             }
         }
@@ -83,19 +100,24 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 }
 
 /// `/metrics` of a stand-alone agent: the pipeline counters, in the monitor's metric names.
-async fn serve_metrics(
-    addr: std::net::SocketAddr,
-) -> anyhow::Result<std::sync::Arc<crate::metrics::Metrics>> {
-    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+async fn serve_metrics(addr: std::net::SocketAddr) -> anyhow::Result<PipelineMetrics> {
+    let metrics = PipelineMetrics::default();
+    let mut registry = prometheus_client::registry::Registry::with_prefix("order_tracer");
+    metrics.register(&mut registry);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} for /metrics: pick a free address with --metrics-listen")
     })?;
-    let page = metrics.clone();
+    let registry = std::sync::Arc::new(registry);
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let page = page.clone();
-            async move { page.encode() }
+            let registry = registry.clone();
+            async move {
+                let mut page = String::new();
+                // Writing into a String cannot fail.
+                let _ = prometheus_client::encoding::text::encode(&mut page, &registry);
+                page
+            }
         }),
     );
     tokio::spawn(async move {
@@ -107,49 +129,8 @@ async fn serve_metrics(
     Ok(metrics)
 }
 
-/// The agent side of `tracer run`: every span goes to the in-process monitor as well as to the
-/// exporter; the monitor's root spans go out through the same exporter; the pipeline's
-/// counters reach the monitor's `/metrics`. Returns when `stop` fires, after flushing.
-pub async fn run_in_monitor(
-    hookup: AgentHookup,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-) -> anyhow::Result<()> {
-    let AgentHookup {
-        config,
-        spans,
-        counters,
-        mut root_spans,
-    } = hookup;
-    let agent = Agent::start(&config, Some(Box::new(spans)))?;
-    let export = agent.exporter.handle();
-    let mut publish = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            root = root_spans.recv() => match root {
-                Some(span) if crate::sampling::keep_root(&config.sampling, &span) => {
-                    export.submit(span)
-                }
-                Some(_) => {}
-                None => break,
-            },
-            _ = publish.tick() => publish_totals(&counters, &agent.counters()),
-            _ = &mut stop => break,
-        }
-    }
-    let last = agent.shutdown().await;
-    publish_totals(&counters, &last);
-    log_counters(&last);
-    Ok(())
-}
-
-impl SpanConsumer for SpanSink {
-    fn consume(&mut self, span: &crate::spans::SpanRecord) -> bool {
-        self.send(span.clone())
-    }
-}
-
 /// The agent's running totals, as the monitor's `/metrics` shows them.
-fn publish_totals(metrics: &crate::metrics::PipelineCounters, counters: &AgentCounters) {
+pub fn publish_totals(metrics: &PipelineMetrics, counters: &AgentCounters) {
     let AgentCounters {
         capture,
         pipeline,
@@ -166,38 +147,28 @@ fn publish_totals(metrics: &crate::metrics::PipelineCounters, counters: &AgentCo
         ("iovecs_beyond_capture", capture.iovecs_cut),
         ("undecodable_events", capture.decode_errors),
         ("streams_over_budget", streams.dropped_over_budget),
-        ("oversized_heads", streams.oversized_heads),
+        ("oversized_heads", streams.http.oversized_heads),
         ("connections_evicted", streams.connections_evicted),
         (
             "pending_requests_overflow",
-            streams.pairing.pending_overflow,
+            streams.http.pairing.pending_overflow,
         ),
-        ("unpaired_responses", streams.pairing.unpaired_responses),
+        (
+            "unpaired_responses",
+            streams.http.pairing.unpaired_responses,
+        ),
+        ("amqp_oversized_frames", streams.amqp.oversized_frames),
+        ("amqp_unsettled_overflow", streams.amqp.unsettled_overflow),
         ("sampling_ceiling", pipeline.sampling.dropped_ceiling),
         ("export_queue_full", export.dropped_queue_full),
         ("export_failed", export.dropped_failed),
     ];
-    metrics.set_totals(&crate::metrics::PipelineTotals {
+    metrics.set_totals(&PipelineTotals {
         events: capture.data_events + capture.conn_events,
         drops: &drops,
-        parse_errors: pipeline.streams.parse_errors,
+        parse_errors: pipeline.streams.http.parse_errors,
         export_failures: export.failed_batches,
     });
-}
-
-/// Resolves on SIGINT or SIGTERM; calls `on_usr1` at each SIGUSR1.
-pub async fn wait_for_shutdown(on_usr1: impl Fn()) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let mut usr1 = signal(SignalKind::user_defined1()).context("cannot watch SIGUSR1")?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = usr1.recv() => on_usr1(),
-        }
-    }
 }
 
 /// One JSON line on stderr: what tools (the bench, tests) read the agent's counters from.
@@ -238,11 +209,11 @@ pub struct PipelineSnapshot {
 /// What the rules made of the exchanges.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct PipelineCounters {
-    /// Exchanges a rule matched and found an order id in.
+    /// Records (exchanges, messages) a rule matched and found an order id in.
     pub order_exchanges: u64,
-    /// Exchanges a rule matched, but without an order id where the rule looks for it.
+    /// Records a rule matched, but without an order id where the rule looks for it.
     pub no_order_id: u64,
-    /// Exchanges no rule matched (still counted: they are the services' other traffic).
+    /// Records no rule matched (still counted: they are the services' other traffic).
     pub unmatched: u64,
     /// Spans built (before sampling).
     pub spans: u64,
@@ -283,11 +254,7 @@ impl Agent {
             local_host_name(),
             monotonic_to_unix_offset_ns(),
         );
-        let mut export_config = config.export.clone();
-        export_config
-            .apply_env(|name| std::env::var(name).ok())
-            .map_err(|e| anyhow::anyhow!("OTEL_* environment: {e}"))?;
-        let exporter = Exporter::start(&export_config).context("cannot start the exporter")?;
+        let exporter = Exporter::start(&config.export).context("cannot start the exporter")?;
         let mut fanout = Fanout::new(Sampler::new(config.sampling.clone()), exporter.handle());
         if let Some(monitor) = monitor {
             fanout = fanout.with_consumer(monitor);
@@ -302,7 +269,7 @@ impl Agent {
             builder,
             fanout,
             counters: PipelineCounters::default(),
-            exchanges: Vec::new(),
+            records: Vec::new(),
         };
         let pipeline = tokio::spawn(stages.run(events, snapshot_tx));
         Ok(Self {
@@ -311,6 +278,11 @@ impl Agent {
             exporter,
             snapshot,
         })
+    }
+
+    /// Where spans made outside the pipeline (the monitor's root spans) join the export.
+    pub fn export_handle(&self) -> ExportHandle {
+        self.exporter.handle()
     }
 
     /// Every stage's counters: the pipeline's as of its last tick, the others live.
@@ -354,7 +326,7 @@ struct Stages {
     fanout: Fanout,
     counters: PipelineCounters,
     /// Reused output buffer of the streams stage.
-    exchanges: Vec<Exchange>,
+    records: Vec<Record>,
 }
 
 impl Stages {
@@ -372,8 +344,8 @@ impl Stages {
                     None => break,
                 },
                 _ = tick.tick() => {
-                    self.streams.expire(monotonic_now_ns(), &mut self.exchanges);
-                    self.on_exchanges();
+                    self.streams.expire(monotonic_now_ns(), &mut self.records);
+                    self.on_records();
                     snapshot.send_replace(self.snapshot());
                 }
             }
@@ -383,14 +355,14 @@ impl Stages {
 
     fn on_batch(&mut self, batch: Vec<CaptureEvent>) {
         for event in batch {
-            self.streams.on_event(event, &mut self.exchanges);
+            self.streams.on_event(event, &mut self.records);
         }
-        self.on_exchanges();
+        self.on_records();
     }
 
-    fn on_exchanges(&mut self) {
-        for exchange in self.exchanges.drain(..) {
-            let (outcome, span) = self.builder.build(&exchange);
+    fn on_records(&mut self) {
+        for record in self.records.drain(..) {
+            let (outcome, span) = self.builder.build(&record);
             match outcome {
                 MatchOutcome::Order => self.counters.order_exchanges += 1,
                 MatchOutcome::NoOrderId => self.counters.no_order_id += 1,

@@ -1,11 +1,11 @@
-//! Prometheus exposition (`GET /metrics`): orders per status, dwell time per status, open
-//! detections by kind and service, and the pipeline's counters (agent and monitor).
+//! Prometheus exposition (`GET /metrics`) of the monitor: orders per status, dwell time per
+//! status, open detections by kind and service, the monitor's own counters, and the agent
+//! pipeline's counters ([`crate::pipeline_metrics`]).
 //!
 //! Labels carry statuses, kinds, services and drop reasons only, never order ids: the label
 //! sets stay small and no order data leaves through metrics.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -15,6 +15,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::lifecycle::{Event, Lifecycle};
+use crate::pipeline_metrics::{PipelineCounters, ReasonLabel};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
@@ -25,77 +26,6 @@ struct StatusLabel {
 struct DetectionLabels {
     kind: String,
     service: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabel {
-    reason: String,
-}
-
-/// The agent pipeline's counters. Cheap to clone (shared atomics): the agent keeps a clone
-/// and adds to it; `/metrics` shows the totals.
-#[derive(Clone, Default)]
-pub struct PipelineCounters {
-    events: Counter,
-    drops: Family<ReasonLabel, Counter>,
-    parse_errors: Counter,
-    export_failures: Counter,
-}
-
-impl PipelineCounters {
-    /// Kernel events (socket reads/writes, connects, closes) taken from the ring buffer.
-    pub fn add_events(&self, n: u64) {
-        self.events.inc_by(n);
-    }
-
-    /// Things dropped on purpose to stay bounded, by reason (e.g. `ring_full`,
-    /// `connections_full`, `export_queue_full`).
-    pub fn add_drops(&self, reason: &str, n: u64) {
-        self.drops
-            .get_or_create(&ReasonLabel {
-                reason: reason.to_string(),
-            })
-            .inc_by(n);
-    }
-
-    /// Bytes that were not HTTP/1.x or broke a message.
-    pub fn add_parse_errors(&self, n: u64) {
-        self.parse_errors.inc_by(n);
-    }
-
-    /// Batches the exporter could not deliver.
-    pub fn add_export_failures(&self, n: u64) {
-        self.export_failures.inc_by(n);
-    }
-
-    /// For an agent that keeps its own running totals (a counters snapshot): sets each
-    /// counter to the total, never lower than it was (Prometheus counters only go up).
-    pub fn set_totals(&self, totals: &PipelineTotals<'_>) {
-        let raise = |counter: &Counter, total: u64| {
-            counter.inner().fetch_max(total, Ordering::Relaxed);
-        };
-        raise(&self.events, totals.events);
-        raise(&self.parse_errors, totals.parse_errors);
-        raise(&self.export_failures, totals.export_failures);
-        for (reason, total) in totals.drops {
-            raise(
-                &self.drops.get_or_create(&ReasonLabel {
-                    reason: (*reason).to_string(),
-                }),
-                *total,
-            );
-        }
-    }
-}
-
-/// Running totals of the agent pipeline, for [`PipelineCounters::set_totals`].
-#[derive(Clone, Copy, Debug, Default)]
-pub struct PipelineTotals<'a> {
-    pub events: u64,
-    /// (reason, total) pairs.
-    pub drops: &'a [(&'a str, u64)],
-    pub parse_errors: u64,
-    pub export_failures: u64,
 }
 
 /// Every metric the monitor exposes.
@@ -112,8 +42,16 @@ pub struct Metrics {
     monitor_drops: Family<ReasonLabel, Counter>,
     pub alerts_sent: Counter,
     pub alerts_failed: Counter,
+    /// Alerts in the store's outbox, not yet acknowledged by their target.
+    pub alerts_pending: Gauge,
     pub store_errors: Counter,
+    /// Services a `service` label may name; any other is `other`, so that senders cannot grow
+    /// the label set (a detection's service comes from the spans).
+    services: std::sync::RwLock<std::collections::BTreeSet<String>>,
 }
+
+/// The label of services not configured.
+pub const OTHER_SERVICE: &str = "other";
 
 fn dwell_histogram() -> Histogram {
     // 0.1 s … about 5 days: testbed limits are seconds, a shop's are hours to days.
@@ -139,7 +77,9 @@ impl Metrics {
             monitor_drops: Family::default(),
             alerts_sent: Counter::default(),
             alerts_failed: Counter::default(),
+            alerts_pending: Gauge::default(),
             store_errors: Counter::default(),
+            services: Default::default(),
         };
         let r = &mut metrics.registry;
         r.register(
@@ -162,26 +102,7 @@ impl Metrics {
             "Detections raised, by kind and service",
             metrics.detections_raised.clone(),
         );
-        r.register(
-            "pipeline_events",
-            "Kernel events taken by the agent",
-            metrics.pipeline.events.clone(),
-        );
-        r.register(
-            "pipeline_drops",
-            "Items the agent dropped to stay bounded, by reason",
-            metrics.pipeline.drops.clone(),
-        );
-        r.register(
-            "pipeline_parse_errors",
-            "Streams the agent could not parse as HTTP",
-            metrics.pipeline.parse_errors.clone(),
-        );
-        r.register(
-            "pipeline_export_failures",
-            "Span batches the exporter could not deliver",
-            metrics.pipeline.export_failures.clone(),
-        );
+        metrics.pipeline.register(r);
         r.register(
             "monitor_spans_received",
             "Spans the lifecycle monitor received",
@@ -194,13 +115,18 @@ impl Metrics {
         );
         r.register(
             "alerts_sent",
-            "Alert notifications delivered to the webhook",
+            "Alert notifications their target acknowledged",
             metrics.alerts_sent.clone(),
         );
         r.register(
             "alerts_failed",
-            "Alert notifications given up after retries",
+            "Alert deliveries that failed (retried until acknowledged; a 4xx refusal drops the alert)",
             metrics.alerts_failed.clone(),
+        );
+        r.register(
+            "alerts_pending",
+            "Alerts in the outbox waiting for their target",
+            metrics.alerts_pending.clone(),
         );
         r.register(
             "store_errors",
@@ -210,17 +136,43 @@ impl Metrics {
         metrics
     }
 
+    /// The services the configuration names (lifecycle statuses, transits): label values.
+    pub fn know_services<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        if let Ok(mut services) = self.services.write() {
+            services.extend(names.into_iter().map(str::to_string));
+        }
+    }
+
+    fn detection_labels(&self, d: &crate::lifecycle::Detection) -> DetectionLabels {
+        let known = self
+            .services
+            .read()
+            .is_ok_and(|services| services.contains(&d.service));
+        DetectionLabels {
+            kind: d.kind.as_str().to_string(),
+            service: if known {
+                d.service.clone()
+            } else {
+                OTHER_SERVICE.to_string()
+            },
+        }
+    }
+
     /// The counters the agent adds to (all-in-one mode).
     pub fn pipeline(&self) -> PipelineCounters {
         self.pipeline.clone()
     }
 
     pub fn count_drop(&self, reason: &str) {
+        self.count_drops(reason, 1);
+    }
+
+    pub fn count_drops(&self, reason: &str, n: u64) {
         self.monitor_drops
             .get_or_create(&ReasonLabel {
                 reason: reason.to_string(),
             })
-            .inc();
+            .inc_by(n);
     }
 
     /// Sets the gauges from the lifecycle's current state (at start and periodically).
@@ -234,10 +186,7 @@ impl Metrics {
         for order in lifecycle.orders() {
             for d in order.open_detections() {
                 self.open_detections
-                    .get_or_create(&DetectionLabels {
-                        kind: d.kind.as_str().to_string(),
-                        service: d.service.clone(),
-                    })
+                    .get_or_create(&self.detection_labels(d))
                     .inc();
             }
         }
@@ -258,19 +207,13 @@ impl Metrics {
                     })
                     .observe(*dwell as f64 / 1e9),
                 Event::Raised(d) => {
-                    let labels = DetectionLabels {
-                        kind: d.kind.as_str().to_string(),
-                        service: d.service.clone(),
-                    };
+                    let labels = self.detection_labels(d);
                     self.detections_raised.get_or_create(&labels).inc();
                     self.open_detections.get_or_create(&labels).inc();
                 }
                 Event::Resolved(d) => {
                     self.open_detections
-                        .get_or_create(&DetectionLabels {
-                            kind: d.kind.as_str().to_string(),
-                            service: d.service.clone(),
-                        })
+                        .get_or_create(&self.detection_labels(d))
                         .dec();
                 }
                 _ => {}
@@ -294,10 +237,12 @@ pub type SharedMetrics = Arc<Metrics>;
 mod tests {
     use super::*;
     use crate::lifecycle::{Detection, DetectionKind};
+    use crate::pipeline_metrics::PipelineTotals;
 
     #[test]
     fn exposition_has_the_documented_families() {
         let metrics = Metrics::new();
+        metrics.know_services(["crm-api"]);
         metrics.pipeline().add_events(5);
         metrics.pipeline().add_drops("ring_full", 2);
         // Totals from a snapshot never lower a counter.
@@ -336,6 +281,16 @@ mod tests {
             assert!(text.contains(needle), "{needle} missing in\n{text}");
         }
         assert!(!text.contains("SO-1"), "no order ids in metrics");
+        // A service the configuration does not name is `other`, whatever a sender put there.
+        metrics.observe(&[Event::Raised(Detection {
+            service: "x".repeat(1000),
+            ..detection.clone()
+        })]);
+        assert!(
+            metrics.encode().contains(
+                "order_tracer_detections_raised_total{kind=\"stuck\",service=\"other\"} 1"
+            )
+        );
         metrics.observe(&[Event::Resolved(detection)]);
         assert!(
             metrics

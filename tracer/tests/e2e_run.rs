@@ -135,7 +135,7 @@ async fn detections_equal_the_truth_and_metrics_and_alerts_agree() {
         + 5.0;
     tokio::time::sleep(Duration::from_secs_f64(longest)).await;
 
-    tracer::monitor::install_crypto_provider();
+    tracer::process::install_crypto_provider();
     let client = reqwest::Client::new();
     let truth = std::fs::read_to_string(run.truth()).unwrap();
     let problems = compare_with_truth(&client, &api, None, &truth, &config.lifecycle).await;

@@ -6,33 +6,15 @@ mod monitor_common;
 #[path = "support/otlp_receiver.rs"]
 mod otlp_receiver;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use monitor_common::process::{Ports, spawn_monitor};
 use monitor_common::*;
 use otlp_receiver::TestPki;
 use tracer::export::{ExportConfig, ExportKind, Exporter};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// The monitor process, killed when the test ends however it ends.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn write(dir: &Path, name: &str, pem: &str) -> PathBuf {
     let path = dir.join(name);
@@ -75,7 +57,7 @@ async fn send_order(config: &ExportConfig, order: &str) -> tracer::export::Expor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_over_mutual_tls_reaches_the_monitor_and_anonymous_clients_do_not() {
-    tracer::monitor::install_crypto_provider();
+    tracer::process::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::generate();
     let extra = format!(
@@ -89,20 +71,9 @@ async fn otlp_over_mutual_tls_reaches_the_monitor_and_anonymous_clients_do_not()
         "monitor.toml",
         &config_toml(&dir.path().join("m.db"), &extra),
     );
-    let (api, grpc, http) = (free_port(), free_port(), free_port());
-    let _monitor = Process(
-        Command::new(env!("CARGO_BIN_EXE_tracer"))
-            .args(["monitor", "--config"])
-            .arg(&config)
-            .args(["--listen", &api.to_string()])
-            .args(["--otlp-grpc", &grpc.to_string()])
-            .args(["--otlp-http", &http.to_string()])
-            .arg("--allow-anonymous-loopback")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the tracer binary starts"),
-    );
+    let ports = Ports::free();
+    let (api, grpc, http) = (ports.api, ports.grpc, ports.http);
+    let _monitor = spawn_monitor(&config, &ports, &[]);
     let client = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap())
         .build()

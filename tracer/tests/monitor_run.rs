@@ -34,7 +34,7 @@ async fn run_serves_the_api_to_local_callers_with_the_anonymous_flag() {
     let mut child = tracer_run(&["--listen", &listen, "--allow-anonymous-loopback"], &store)
         .spawn()
         .unwrap();
-    tracer::monitor::install_crypto_provider();
+    tracer::process::install_crypto_provider();
     let client = reqwest::Client::new();
     let body = wait_for(Duration::from_secs(20), "tracer run API", || async {
         let r = client

@@ -362,11 +362,13 @@ fn systemd_unit_is_hardened() {
     assert!(service["CapabilityBoundingSet"].contains("CAP_BPF"));
 }
 
-/// The series names `/metrics` exposes, read from the registrations in `tracer/src/metrics.rs`:
-/// the registry's prefix, each registered name, and the suffixes the exposition adds for the
+/// The series names `/metrics` exposes, read from the registrations in `tracer/src/metrics.rs`
+/// (the monitor's) and `tracer/src/pipeline_metrics.rs` (the agent's, which join it): the
+/// registry's prefix, each registered name, and the suffixes the exposition adds for the
 /// registered field's type (counters `_total`, histograms `_bucket`/`_sum`/`_count`).
 fn exposed_series() -> BTreeSet<String> {
-    let source = read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../tracer/src/metrics.rs"));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tracer/src");
+    let source = read(&src.join("metrics.rs")) + &read(&src.join("pipeline_metrics.rs"));
     let quoted = |text: &str| -> Option<String> {
         let start = text.find('"')? + 1;
         Some(text[start..start + text[start..].find('"')?].to_string())
@@ -388,7 +390,9 @@ fn exposed_series() -> BTreeSet<String> {
             .to_string()
     };
     let mut series = BTreeSet::new();
-    for call in source.split(".register(").skip(1) {
+    // `….register(registry)` hands a registry on; the registrations name their metric first.
+    let registrations = source.split(".register(").skip(1);
+    for call in registrations.filter(|call| call.trim_start().starts_with('"')) {
         let name = quoted(call).expect("register(name, …)");
         let metric = &call[..call.find(".clone()").expect("register(…, metric.clone())")];
         let field = metric.rsplit('.').next().unwrap();

@@ -80,24 +80,3 @@ impl CaptureEvent {
         }
     }
 }
-
-/// Nanoseconds to add to a CLOCK_MONOTONIC timestamp (what the kernel stamps events with) to
-/// get Unix time. Read once at start: both clocks tick together, short of NTP slewing.
-pub fn monotonic_to_unix_offset_ns() -> i128 {
-    clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC)
-}
-
-/// CLOCK_MONOTONIC now, in the kernel's event time base.
-pub fn monotonic_now_ns() -> u64 {
-    clock_ns(libc::CLOCK_MONOTONIC) as u64
-}
-
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; both clock ids exist on every Linux.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
-}

@@ -78,7 +78,7 @@ impl KernelTables {
             .map(|(_, row)| row.local.port())
             .collect();
         for (fd, row) in mine {
-            let conn_id = monotonic_ns();
+            let conn_id = crate::clock::monotonic_now_ns();
             // A listener is tracked silently, so that `accept` on it is known to be TCP.
             let info = if row.is_listening() {
                 SockInfo {
@@ -127,7 +127,7 @@ impl KernelTables {
             .filter_map(Result::ok)
             .filter(|key| (key >> 32) as u32 == pid)
             .collect();
-        let now = monotonic_ns();
+        let now = crate::clock::monotonic_now_ns();
         for key in keys {
             if let Ok(info) = self.sockets.get(&key, 0)
                 && info.flags & sock_flag::ANNOUNCED != 0
@@ -145,16 +145,4 @@ impl KernelTables {
             let _ = self.sockets.remove(&key);
         }
     }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the kernel's `bpf_ktime_get_ns` clock, so seeded
-/// connection ids and timestamps sort with the kernel's.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC exists on every Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -44,19 +44,10 @@ pub(super) enum OtlpClient {
     },
 }
 
-/// Installs ring as rustls's process-wide provider, once (the build has no aws-lc).
-fn install_crypto_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // Err means another part of the process installed one already, which is as good.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
-
 impl OtlpClient {
     /// Builds the client; connects lazily, so a dead endpoint fails sends, not start-up.
     pub fn new(config: &ExportConfig) -> Result<Self, ExportError> {
-        install_crypto_provider();
+        crate::process::install_crypto_provider();
         let url = config.endpoint_url().map_err(ExportError::Config)?;
         let read = |path: &std::path::Path| {
             std::fs::read(path)
@@ -321,6 +312,8 @@ fn to_span(record: &SpanRecord) -> Span {
             SpanKind::Internal => span::SpanKind::Internal,
             SpanKind::Server => span::SpanKind::Server,
             SpanKind::Client => span::SpanKind::Client,
+            SpanKind::Producer => span::SpanKind::Producer,
+            SpanKind::Consumer => span::SpanKind::Consumer,
         } as i32,
         start_time_unix_nano: record.start_unix_nano,
         end_time_unix_nano: record.end_unix_nano,

@@ -5,7 +5,8 @@
 //! the framing they declare), `body` (Content-Length, chunked and close-delimited bodies,
 //! with capture gaps), `decoder` (one direction's push parser: head, body, end), `resync`
 //! (finding the next message start in a stream entered mid-way), `pair` (requests matched
-//! with responses into exchanges). The `streams` stage owns the bytes and drives these.
+//! with responses into exchanges), `stream` (one connection's two directions, the entry
+//! point). The `streams` stage owns the bytes and drives a [`stream::Stream`] per connection.
 
 pub(crate) mod body;
 pub(crate) mod decoder;
@@ -14,13 +15,16 @@ pub(crate) mod fixtures;
 pub(crate) mod head;
 pub(crate) mod pair;
 pub(crate) mod resync;
+pub(crate) mod stream;
 
+pub(crate) use crate::protocol::Input;
 pub use pair::PairCounters;
+pub use stream::Counters;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::capture::{ConnKey, Role};
 
@@ -123,37 +127,4 @@ impl Exchange {
 pub(crate) enum Kind {
     Request,
     Response,
-}
-
-/// Contiguous bytes a parser reads from the front of: a captured payload (`Bytes`) or a
-/// connection's reassembly buffer (`BytesMut`). `take` hands out a shared view, so heads and
-/// kept body prefixes cost no copy when they sit inside one capture.
-pub(crate) trait Input {
-    fn bytes(&self) -> &[u8];
-    fn take(&mut self, n: usize) -> Bytes;
-    fn skip(&mut self, n: usize);
-}
-
-impl Input for Bytes {
-    fn bytes(&self) -> &[u8] {
-        self
-    }
-    fn take(&mut self, n: usize) -> Bytes {
-        self.split_to(n)
-    }
-    fn skip(&mut self, n: usize) {
-        self.advance(n)
-    }
-}
-
-impl Input for BytesMut {
-    fn bytes(&self) -> &[u8] {
-        self
-    }
-    fn take(&mut self, n: usize) -> Bytes {
-        self.split_to(n).freeze()
-    }
-    fn skip(&mut self, n: usize) {
-        self.advance(n)
-    }
 }

@@ -3,26 +3,14 @@
 //! assembled from the decoder's head, body pieces and end.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
-use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde::Serialize;
 
 use super::decoder::End;
 use super::head::{Framing, HeadInfo, ResponseCtx};
 use super::{Exchange, Message, Outcome, RequestHead, ResponseHead};
-use crate::capture::{ConnKey, Role};
-
-/// The connection facts every exchange of it carries.
-#[derive(Clone, Debug)]
-pub(crate) struct ConnMeta {
-    pub conn: ConnKey,
-    pub service: Arc<str>,
-    pub role: Role,
-    pub local: Option<SocketAddr>,
-    pub peer: Option<SocketAddr>,
-}
+use crate::protocol::{BodyAcc, ConnMeta, Record};
 
 impl ConnMeta {
     fn exchange(
@@ -32,8 +20,8 @@ impl ConnMeta {
         start_ns: u64,
         end_ns: u64,
         outcome: Outcome,
-    ) -> Exchange {
-        Exchange {
+    ) -> Record {
+        Record::Http(Exchange {
             conn: self.conn,
             service: self.service.clone(),
             role: self.role,
@@ -44,7 +32,7 @@ impl ConnMeta {
             start_ns,
             end_ns: end_ns.max(start_ns),
             outcome,
-        }
+        })
     }
 }
 
@@ -63,42 +51,6 @@ pub struct PairCounters {
     pub unanswered_requests: u64,
     /// Requests dropped because the connection had `max_pending_requests` waiting already.
     pub pending_overflow: u64,
-}
-
-/// A kept body prefix, assembled from the decoder's pieces: one piece stays a shared view of
-/// the capture, more are copied together.
-#[derive(Debug, Default)]
-enum BodyAcc {
-    #[default]
-    Empty,
-    Shared(Bytes),
-    Owned(BytesMut),
-}
-
-impl BodyAcc {
-    fn push(&mut self, piece: Bytes) {
-        *self = match std::mem::take(self) {
-            BodyAcc::Empty => BodyAcc::Shared(piece),
-            BodyAcc::Shared(first) => {
-                let mut all = BytesMut::with_capacity(first.len() + piece.len());
-                all.extend_from_slice(&first);
-                all.extend_from_slice(&piece);
-                BodyAcc::Owned(all)
-            }
-            BodyAcc::Owned(mut all) => {
-                all.extend_from_slice(&piece);
-                BodyAcc::Owned(all)
-            }
-        }
-    }
-
-    fn finish(self) -> Bytes {
-        match self {
-            BodyAcc::Empty => Bytes::new(),
-            BodyAcc::Shared(b) => b,
-            BodyAcc::Owned(b) => b.freeze(),
-        }
-    }
 }
 
 /// A message whose head is parsed and whose body is still coming.
@@ -239,7 +191,7 @@ impl Pairing {
         end: &End,
         ts_ns: u64,
         meta: &ConnMeta,
-        out: &mut Vec<Exchange>,
+        out: &mut Vec<Record>,
         c: &mut PairCounters,
     ) -> bool {
         let Some(mut response) = self.response.take() else {
@@ -302,7 +254,7 @@ impl Pairing {
         ts_ns: u64,
         cut: Option<&End>,
         meta: &ConnMeta,
-        out: &mut Vec<Exchange>,
+        out: &mut Vec<Record>,
         c: &mut PairCounters,
     ) {
         let mut partial = self.response.take().filter(|r| !r.info.interim);
@@ -333,7 +285,7 @@ impl Pairing {
         now_ns: u64,
         timeout_ns: u64,
         meta: &ConnMeta,
-        out: &mut Vec<Exchange>,
+        out: &mut Vec<Record>,
         c: &mut PairCounters,
     ) {
         if self.response.is_some() {
@@ -357,6 +309,18 @@ impl Pairing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::{ConnKey, Role};
+    use std::sync::Arc;
+
+    fn http(records: Vec<Record>) -> Vec<Exchange> {
+        records
+            .into_iter()
+            .map(|r| match r {
+                Record::Http(e) => e,
+                other => panic!("not an HTTP record: {other:?}"),
+            })
+            .collect()
+    }
 
     fn meta() -> ConnMeta {
         ConnMeta {
@@ -402,7 +366,10 @@ mod tests {
         let head = ResponseHead { status: 200 };
         p.response_head(Message::bare(head), info(Framing::Empty), ts);
         p.response_end(&END, ts, &meta(), &mut out, c);
-        out.into_iter().map(|e| e.request.head.target).collect()
+        http(out)
+            .into_iter()
+            .map(|e| e.request.head.target)
+            .collect()
     }
 
     #[test]
@@ -470,6 +437,7 @@ mod tests {
         p.expire(1_009, 10, &meta(), &mut out, &mut c);
         assert!(out.is_empty());
         p.expire(1_010, 10, &meta(), &mut out, &mut c);
+        let out = http(out);
         assert_eq!(
             (out.len(), out[0].outcome, out[0].end_ns),
             (1, Outcome::Timeout, 1_010)

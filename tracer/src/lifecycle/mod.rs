@@ -22,12 +22,13 @@
 //! A resolved detection stays on the order's record: the set of detections ever raised per
 //! order is what a truth file is compared with.
 
+mod changes;
 mod config;
 mod order;
 mod root;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -35,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::spans::{AttrValue, SpanKind, SpanRecord, SpanStatus};
 
+pub use changes::Changes;
 use config::secs_to_ns;
 pub use config::{LifecycleConfig, StatusConfig, TransitConfig};
 pub use order::{Creation, HistoryEntry, OrderState, PendingFailure, PendingTransit};
@@ -144,6 +146,61 @@ pub struct LifecycleCounters {
     pub orders_evicted: u64,
 }
 
+/// The span attributes the lifecycle reads ([`SpanView`]; keep the two in step); a span is cut to these (and the
+/// resource's `service.name`) as it comes in, so nothing else reaches the store's inbox.
+const READ_ATTRIBUTES: [&str; 11] = [
+    "messaging.system",
+    "order.id",
+    "order.owner",
+    "order.rule",
+    "order.status",
+    "order.step",
+    "order.observed_status",
+    "order.lookup",
+    "order.key",
+    "http.response.status_code",
+    "error.type",
+];
+/// Longest attribute value kept (statuses, rule and service names, hashes); longer ones are
+/// dropped, not cut, so that two values never become one.
+const MAX_VALUE_LEN: usize = 256;
+
+/// `span` as the lifecycle keeps it: ids, kind, times, status, the attributes it reads
+/// within the agent's limits (order ids as the agent would accept them); `None` when no
+/// usable order id is left.
+pub fn minimal(span: SpanRecord) -> Option<SpanRecord> {
+    let fits = |value: &AttrValue| !matches!(value, AttrValue::Str(s) if s.len() > MAX_VALUE_LEN);
+    let mut attributes: std::collections::BTreeMap<String, AttrValue> = span
+        .attributes
+        .into_iter()
+        .filter(|(key, value)| READ_ATTRIBUTES.contains(&key.as_str()) && fits(value))
+        .collect();
+    let order_id = match attributes.get("order.id") {
+        Some(AttrValue::Str(raw)) => crate::orders::clean_order_id(raw)?,
+        _ => return None,
+    };
+    attributes.insert("order.id".into(), AttrValue::Str(order_id));
+    let resource = span
+        .resource
+        .into_iter()
+        .filter(|(key, value)| key == "service.name" && fits(value))
+        .collect();
+    Some(SpanRecord {
+        trace_id: span.trace_id,
+        span_id: span.span_id,
+        parent_span_id: span.parent_span_id,
+        links: Vec::new(),
+        name: String::new(),
+        kind: span.kind,
+        start_unix_nano: span.start_unix_nano,
+        end_unix_nano: span.end_unix_nano,
+        status: span.status,
+        resource,
+        attributes,
+        events: Vec::new(),
+    })
+}
+
 /// The fields of an exchange span the lifecycle reads.
 struct SpanView<'a> {
     order_id: &'a str,
@@ -158,6 +215,8 @@ struct SpanView<'a> {
     failed: bool,
     succeeded: bool,
     gave_up: bool,
+    /// A consumer span of a message never acknowledged: delivered, never handled.
+    unsettled: bool,
     start: u64,
     end: u64,
     span_id: String,
@@ -186,6 +245,8 @@ impl<'a> SpanView<'a> {
         let failed = error_type.is_some()
             || span.status == SpanStatus::Error
             || code.is_some_and(|c| c >= 400);
+        // A message span has no status code: settled as wanted is success.
+        let message = str_attr(span, "messaging.system").is_some();
         Some(Self {
             order_id,
             owner: str_attr(span, "order.owner").unwrap_or(service),
@@ -197,8 +258,10 @@ impl<'a> SpanView<'a> {
             lookup_found: str_attr(span, "order.lookup").map(|l| l == "found"),
             key: str_attr(span, "order.key"),
             failed,
-            succeeded: !failed && code.is_some_and(|c| (200..400).contains(&c)),
+            succeeded: !failed && (message || code.is_some_and(|c| (200..400).contains(&c))),
             gave_up: matches!(error_type, Some("timeout" | "reset" | "no_response")),
+            unsettled: span.kind == SpanKind::Consumer
+                && matches!(error_type, Some("timeout" | "reset" | "channel_closed")),
             start: span.start_unix_nano,
             end: span.end_unix_nano.max(span.start_unix_nano),
             span_id: hex::encode(span.span_id),
@@ -223,16 +286,27 @@ struct CreationRef {
     hung: bool,
 }
 
+/// A span waiting out the reorder window.
+struct Buffered {
+    /// Identifies the span in the store's inbox.
+    seq: u64,
+    /// Unix ns when it was taken in.
+    arrival: u64,
+    span: SpanRecord,
+}
+
 /// The status machine over all orders in memory.
 pub struct Lifecycle {
     config: LifecycleConfig,
     orders: HashMap<String, OrderState>,
-    /// Spans waiting out the reorder window, in arrival order: (arrival ns, span).
-    buffer: VecDeque<(u64, SpanRecord)>,
+    /// Spans waiting out the reorder window, in arrival order.
+    buffer: VecDeque<Buffered>,
+    next_seq: u64,
     creations: HashMap<String, Vec<CreationRef>>,
+    /// Orders changed since the last `take_changes`.
     dirty: BTreeSet<String>,
-    /// The buffer changed since the last `take_buffer_if_changed`.
-    buffer_changed: bool,
+    /// What else changed since the last `take_changes`: the inbox, orders given up.
+    unsaved: Changes,
     counters: LifecycleCounters,
 }
 
@@ -247,9 +321,10 @@ impl Lifecycle {
             config,
             orders: HashMap::with_capacity(orders.len()),
             buffer: VecDeque::new(),
+            next_seq: 1,
             creations: HashMap::new(),
             dirty: BTreeSet::new(),
-            buffer_changed: false,
+            unsaved: Changes::default(),
             counters: LifecycleCounters::default(),
         };
         for order in orders {
@@ -281,32 +356,53 @@ impl Lifecycle {
         self.buffer.len()
     }
 
-    /// The spans not applied yet (arrival ns, span), when they changed since the last call:
-    /// what a store keeps so that a crash loses no acknowledged span.
-    pub fn buffer_if_changed(&mut self) -> Option<Vec<(u64, &SpanRecord)>> {
-        if !std::mem::take(&mut self.buffer_changed) {
-            return None;
+    /// Puts back the spans a store kept unapplied, (seq, arrival ns, span) in arrival order,
+    /// before any new span is taken in. They are already in the store: no change to save.
+    pub fn resume_inbox(&mut self, inbox: Vec<(u64, u64, SpanRecord)>) -> Vec<Event> {
+        let mut out = Vec::new();
+        for (seq, arrival, span) in inbox {
+            self.next_seq = self.next_seq.max(seq + 1);
+            self.make_room(&mut out);
+            self.buffer.push_back(Buffered { seq, arrival, span });
         }
-        Some(
-            self.buffer
-                .iter()
-                .map(|(arrival, span)| (*arrival, span))
-                .collect(),
-        )
+        out
     }
 
-    /// Takes a span in; it is applied by a later `tick` once the reorder window has passed.
+    /// Takes a span in, cut to what the lifecycle reads ([`minimal`]); it is applied by a later
+    /// `tick` once the reorder window has passed.
     pub fn ingest(&mut self, span: SpanRecord, now: u64) -> Vec<Event> {
         let mut out = Vec::new();
+        let Some(span) = minimal(span) else {
+            self.counters.spans_without_order += 1;
+            return out;
+        };
+        self.make_room(&mut out);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.unsaved.inbox_added.insert(seq, (now, span.clone()));
+        self.buffer.push_back(Buffered {
+            seq,
+            arrival: now,
+            span,
+        });
+        out
+    }
+
+    /// Over the buffer bound the oldest span is applied early (counted).
+    fn make_room(&mut self, out: &mut Vec<Event>) {
         if self.buffer.len() >= self.config.max_buffered_spans
-            && let Some((_, oldest)) = self.buffer.pop_front()
+            && let Some(oldest) = self.buffer.pop_front()
         {
             self.counters.spans_applied_early += 1;
-            self.apply(&oldest, &mut out);
+            self.note_applied(oldest.seq);
+            self.apply(&oldest.span, out);
         }
-        self.buffer.push_back((now, span));
-        self.buffer_changed = true;
-        out
+    }
+
+    fn note_applied(&mut self, seq: u64) {
+        if self.unsaved.inbox_added.remove(&seq).is_none() {
+            self.unsaved.inbox_removed.insert(seq);
+        }
     }
 
     /// Applies the spans whose reorder window passed, then the timers.
@@ -326,12 +422,18 @@ impl Lifecycle {
         out
     }
 
-    /// Orders changed since the last call, for the store.
-    pub fn take_dirty(&mut self) -> Vec<OrderState> {
-        std::mem::take(&mut self.dirty)
-            .into_iter()
-            .filter_map(|id| self.orders.get(&id).cloned())
-            .collect()
+    /// Everything a store must write since the last call: changed orders, orders given up,
+    /// spans taken in and applied (`alerts` is left to the caller).
+    pub fn take_changes(&mut self) -> Changes {
+        let mut changes = std::mem::take(&mut self.unsaved);
+        for id in std::mem::take(&mut self.dirty) {
+            if let Some(order) = self.orders.get(&id) {
+                // Given up and seen again since: followed, not given up.
+                changes.forgotten.remove(&id);
+                changes.orders.insert(id, order.clone());
+            }
+        }
+        changes
     }
 
     /// Number of orders in memory per current status (statuses in lifecycle order).
@@ -351,29 +453,33 @@ impl Lifecycle {
     }
 
     fn release(&mut self, ready: impl Fn(u64) -> bool, out: &mut Vec<Event>) {
-        let mut batch: Vec<SpanRecord> = Vec::new();
-        while let Some((arrival, _)) = self.buffer.front() {
-            if !ready(*arrival) {
+        let mut batch: Vec<Buffered> = Vec::new();
+        while let Some(first) = self.buffer.front() {
+            if !ready(first.arrival) {
                 break;
             }
-            if let Some((_, span)) = self.buffer.pop_front() {
-                batch.push(span);
+            if let Some(first) = self.buffer.pop_front() {
+                batch.push(first);
             }
         }
         if batch.is_empty() {
             return;
         }
-        self.buffer_changed = true;
         // Stragglers that ended before the newest released span go with it, in order.
-        let newest = batch.iter().map(|s| s.end_unix_nano).max().unwrap_or(0);
+        let newest = batch
+            .iter()
+            .map(|b| b.span.end_unix_nano)
+            .max()
+            .unwrap_or(0);
         let (early, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.buffer)
             .into_iter()
-            .partition(|(_, span)| span.end_unix_nano <= newest);
+            .partition(|b| b.span.end_unix_nano <= newest);
         self.buffer = later.into();
-        batch.extend(early.into_iter().map(|(_, span)| span));
-        batch.sort_by_key(|s| (s.end_unix_nano, s.start_unix_nano));
-        for span in &batch {
-            self.apply(span, out);
+        batch.extend(early);
+        batch.sort_by_key(|b| (b.span.end_unix_nano, b.span.start_unix_nano));
+        for buffered in &batch {
+            self.note_applied(buffered.seq);
+            self.apply(&buffered.span, out);
         }
     }
 
@@ -419,6 +525,7 @@ impl Lifecycle {
         out.push(Event::Forgotten {
             order_id: order_id.to_string(),
         });
+        self.unsaved.forgotten.insert(order_id.to_string(), order);
     }
 
     fn apply(&mut self, span: &SpanRecord, out: &mut Vec<Event>) {
@@ -465,7 +572,7 @@ impl Lifecycle {
             if let Some(step) = view.step {
                 order.pending_failures.retain(|f| f.step != step);
             }
-        } else if view.failed {
+        } else if view.failed && !view.unsettled {
             note_failure(config, order, &view);
         }
         apply_transits(config, order, &view, out);
@@ -663,15 +770,29 @@ fn apply_transits(
             order
                 .pending_transits
                 .retain(|t| t.to_rule != transit.to_rule);
+            if view.unsettled {
+                // Delivered, never acknowledged: lost between the broker and the receiver.
+                let reached = order
+                    .status_index(config)
+                    .is_some_and(|c| config.index_of(&transit.step).is_some_and(|s| c >= s));
+                if !reached {
+                    order.raise(
+                        DetectionKind::LostInTransit,
+                        &transit.step,
+                        &transit.service,
+                        view.end,
+                        out,
+                    );
+                }
+                continue;
+            }
             order.resolve_where(view.end, out, |d| {
                 d.kind == DetectionKind::LostInTransit && d.step == transit.step
             });
             if !order.received_rules.contains(&transit.to_rule) {
                 order.received_rules.push(transit.to_rule.clone());
             }
-        } else if view.rule == transit.from_rule
-            && view.kind == SpanKind::Client
-            && view.succeeded
+        } else if starts(transit, view)
             && !order.received_rules.contains(&transit.to_rule)
             && !order
                 .pending_transits
@@ -688,5 +809,20 @@ fn apply_transits(
                 deadline: view.end.saturating_add(secs_to_ns(transit.limit_secs)),
             });
         }
+    }
+}
+
+/// Whether a span starts a hand-over: the sender's successful call or publish, or the status
+/// the hand-over follows.
+fn starts(transit: &TransitConfig, view: &SpanView<'_>) -> bool {
+    if !view.succeeded {
+        return false;
+    }
+    match (&transit.from_rule, &transit.from_status) {
+        (Some(rule), _) => {
+            view.rule == rule && matches!(view.kind, SpanKind::Client | SpanKind::Producer)
+        }
+        (None, Some(status)) => view.status == Some(status.as_str()),
+        (None, None) => false,
     }
 }

@@ -48,6 +48,13 @@ fn run(spans: Vec<SpanRecord>, until_secs: f64) -> (Lifecycle, Vec<Event>) {
     (lifecycle, events)
 }
 
+/// A span that names `order` and nothing else.
+pub(crate) fn span_of(order: &str) -> SpanRecord {
+    let mut span = Span::server(order, "shop-api", "shop.create", T0).at(0.0, 0.0);
+    span.attributes.retain(|k, _| k == "order.id");
+    span
+}
+
 fn detections_of(lifecycle: &Lifecycle, order: &str) -> Vec<(String, String, String)> {
     lifecycle
         .order(order)
@@ -215,7 +222,7 @@ fn restored_state_raises_nothing_twice_and_keeps_timers() {
             .count(),
         2
     );
-    let saved: Vec<OrderState> = lifecycle.take_dirty();
+    let saved: Vec<OrderState> = lifecycle.take_changes().orders.into_values().collect();
     let mut restored = Lifecycle::restore(test_config(), saved);
     let again = restored.tick(T0 + 25 * S);
     assert!(
@@ -232,7 +239,8 @@ fn transit_timer_survives_a_restart() {
         lifecycle.ingest(span, T0 + 3 * S);
     }
     lifecycle.tick(T0 + 4 * S);
-    let mut restored = Lifecycle::restore(test_config(), lifecycle.take_dirty());
+    let saved = lifecycle.take_changes().orders.into_values().collect();
+    let mut restored = Lifecycle::restore(test_config(), saved);
     let events = restored.tick(T0 + 10 * S);
     assert!(
         events
@@ -244,11 +252,48 @@ fn transit_timer_survives_a_restart() {
 #[test]
 fn expiry_gives_the_order_up_and_resolves_what_is_open() {
     let (mut lifecycle, _) = run(walk("SO-X", Some("operator_never_started"), T0), 30.0);
+    lifecycle.take_changes();
     let events = lifecycle.tick(T0 + 700 * S);
     assert!(events.iter().any(|e| matches!(e, Event::Resolved(_))));
     assert!(events.iter().any(|e| matches!(e, Event::RootSpan(_))));
     assert!(events.iter().any(|e| matches!(e, Event::Forgotten { .. })));
     assert!(lifecycle.order("SO-X").is_none());
+    // The store gets the final state, detections resolved, to keep it queryable.
+    let changes = lifecycle.take_changes();
+    assert!(changes.orders.is_empty());
+    let last = &changes.forgotten["SO-X"];
+    assert!(last.open_detections().next().is_none(), "{last:?}");
+}
+
+#[test]
+fn the_inbox_changes_are_the_spans_taken_in_and_applied_since_the_last_save() {
+    let mut lifecycle = Lifecycle::new(test_config());
+    lifecycle.ingest(span_of("SO-1"), T0);
+    lifecycle.ingest(span_of("SO-2"), T0);
+    let first = lifecycle.take_changes();
+    assert_eq!(first.inbox_added.keys().collect::<Vec<_>>(), [&1, &2]);
+    assert!(first.inbox_removed.is_empty() && first.orders.is_empty());
+    lifecycle.tick(T0 + S);
+    lifecycle.ingest(span_of("SO-3"), T0 + S);
+    let second = lifecycle.take_changes();
+    assert_eq!(second.inbox_added.keys().collect::<Vec<_>>(), [&3]);
+    assert_eq!(second.inbox_removed.iter().collect::<Vec<_>>(), [&1, &2]);
+    assert_eq!(second.orders.len(), 2);
+    // Resumed from a store, the spans keep their seqs and new ones follow them.
+    let mut resumed = Lifecycle::new(test_config());
+    resumed.resume_inbox(vec![(3, T0 + S, span_of("SO-3"))]);
+    resumed.ingest(span_of("SO-4"), T0 + S);
+    let third = resumed.take_changes();
+    assert_eq!(third.inbox_added.keys().collect::<Vec<_>>(), [&4]);
+    resumed.flush(T0 + 2 * S);
+    assert_eq!(
+        resumed
+            .take_changes()
+            .inbox_removed
+            .iter()
+            .collect::<Vec<_>>(),
+        [&3, &4]
+    );
 }
 
 #[test]
@@ -296,4 +341,71 @@ fn spans_delivered_again_after_the_order_moved_on_change_nothing() {
         lifecycle.tick(T0 + 23 * S);
         assert_eq!(lifecycle.order("SO-D").unwrap(), &before, "fault {fault:?}");
     }
+}
+
+#[test]
+fn spans_come_in_cut_to_what_the_lifecycle_reads() {
+    let mut span = Span::server("SO-1", "shop-api", "shop.create", T0)
+        .reached("INITIATED")
+        .attr("http.request.header.cookie", "secret")
+        .attr("order.rule", &"r".repeat(1000))
+        .at(0.0, 0.1);
+    span.name = "POST /orders?email=secret".into();
+    span.resource
+        .insert("host.name".into(), AttrValue::Str("secret".into()));
+    let cut = minimal(span.clone()).unwrap();
+    assert!(cut.name.is_empty() && cut.events.is_empty() && cut.links.is_empty());
+    assert_eq!(cut.resource.keys().collect::<Vec<_>>(), ["service.name"]);
+    assert!(!cut.attributes.contains_key("http.request.header.cookie"));
+    assert!(
+        !cut.attributes.contains_key("order.rule"),
+        "over-long values go"
+    );
+    assert_eq!(
+        cut.attributes["order.status"],
+        span.attributes["order.status"]
+    );
+    assert_eq!(minimal(cut.clone()), Some(cut), "idempotent");
+    for bad in ["", " ", &"X".repeat(20_000)] {
+        let mut span = span.clone();
+        span.attributes
+            .insert("order.id".into(), AttrValue::Str(bad.to_string()));
+        assert_eq!(minimal(span), None, "{bad:.20}");
+    }
+    let mut lifecycle = Lifecycle::new(test_config());
+    let mut without = span.clone();
+    without.attributes.remove("order.id");
+    lifecycle.ingest(without, T0);
+    assert_eq!(lifecycle.buffered_spans(), 0);
+    assert_eq!(lifecycle.counters().spans_without_order, 1);
+}
+
+#[test]
+fn a_transit_may_start_from_a_status_reached() {
+    let mut config = test_config();
+    config.transits.push(TransitConfig {
+        from_rule: None,
+        from_status: Some("SHIPPED".into()),
+        to_rule: "crm.carrier_webhook".into(),
+        step: "CLOSED".into(),
+        service: "crm-api".into(),
+        limit_secs: 3.0,
+    });
+    let mut lifecycle = Lifecycle::new(config);
+    let spans = walk("SO-9", Some("carrier_webhook_lost"), T0);
+    let mut now = T0;
+    let mut events = Vec::new();
+    for span in spans {
+        now = now.max(span.end_unix_nano);
+        events.extend(lifecycle.ingest(span, now));
+    }
+    // The hand-over's limit (3 s after SHIPPED at 7.5 s) passes before the stuck limit.
+    for _ in 0..30 {
+        now += S / 4;
+        events.extend(lifecycle.tick(now));
+    }
+    assert_eq!(
+        detections_of(&lifecycle, "SO-9"),
+        one("lost_in_transit", "CLOSED", "crm-api")
+    );
 }

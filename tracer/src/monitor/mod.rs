@@ -1,16 +1,15 @@
-//! The lifecycle monitor as a running component, and its two shapes: all-in-one
-//! (`tracer run`: agent + monitor in one process) and central (`tracer monitor`: an OTLP
-//! receiver for many agents, forwarding to Jaeger).
+//! The lifecycle monitor as a running component; the commands of its two deployment shapes
+//! (all-in-one, central) wire it to the agent or to the OTLP receiver from above.
 //!
 //! [`Monitor`] owns one thread that feeds the [`Lifecycle`] (spans through a bounded channel,
-//! a clock tick), persists what changed, then notifies (alerts, metrics, root spans): state
-//! is saved before an alert goes out, so a restart never raises an alert twice.
+//! a clock tick), persists what changed — with the alerts it raised, in the store's outbox,
+//! in the same transaction — then notifies (outbox, metrics, root spans). A restart neither
+//! raises a detection twice nor loses its alert; a failed save is retried with everything it
+//! held.
 
+pub mod alertmanager;
 pub mod alerts;
-pub mod otlp_out;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -20,12 +19,13 @@ use anyhow::Context;
 
 use crate::api::{ApiState, AuditLog, Auth};
 use crate::config::Config;
-use crate::lifecycle::{Event, Lifecycle};
-use crate::metrics::{Metrics, PipelineCounters, SharedMetrics};
+use crate::export::SpanConsumer;
+use crate::lifecycle::{Changes, Event, Lifecycle};
+use crate::metrics::SharedMetrics;
+use crate::pipeline_metrics::PipelineCounters;
 use crate::spans::SpanRecord;
 use crate::store::Store;
-use alerts::AlertQueue;
-use otlp_out::Forwarder;
+use alerts::Outbox;
 
 /// Spans waiting for the lifecycle thread; over this they are dropped and counted.
 pub const SPAN_QUEUE: usize = 65_536;
@@ -35,23 +35,9 @@ const TICK: Duration = Duration::from_millis(250);
 const GAUGE_REFRESH: Duration = Duration::from_secs(5);
 /// Spans taken off the channel per wake-up, so ticks keep their pace under load.
 const DRAIN_BATCH: usize = 4096;
-
-/// Unix time in ns.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
-/// rustls needs one process-wide crypto provider; ring is the one this build carries.
-pub fn install_crypto_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // Err means another part of the process installed one first: fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
+/// After a failed save, the next try waits this long, doubling up to `MAX_SAVE_RETRY`.
+const FIRST_SAVE_RETRY: Duration = Duration::from_secs(1);
+const MAX_SAVE_RETRY: Duration = Duration::from_secs(30);
 
 /// How spans get into the monitor: cheap to clone, never blocks the sender.
 #[derive(Clone)]
@@ -85,6 +71,13 @@ impl SpanSink {
     }
 }
 
+/// The export stage's consumer: how the in-process agent's spans reach the monitor.
+impl SpanConsumer for SpanSink {
+    fn consume(&mut self, span: &SpanRecord) -> bool {
+        self.send(span.clone())
+    }
+}
+
 /// Where the orders' root spans go (an exporter); called on the lifecycle thread, so it
 /// must not block.
 pub type RootSpanOut = Box<dyn Fn(SpanRecord) + Send>;
@@ -109,7 +102,7 @@ impl Monitor {
     /// Opens the store, resumes the orders it holds, and starts the lifecycle thread.
     /// Call inside a tokio runtime (alerts and audit export run as tasks).
     pub async fn start(settings: MonitorSettings) -> anyhow::Result<Self> {
-        install_crypto_provider();
+        crate::process::install_crypto_provider();
         let config = settings.config;
         if !config.api.auth.is_configured() && !settings.anonymous_loopback {
             anyhow::bail!(
@@ -123,44 +116,60 @@ impl Monitor {
         }
         let path = &config.store.path;
         let writer = Store::open(path)?;
+        writer.set_audit_retention(config.store.audit_retention_ns())?;
         let reader = Store::open(path)?;
         let orders = writer.load_active()?;
         let resumed = orders.len();
         let mut lifecycle = Lifecycle::restore(config.lifecycle.clone(), orders);
         let inbox = writer.load_inbox()?;
         let requeued = inbox.len();
-        for (arrival, span) in inbox {
-            // Nothing is applied by `ingest` below the buffer bound, so no event is lost here.
-            let _ = lifecycle.ingest(span, arrival);
-        }
+        let resumed_events = lifecycle.resume_inbox(inbox);
+        let metrics = settings.metrics;
+        let open = lifecycle
+            .orders()
+            .flat_map(|o| o.open_detections().cloned())
+            .collect();
+        let outbox = Outbox::start(
+            Store::open(path)?,
+            alerts::targets(&config.api, open),
+            metrics.clone(),
+        )?;
         tracing::info!(
             store = %path.display(),
             resumed,
             requeued,
+            alert_targets = ?outbox.targets(),
             "lifecycle monitor started"
         );
-        let metrics = settings.metrics;
+        let lifecycle_config = lifecycle.config();
+        metrics.know_services(
+            lifecycle_config
+                .statuses
+                .iter()
+                .map(|s| s.service.as_str())
+                .chain(lifecycle_config.transits.iter().map(|t| t.service.as_str()))
+                .chain(config.services.iter().map(|s| s.name.as_str())),
+        );
         metrics.refresh(&lifecycle);
-        let alerts = config
-            .api
-            .alert_webhook
-            .as_deref()
-            .map(|url| AlertQueue::start(url, metrics.clone()));
         let (tx, rx) = std::sync::mpsc::sync_channel(SPAN_QUEUE);
         let stop = Arc::new(AtomicBool::new(false));
         let core = Core {
             lifecycle,
             store: writer,
+            unsaved: Changes::default(),
+            next_save: None,
+            save_retry: FIRST_SAVE_RETRY,
             metrics: metrics.clone(),
-            alerts,
+            outbox,
             root_spans: settings.root_spans,
             retention_ns: config.store.retention_ns(),
+            audit_retention_ns: config.store.audit_retention_ns(),
             purge_every: Duration::from_secs_f64(config.store.purge_interval_secs),
         };
         let core_stop = stop.clone();
         let core = std::thread::Builder::new()
             .name("lifecycle".into())
-            .spawn(move || core.run(rx, core_stop))
+            .spawn(move || core.run(rx, core_stop, resumed_events))
             .context("cannot start the lifecycle thread")?;
         let store = Arc::new(Mutex::new(reader));
         let auth = Auth::new(&config.api.auth, settings.anonymous_loopback).await?;
@@ -175,6 +184,7 @@ impl Monitor {
             audit,
             metrics: metrics.clone(),
             config: config.api.clone(),
+            statuses: config.lifecycle.statuses.clone(),
         });
         Ok(Self {
             sink: SpanSink {
@@ -242,15 +252,22 @@ impl Drop for Monitor {
 struct Core {
     lifecycle: Lifecycle,
     store: Store,
+    /// What saves that failed held, written with the next one.
+    unsaved: Changes,
+    /// After a failed save: not before this.
+    next_save: Option<Instant>,
+    save_retry: Duration,
     metrics: SharedMetrics,
-    alerts: Option<AlertQueue>,
+    outbox: Outbox,
     root_spans: Option<RootSpanOut>,
     retention_ns: u64,
+    audit_retention_ns: u64,
     purge_every: Duration,
 }
 
 impl Core {
-    fn run(mut self, rx: Receiver<SpanRecord>, stop: Arc<AtomicBool>) {
+    fn run(mut self, rx: Receiver<SpanRecord>, stop: Arc<AtomicBool>, resumed: Vec<Event>) {
+        self.settle(resumed);
         let mut last_tick = Instant::now();
         let mut last_gauges = Instant::now();
         let mut last_purge: Option<Instant> = None;
@@ -260,9 +277,9 @@ impl Core {
             let mut disconnected = false;
             match rx.recv_timeout(wait) {
                 Ok(span) => {
-                    events.extend(self.lifecycle.ingest(span, unix_now()));
+                    events.extend(self.lifecycle.ingest(span, crate::clock::unix_now()));
                     for span in rx.try_iter().take(DRAIN_BATCH) {
-                        events.extend(self.lifecycle.ingest(span, unix_now()));
+                        events.extend(self.lifecycle.ingest(span, crate::clock::unix_now()));
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -271,12 +288,16 @@ impl Core {
             let stopping = disconnected || stop.load(Ordering::SeqCst);
             if stopping {
                 for span in rx.try_iter() {
-                    events.extend(self.lifecycle.ingest(span, unix_now()));
+                    events.extend(self.lifecycle.ingest(span, crate::clock::unix_now()));
                 }
-                events.extend(self.lifecycle.flush(unix_now()));
+                events.extend(self.lifecycle.flush(crate::clock::unix_now()));
             } else if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
-                events.extend(self.lifecycle.tick(unix_now()));
+                events.extend(self.lifecycle.tick(crate::clock::unix_now()));
+            }
+            if stopping {
+                // The last chance to save: no waiting out a retry delay.
+                self.next_save = None;
             }
             self.settle(events);
             if last_gauges.elapsed() >= GAUGE_REFRESH {
@@ -294,51 +315,66 @@ impl Core {
         }
     }
 
-    /// Saves, then tells: store first, so a crash cannot make a restart re-alert.
+    /// Saves what changed with its alerts in one transaction, then tells the outbox.
     fn settle(&mut self, events: Vec<Event>) {
-        let dirty = self.lifecycle.take_dirty();
-        let inbox = self.lifecycle.buffer_if_changed();
-        if let Err(err) = self.store.save_state(&dirty, inbox.as_deref()) {
-            self.metrics.store_errors.inc();
-            tracing::error!("saving orders: {err}");
+        let mut changes = self.lifecycle.take_changes();
+        if !self.outbox.targets().is_empty() {
+            changes.alerts = events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Raised(d) | Event::Resolved(d) => Some(d.clone()),
+                    _ => None,
+                })
+                .collect();
         }
-        if events.is_empty() {
-            return;
-        }
-        let forgotten: Vec<String> = events
-            .iter()
-            .filter_map(|e| match e {
-                Event::Forgotten { order_id } => Some(order_id.clone()),
-                _ => None,
-            })
-            .collect();
-        if !forgotten.is_empty()
-            && let Err(err) = self.store.forget(&forgotten)
-        {
-            self.metrics.store_errors.inc();
-            tracing::error!("marking given-up orders: {err}");
-        }
+        self.unsaved.merge(changes);
+        self.save();
         self.metrics.observe(&events);
         for event in events {
-            match event {
-                Event::Raised(d) | Event::Resolved(d) => {
-                    if let Some(alerts) = &self.alerts {
-                        alerts.notify(&d);
-                    }
+            if let Event::RootSpan(span) = event
+                && let Some(out) = &self.root_spans
+            {
+                out(*span);
+            }
+        }
+    }
+
+    /// Writes what is unsaved; on failure keeps all of it for the next try, which waits a
+    /// growing delay (a full disk should not be hammered four times a second).
+    fn save(&mut self) {
+        if self.unsaved.is_empty() || self.next_save.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        match self.store.save(&self.unsaved, self.outbox.targets()) {
+            Ok(()) => {
+                let queued = self.unsaved.alerts.len() * self.outbox.targets().len();
+                self.unsaved = Changes::default();
+                self.next_save = None;
+                self.save_retry = FIRST_SAVE_RETRY;
+                if queued > 0 {
+                    self.metrics.alerts_pending.inc_by(queued as i64);
+                    self.outbox.wake();
                 }
-                Event::RootSpan(span) => {
-                    if let Some(out) = &self.root_spans {
-                        out(*span);
-                    }
-                }
-                Event::StatusChanged { .. } | Event::Forgotten { .. } => {}
+            }
+            Err(err) => {
+                self.metrics.store_errors.inc();
+                tracing::error!(
+                    orders = self.unsaved.orders.len(),
+                    alerts = self.unsaved.alerts.len(),
+                    "saving the lifecycle's changes failed, retrying in {:?}: {err}",
+                    self.save_retry
+                );
+                self.next_save = Some(Instant::now() + self.save_retry);
+                self.save_retry = (self.save_retry * 2).min(MAX_SAVE_RETRY);
             }
         }
     }
 
     fn purge(&mut self) {
-        let cutoff = unix_now().saturating_sub(self.retention_ns);
-        match self.store.purge(cutoff) {
+        let now = crate::clock::unix_now();
+        let cutoff = now.saturating_sub(self.retention_ns);
+        let audit_cutoff = now.saturating_sub(self.audit_retention_ns);
+        match self.store.purge(cutoff, audit_cutoff) {
             Ok(0) => {}
             Ok(rows) => tracing::info!(rows, "purged records older than the retention"),
             Err(err) => {
@@ -347,195 +383,4 @@ impl Core {
             }
         }
     }
-}
-
-/// Options both shapes take.
-#[derive(Debug, clap::Args)]
-pub struct CommonArgs {
-    /// Config file (TOML); without it, the embedded testbed config.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Address of the operator API, page and /metrics (overrides [api] listen).
-    #[arg(long)]
-    pub listen: Option<SocketAddr>,
-    /// Serve local callers without a token (demo and tests only; needs a loopback --listen).
-    #[arg(long)]
-    pub allow_anonymous_loopback: bool,
-    /// SQLite file for order state (overrides [store] path).
-    #[arg(long)]
-    pub store: Option<PathBuf>,
-}
-
-/// `tracer run`: agent + monitor on one host.
-#[derive(Debug, clap::Args)]
-pub struct RunArgs {
-    #[command(flatten)]
-    pub common: CommonArgs,
-}
-
-/// `tracer monitor`: central monitor fed over OTLP.
-#[derive(Debug, clap::Args)]
-pub struct MonitorArgs {
-    #[command(flatten)]
-    pub common: CommonArgs,
-    /// OTLP/gRPC receiver address. Another host's address needs [api] tls_cert and tls_key
-    /// (or [api] insecure = true).
-    #[arg(long, default_value = "127.0.0.1:4317")]
-    pub otlp_grpc: SocketAddr,
-    /// OTLP/HTTP receiver address (`POST /v1/traces`); same rule as --otlp-grpc.
-    #[arg(long, default_value = "127.0.0.1:4318")]
-    pub otlp_http: SocketAddr,
-    /// OTLP/HTTP traces endpoint of the upstream (Jaeger or a Collector), e.g.
-    /// `http://jaeger:4318/v1/traces`: received spans and the orders' root spans go there.
-    #[arg(long)]
-    pub forward_to: Option<String>,
-}
-
-/// Config file, with the command line's overrides applied and checked.
-fn load_config(args: &CommonArgs) -> anyhow::Result<Config> {
-    let mut config = Config::load_or_embedded(args.config.as_deref())?;
-    if let Some(listen) = args.listen {
-        config.api.listen = listen;
-    }
-    if let Some(store) = &args.store {
-        config.store.path = store.clone();
-    }
-    if args.allow_anonymous_loopback && !config.api.listen.ip().is_loopback() {
-        anyhow::bail!(
-            "--allow-anonymous-loopback refuses {}: anonymous access is for a loopback address only (e.g. --listen 127.0.0.1:8480)",
-            config.api.listen
-        );
-    }
-    config
-        .api
-        .check_listen(config.api.listen, "--listen / [api] listen")
-        .map_err(anyhow::Error::msg)?;
-    Ok(config)
-}
-
-/// What the agent pipeline gets in all-in-one mode.
-pub struct AgentHookup {
-    pub config: Config,
-    /// Send every exchange span here (as well as to the agent's own exporter).
-    pub spans: SpanSink,
-    /// Add the pipeline's counters here; `/metrics` shows them.
-    pub counters: PipelineCounters,
-    /// The orders' root spans, for the agent's exporter to send with the others.
-    pub root_spans: tokio::sync::mpsc::Receiver<SpanRecord>,
-}
-
-/// Root spans waiting for the agent's exporter.
-const ROOT_SPAN_QUEUE: usize = 4096;
-
-/// `tracer run`: the agent pipeline feeds the monitor in-process; the monitor's root spans go
-/// out through the agent's exporter.
-pub async fn run_all_in_one(args: RunArgs) -> anyhow::Result<()> {
-    let config = load_config(&args.common)?;
-    let listen = config.api.listen;
-    let (root_tx, root_rx) = tokio::sync::mpsc::channel(ROOT_SPAN_QUEUE);
-    let metrics: SharedMetrics = Arc::new(Metrics::new());
-    let root_metrics = metrics.clone();
-    let monitor = Monitor::start(MonitorSettings {
-        config: config.clone(),
-        metrics,
-        anonymous_loopback: args.common.allow_anonymous_loopback,
-        root_spans: Some(Box::new(move |span| {
-            if root_tx.try_send(span).is_err() {
-                root_metrics.count_drop("root_span_queue_full");
-            }
-        })),
-    })
-    .await?;
-    let listener = std::net::TcpListener::bind(listen).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot listen on {listen} for the API: {e} (pick a free address with --listen)"
-        )
-    })?;
-    tracing::info!(%listen, "operator API listening");
-    let hookup = AgentHookup {
-        config,
-        spans: monitor.span_sink(),
-        counters: monitor.pipeline_counters(),
-        root_spans: root_rx,
-    };
-    let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel();
-    let mut agent = tokio::spawn(crate::agent::run_in_monitor(hookup, agent_stopped));
-    let result = tokio::select! {
-        served = monitor.serve_api(listener) => served,
-        ended = &mut agent => ended
-            .map_err(anyhow::Error::from)
-            .and_then(|r| r)
-            .context("the agent pipeline stopped"),
-        _ = crate::agent::wait_for_shutdown(|| ()) => {
-            // Let the agent detach and flush its exporter before the monitor closes.
-            let _ = stop_agent.send(());
-            agent.await.map_err(anyhow::Error::from).and_then(|r| r)
-        }
-    };
-    monitor.shutdown();
-    result
-}
-
-/// `tracer monitor`: OTLP in (gRPC + HTTP), lifecycle, API; spans forwarded upstream.
-pub async fn run_central(args: MonitorArgs) -> anyhow::Result<()> {
-    let config = load_config(&args.common)?;
-    for (addr, flag) in [
-        (args.otlp_grpc, "--otlp-grpc"),
-        (args.otlp_http, "--otlp-http"),
-    ] {
-        config
-            .api
-            .check_listen(addr, flag)
-            .map_err(anyhow::Error::msg)?;
-    }
-    let receiver_tls = crate::receiver::ReceiverTls::load(&config.api)?;
-    let otlp_tls = match (&receiver_tls, &config.api.otlp_client_ca) {
-        (None, _) => "off",
-        (Some(_), None) => "tls",
-        (Some(_), Some(_)) => "mutual tls",
-    };
-    let listen = config.api.listen;
-    install_crypto_provider();
-    let metrics: SharedMetrics = Arc::new(Metrics::new());
-    let forwarder = args
-        .forward_to
-        .as_deref()
-        .map(|url| Forwarder::start(url, metrics.clone()));
-    let root_forwarder = forwarder.clone();
-    let monitor = Monitor::start(MonitorSettings {
-        config,
-        metrics,
-        anonymous_loopback: args.common.allow_anonymous_loopback,
-        root_spans: root_forwarder.map(|forwarder| -> RootSpanOut {
-            Box::new(move |span| {
-                let request = crate::receiver::otlp_from_spans(&[span]);
-                forwarder.send(prost::Message::encode_to_vec(&request).into());
-            })
-        }),
-    })
-    .await?;
-    let receiver = crate::receiver::Receiver::new(monitor.span_sink(), forwarder, receiver_tls);
-    let grpc = crate::receiver::bind(args.otlp_grpc, "OTLP/gRPC", "--otlp-grpc").await?;
-    let http = crate::receiver::bind(args.otlp_http, "OTLP/HTTP", "--otlp-http").await?;
-    let api = std::net::TcpListener::bind(listen).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot listen on {listen} for the API: {e} (pick a free address with --listen)"
-        )
-    })?;
-    tracing::info!(
-        api = %listen,
-        otlp_grpc = %args.otlp_grpc,
-        otlp_http = %args.otlp_http,
-        otlp_tls,
-        forward_to = args.forward_to.as_deref().unwrap_or("-"),
-        "central monitor listening"
-    );
-    let result = tokio::select! {
-        served = monitor.serve_api(api) => served,
-        served = receiver.clone().serve_grpc(grpc) => served,
-        served = receiver.serve_http(http) => served,
-        _ = crate::agent::wait_for_shutdown(|| ()) => Ok(()),
-    };
-    monitor.shutdown();
-    result
 }

@@ -7,9 +7,11 @@ use regex::RegexSet;
 use super::{
     AttrValue, SpanKind, SpanLink, SpanRecord, SpanStatus, order_root_span_id, order_trace_id,
 };
+use crate::amqp::Transfer;
 use crate::capture::Role;
 use crate::http::{Exchange, Outcome};
 use crate::orders::{CallSide, Classification, RuleSet, Unmatched};
+use crate::protocol::Record;
 
 /// Longest `url.path` exported; the rest is cut (paths are attacker-controlled input).
 const MAX_URL_PATH: usize = 512;
@@ -75,6 +77,26 @@ impl Redactor {
     }
 }
 
+impl Redactor {
+    /// A `.`-separated name (an AMQP routing key) with personal-looking segments replaced;
+    /// `keep` (the order id) is never redacted.
+    pub fn dotted(&self, name: &str, keep: Option<&str>) -> String {
+        if self.patterns.is_empty() {
+            return name.to_string();
+        }
+        name.split('.')
+            .map(|segment| {
+                if Some(segment) != keep && self.patterns.is_match(segment) {
+                    REDACTED
+                } else {
+                    segment
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+}
+
 impl Default for Redactor {
     fn default() -> Self {
         Self::new(&DEFAULT_REDACT_PATTERNS).expect("the default patterns compile")
@@ -100,7 +122,7 @@ pub struct SpanBuilder {
 }
 
 impl SpanBuilder {
-    /// `monotonic_to_unix_ns`: see `capture::event::monotonic_to_unix_offset_ns`.
+    /// `monotonic_to_unix_ns`: see `clock::monotonic_to_unix_offset_ns`.
     pub fn new(
         rules: RuleSet,
         redactor: Redactor,
@@ -119,21 +141,30 @@ impl SpanBuilder {
         &self.rules
     }
 
-    /// Zero or one span for an exchange: one when a rule found an order, or when the
+    /// Zero or one span for a record: one when a rule found an order, or when the
     /// service's `unmatched = "span"` asks for spans of the rest.
-    pub fn build(&self, exchange: &Exchange) -> (MatchOutcome, Option<SpanRecord>) {
-        let classification = self.rules.classify(exchange);
+    pub fn build<'a>(
+        &self,
+        record: impl Into<RecordRef<'a>>,
+    ) -> (MatchOutcome, Option<SpanRecord>) {
+        let record = record.into();
+        let classification = self.rules.classify(record);
         let outcome = match &classification {
             Classification::Order(_) => MatchOutcome::Order,
             Classification::NoOrderId { .. } => MatchOutcome::NoOrderId,
             Classification::Unmatched => MatchOutcome::Unmatched,
         };
+        let service = match record {
+            RecordRef::Http(exchange) => &exchange.service,
+            RecordRef::Amqp(transfer) => &transfer.meta.service,
+        };
         let wanted = outcome == MatchOutcome::Order
-            || self.rules.unmatched_policy(&exchange.service) == Unmatched::Span;
-        (
-            outcome,
-            wanted.then(|| self.span(exchange, &classification)),
-        )
+            || self.rules.unmatched_policy(service) == Unmatched::Span;
+        let span = wanted.then(|| match record {
+            RecordRef::Http(exchange) => self.span(exchange, &classification),
+            RecordRef::Amqp(transfer) => self.message_span(transfer, &classification),
+        });
+        (outcome, span)
     }
 
     /// The span of an exchange already classified.
@@ -204,27 +235,8 @@ impl SpanBuilder {
         }
         if let Some(rule) = rule {
             put("http.route", rule.route.as_ref().into());
-            put("order.rule", rule.name.as_ref().into());
-            put("order.owner", rule.owner.as_ref().into());
-            if kind == SpanKind::Client {
-                put("peer.service", rule.owner.as_ref().into());
-            }
         }
-        if let Some(m) = order {
-            put("order.id", m.order_id.as_str().into());
-            let optional = [
-                ("order.step", m.step),
-                ("order.status", m.status),
-                ("order.observed_status", m.observed_status),
-                ("order.lookup", m.lookup.map(|l| l.as_str())),
-                ("order.key", m.key.as_deref()),
-            ];
-            for (key, value) in optional {
-                if let Some(value) = value {
-                    put(key, value.into());
-                }
-            }
-        }
+        order_attributes(&mut attributes, classification, kind);
         let (trace_id, parent_span_id) = match order {
             Some(m) => (
                 order_trace_id(&m.order_id),
@@ -259,8 +271,74 @@ impl SpanBuilder {
         }
     }
 
-    fn to_unix(&self, monotonic_ns: u64) -> u64 {
+    pub(super) fn to_unix(&self, monotonic_ns: u64) -> u64 {
         (monotonic_ns as i128 + self.monotonic_to_unix_ns).clamp(0, u64::MAX as i128) as u64
+    }
+}
+
+/// `order.*` (and `peer.service` for calls out) from what the rules found.
+pub(super) fn order_attributes(
+    attributes: &mut BTreeMap<String, AttrValue>,
+    classification: &Classification<'_>,
+    kind: SpanKind,
+) {
+    let mut put = |key: &str, value: AttrValue| {
+        attributes.insert(key.to_string(), value);
+    };
+    let (rule, order) = match classification {
+        Classification::Order(m) => (Some(m.rule), Some(m)),
+        Classification::NoOrderId { rule, .. } => (Some(*rule), None),
+        Classification::Unmatched => (None, None),
+    };
+    if let Some(rule) = rule {
+        put("order.rule", rule.name.as_ref().into());
+        put("order.owner", rule.owner.as_ref().into());
+        if matches!(kind, SpanKind::Client | SpanKind::Producer) {
+            put("peer.service", rule.owner.as_ref().into());
+        }
+    }
+    if let Some(m) = order {
+        put("order.id", m.order_id.as_str().into());
+        let optional = [
+            ("order.step", m.step),
+            ("order.status", m.status),
+            ("order.observed_status", m.observed_status),
+            ("order.lookup", m.lookup.map(|l| l.as_str())),
+            ("order.key", m.key.as_deref()),
+        ];
+        for (key, value) in optional {
+            if let Some(value) = value {
+                put(key, value.into());
+            }
+        }
+    }
+}
+
+/// A record of any protocol, borrowed: what [`SpanBuilder::build`] takes.
+#[derive(Clone, Copy, Debug)]
+pub enum RecordRef<'a> {
+    Http(&'a Exchange),
+    Amqp(&'a Transfer),
+}
+
+impl<'a> From<&'a Record> for RecordRef<'a> {
+    fn from(record: &'a Record) -> Self {
+        match record {
+            Record::Http(exchange) => RecordRef::Http(exchange),
+            Record::Amqp(transfer) => RecordRef::Amqp(transfer),
+        }
+    }
+}
+
+impl<'a> From<&'a Transfer> for RecordRef<'a> {
+    fn from(transfer: &'a Transfer) -> Self {
+        RecordRef::Amqp(transfer)
+    }
+}
+
+impl<'a> From<&'a Exchange> for RecordRef<'a> {
+    fn from(exchange: &'a Exchange) -> Self {
+        RecordRef::Http(exchange)
     }
 }
 
@@ -294,7 +372,7 @@ pub fn local_host_name() -> String {
 }
 
 /// A random, non-zero id (span ids, and trace ids of spans outside any order).
-fn random_id<const N: usize>() -> [u8; N] {
+pub(super) fn random_id<const N: usize>() -> [u8; N] {
     let mut id: [u8; N] = rand::random();
     if id.iter().all(|b| *b == 0) {
         id[N - 1] = 1;
@@ -327,5 +405,6 @@ fn traceparent_link(exchange: &Exchange) -> Option<SpanLink> {
     valid.then_some(link)
 }
 
+mod message;
 #[cfg(test)]
 mod tests;

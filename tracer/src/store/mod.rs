@@ -5,6 +5,8 @@
 //! payloads. Rows older than the retention are purged. The schema is versioned with
 //! `PRAGMA user_version`; migrations run at open, in order, each in a transaction.
 
+mod console;
+mod outbox;
 mod query;
 
 use std::path::{Path, PathBuf};
@@ -12,9 +14,11 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Deserialize;
 
-use crate::lifecycle::OrderState;
+use crate::lifecycle::{Changes, OrderState};
 use crate::spans::SpanRecord;
 
+pub use console::{Stay, Waiting};
+pub use outbox::PendingAlert;
 pub use query::{AuditEntry, DetectionQuery, OrderQuery, OrderSummary};
 
 /// Purging less often than weekly is never what retention wants, and keeps the interval far
@@ -26,9 +30,11 @@ const MAX_PURGE_INTERVAL_SECS: f64 = 604_800.0;
 pub struct StoreConfig {
     /// SQLite database file (created when missing). `tracer run --store` overrides it.
     pub path: PathBuf,
-    /// Orders (and their detections) untouched for this long, and audit entries this old,
-    /// are purged.
+    /// Orders (and their detections) given up and untouched for this long are purged.
     pub retention_days: f64,
+    /// Audit records are kept this long, whatever happens to the orders they name, and
+    /// nothing else deletes them: the store refuses any DELETE of a younger record.
+    pub audit_retention_days: f64,
     /// How often the purge runs.
     pub purge_interval_secs: f64,
 }
@@ -38,6 +44,7 @@ impl Default for StoreConfig {
         Self {
             path: PathBuf::from("order-tracer.db"),
             retention_days: 90.0,
+            audit_retention_days: 365.0,
             purge_interval_secs: 3600.0,
         }
     }
@@ -48,8 +55,16 @@ impl StoreConfig {
         if self.path.as_os_str().is_empty() {
             return Err("[store] path: give the SQLite file to keep order state in".into());
         }
-        if !(self.retention_days.is_finite() && self.retention_days > 0.0) {
-            return Err("[store] retention_days: give a positive number of days".into());
+        for (key, days) in [
+            ("retention_days", self.retention_days),
+            ("audit_retention_days", self.audit_retention_days),
+        ] {
+            // Past 100 years the nanoseconds would not fit SQLite's integers.
+            if !(days.is_finite() && days > 0.0 && days <= 36_500.0) {
+                return Err(format!(
+                    "[store] {key}: give a positive number of days (at most 36500)"
+                ));
+            }
         }
         if !(self.purge_interval_secs.is_finite()
             && (1.0..=MAX_PURGE_INTERVAL_SECS).contains(&self.purge_interval_secs))
@@ -62,8 +77,16 @@ impl StoreConfig {
     }
 
     pub fn retention_ns(&self) -> u64 {
-        (self.retention_days * 86_400.0 * 1e9) as u64
+        days_to_ns(self.retention_days)
     }
+
+    pub fn audit_retention_ns(&self) -> u64 {
+        days_to_ns(self.audit_retention_days)
+    }
+}
+
+fn days_to_ns(days: f64) -> u64 {
+    (days * 86_400.0 * 1e9) as u64
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +155,27 @@ const MIGRATIONS: &[&str] = &[
         arrival INTEGER NOT NULL,
         span TEXT NOT NULL
     );",
+    // 3: alerts not yet delivered, one row per detection change and target, written with the
+    // detection itself: a crash between the two cannot lose a page.
+    "CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        target TEXT NOT NULL,
+        detection TEXT NOT NULL,
+        queued_at INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT
+    );
+    CREATE INDEX outbox_by_target ON outbox(target, seq);",
+    // 4: audit records leave only by the audit's own retention: a DELETE of a record younger
+    // than it is refused, whoever issues it (the monitor sets the policy at each start).
+    "CREATE TABLE audit_policy (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        retention_ns INTEGER NOT NULL
+    );
+    CREATE TRIGGER audit_is_kept BEFORE DELETE ON audit
+    WHEN OLD.at >= CAST((julianday('now') - 2440587.5) * 86400000000000.0 AS INTEGER)
+        - COALESCE((SELECT retention_ns FROM audit_policy), 9223372036854775807)
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: records leave only by its retention'); END;",
 ];
 
 pub struct Store {
@@ -167,40 +211,49 @@ impl Store {
 
     /// Writes orders' current state and their detections, in one transaction.
     pub fn save_orders(&mut self, orders: &[OrderState]) -> Result<(), StoreError> {
-        self.save_state(orders, None)
+        self.save(
+            &Changes {
+                orders: orders
+                    .iter()
+                    .map(|o| (o.order_id.clone(), o.clone()))
+                    .collect(),
+                ..Changes::default()
+            },
+            &[],
+        )
     }
 
-    /// Writes orders (with their detections) and, when given, replaces the inbox with the
-    /// spans not applied yet, all in one transaction: after a crash every span is either in
-    /// the orders' state or in the inbox, never in both, never in neither.
-    pub fn save_state(
-        &mut self,
-        orders: &[OrderState],
-        inbox: Option<&[(u64, &SpanRecord)]>,
-    ) -> Result<(), StoreError> {
-        if orders.is_empty() && inbox.is_none() {
+    /// Writes one pass of the lifecycle in one transaction: orders (with their detections),
+    /// orders given up, the inbox's additions and removals, and the alerts for each of
+    /// `alert_targets`. After a crash, every span is either in the orders' state or in the
+    /// inbox (never both, never neither), and every detection saved has its alerts queued.
+    pub fn save(&mut self, changes: &Changes, alert_targets: &[&str]) -> Result<(), StoreError> {
+        if changes.is_empty() {
             return Ok(());
         }
         let tx = self.conn.transaction()?;
         {
             let mut upsert_order = tx.prepare_cached(
                 "INSERT INTO orders (order_id, status, first_seen, last_activity, closed_at, active, state)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT(order_id) DO UPDATE SET status = ?2, first_seen = ?3,
-                   last_activity = ?4, closed_at = ?5, active = 1, state = ?6",
+                   last_activity = ?4, closed_at = ?5, active = ?6, state = ?7",
             )?;
             let mut upsert_detection = tx.prepare_cached(
                 "INSERT INTO detections (id, order_id, kind, step, service, at, resolved_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT(id) DO UPDATE SET resolved_at = ?7",
             )?;
-            for order in orders {
+            let followed = changes.orders.values().map(|o| (o, true));
+            let given_up = changes.forgotten.values().map(|o| (o, false));
+            for (order, active) in followed.chain(given_up) {
                 upsert_order.execute(params![
                     order.order_id,
                     order.status,
                     to_sql_time(order.first_seen),
                     to_sql_time(order.last_activity),
                     order.closed_at.map(to_sql_time),
+                    active,
                     serde_json::to_string(order)?,
                 ])?;
                 for d in &order.detections {
@@ -215,47 +268,49 @@ impl Store {
                     ])?;
                 }
             }
-            if let Some(inbox) = inbox {
-                tx.execute("DELETE FROM inbox", [])?;
-                let mut insert =
-                    tx.prepare_cached("INSERT INTO inbox (arrival, span) VALUES (?1, ?2)")?;
-                for (arrival, span) in inbox {
-                    insert.execute(params![to_sql_time(*arrival), serde_json::to_string(span)?])?;
-                }
+            let mut insert = tx.prepare_cached(
+                "INSERT OR REPLACE INTO inbox (seq, arrival, span) VALUES (?1, ?2, ?3)",
+            )?;
+            for (seq, (arrival, span)) in &changes.inbox_added {
+                insert.execute(params![
+                    to_sql_time(*seq),
+                    to_sql_time(*arrival),
+                    serde_json::to_string(span)?
+                ])?;
             }
+            let mut remove = tx.prepare_cached("DELETE FROM inbox WHERE seq = ?1")?;
+            for seq in &changes.inbox_removed {
+                remove.execute([to_sql_time(*seq)])?;
+            }
+            outbox::enqueue(&tx, &changes.alerts, alert_targets)?;
         }
         tx.commit()?;
         Ok(())
     }
 
-    /// The spans received but not applied when the monitor stopped, in arrival order.
-    pub fn load_inbox(&self) -> Result<Vec<(u64, SpanRecord)>, StoreError> {
+    /// The spans received but not applied when the monitor stopped: (seq, arrival, span), in
+    /// arrival order.
+    pub fn load_inbox(&self) -> Result<Vec<(u64, u64, SpanRecord)>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT arrival, span FROM inbox ORDER BY seq")?;
+            .prepare("SELECT seq, arrival, span FROM inbox ORDER BY seq")?;
         let rows = stmt.query_map([], |row| {
-            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, String>(2)?,
+            ))
         })?;
         let mut spans = Vec::new();
         for row in rows {
-            let (arrival, span) = row?;
-            spans.push((from_sql_time(arrival), serde_json::from_str(&span)?));
+            let (seq, arrival, span) = row?;
+            spans.push((
+                from_sql_time(seq),
+                from_sql_time(arrival),
+                serde_json::from_str(&span)?,
+            ));
         }
         Ok(spans)
-    }
-
-    /// Marks orders as no longer followed (expired or evicted); they stay queryable until
-    /// the retention purges them. Their detections were resolved and saved before.
-    pub fn forget(&mut self, order_ids: &[String]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached("UPDATE orders SET active = 0 WHERE order_id = ?1")?;
-            for id in order_ids {
-                stmt.execute([id])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
     }
 
     /// The orders the lifecycle follows, to resume after a restart.
@@ -286,8 +341,19 @@ impl Store {
         })
     }
 
+    /// How long audit records are kept (`[store] audit_retention_days`): younger ones cannot
+    /// be deleted.
+    pub fn set_audit_retention(&self, retention_ns: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO audit_policy (id, retention_ns) VALUES (1, ?1)
+             ON CONFLICT(id) DO UPDATE SET retention_ns = ?1",
+            [to_sql_time(retention_ns)],
+        )?;
+        Ok(())
+    }
+
     /// Appends to the audit log (the only way rows get into it; updates are refused by a
-    /// trigger).
+    /// trigger, deletes of records younger than the audit's retention by another).
     pub fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT INTO audit (at, who, action, order_id, result) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -303,9 +369,10 @@ impl Store {
     }
 
     /// Deletes orders (with their detections) inactive since before `cutoff`, and audit
-    /// entries older than it. Orders still followed are kept whatever their age.
-    pub fn purge(&mut self, cutoff: u64) -> Result<usize, StoreError> {
+    /// entries older than `audit_cutoff`. Orders still followed are kept whatever their age.
+    pub fn purge(&mut self, cutoff: u64, audit_cutoff: u64) -> Result<usize, StoreError> {
         let cutoff = to_sql_time(cutoff);
+        let audit_cutoff = to_sql_time(audit_cutoff);
         let tx = self.conn.transaction()?;
         tx.execute(
             "DELETE FROM detections WHERE order_id IN
@@ -316,7 +383,7 @@ impl Store {
             "DELETE FROM orders WHERE active = 0 AND last_activity < ?1",
             [cutoff],
         )?;
-        let audit = tx.execute("DELETE FROM audit WHERE at < ?1", [cutoff])?;
+        let audit = tx.execute("DELETE FROM audit WHERE at < ?1", [audit_cutoff])?;
         tx.commit()?;
         Ok(orders + audit)
     }

@@ -1,6 +1,5 @@
 use super::*;
-use crate::lifecycle::{Detection, DetectionKind, HistoryEntry};
-use crate::spans::SpanRecord;
+use crate::lifecycle::{Changes, Detection, DetectionKind, HistoryEntry};
 
 const S: u64 = 1_000_000_000;
 
@@ -87,6 +86,7 @@ fn lists_filter_and_page_newest_first() {
             status: Some("INITIATED".into()),
             limit: 2,
             offset: 0,
+            ..Default::default()
         })
         .unwrap();
     assert_eq!(
@@ -98,6 +98,7 @@ fn lists_filter_and_page_newest_first() {
             status: Some("INITIATED".into()),
             limit: 2,
             offset: 2,
+            ..Default::default()
         })
         .unwrap();
     assert_eq!(next.len(), 1);
@@ -139,15 +140,30 @@ fn audit_is_append_only_and_retention_purges_old_rows() {
         .execute("UPDATE audit SET who = 'x'", [])
         .unwrap_err();
     assert!(err.to_string().contains("append-only"), "{err}");
+    // No policy yet: nothing may be deleted. With one, only what is older than it.
+    let err = store.conn().execute("DELETE FROM audit", []).unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+    let now = crate::clock::unix_now();
+    store.set_audit_retention(now - 50 * S).unwrap();
+    let err = store
+        .conn()
+        .execute("DELETE FROM audit WHERE who = 'new'", [])
+        .unwrap_err();
+    assert!(err.to_string().contains("retention"), "{err}");
 
-    store
-        .save_orders(&[
-            order("SO-old", "CLOSED", S, false),
-            order("SO-live", "INITIATED", S, true),
-        ])
-        .unwrap();
-    store.forget(&["SO-old".to_string()]).unwrap();
-    store.purge(50 * S).unwrap();
+    let mut changes = Changes::default();
+    changes
+        .forgotten
+        .insert("SO-old".into(), order("SO-old", "CLOSED", S, false));
+    changes
+        .orders
+        .insert("SO-live".into(), order("SO-live", "INITIATED", S, true));
+    store.save(&changes, &[]).unwrap();
+    // Orders and audit on their own clocks: the old order goes, the old audit record stays
+    // while the audit's cutoff is earlier.
+    store.purge(50 * S, 0).unwrap();
+    assert_eq!(store.audit_entries(10, 0).unwrap().len(), 2);
+    store.purge(50 * S, 50 * S).unwrap();
     assert!(store.order("SO-old").unwrap().is_none());
     assert!(
         store.order("SO-live").unwrap().is_some(),
@@ -178,41 +194,76 @@ fn a_newer_schema_is_refused_with_a_clear_message() {
 }
 
 #[test]
-fn the_inbox_is_replaced_with_the_orders_in_one_commit() {
+fn the_inbox_changes_with_the_orders_in_one_commit() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.db");
-    let span = SpanRecord {
-        trace_id: [1; 16],
-        span_id: [2; 8],
-        parent_span_id: None,
-        links: Vec::new(),
-        name: "POST /api/v1/orders".into(),
-        kind: crate::spans::SpanKind::Server,
-        start_unix_nano: 1,
-        end_unix_nano: 2,
-        status: crate::spans::SpanStatus::Unset,
-        resource: Default::default(),
-        attributes: [(
-            "order.id".to_string(),
-            crate::spans::AttrValue::Str("SO-1".into()),
-        )]
-        .into(),
-        events: Vec::new(),
-    };
+    let span = crate::lifecycle::tests::span_of("SO-1");
     {
         let mut store = Store::open(&path).unwrap();
-        store
-            .save_state(&[], Some(&[(5, &span), (6, &span)]))
-            .unwrap();
-        store
-            .save_state(&[order("SO-1", "INITIATED", S, true)], Some(&[(6, &span)]))
-            .unwrap();
-        // No inbox given: the inbox stays as it was.
+        let mut first = Changes::default();
+        first.inbox_added.insert(1, (5, span.clone()));
+        first.inbox_added.insert(2, (6, span.clone()));
+        store.save(&first, &[]).unwrap();
+        let mut second = Changes::default();
+        second
+            .orders
+            .insert("SO-1".into(), order("SO-1", "INITIATED", S, true));
+        second.inbox_removed.insert(1);
+        store.save(&second, &[]).unwrap();
         store
             .save_orders(&[order("SO-2", "INITIATED", S, true)])
             .unwrap();
     }
     let store = Store::open(&path).unwrap();
-    assert_eq!(store.load_inbox().unwrap(), vec![(6, span)]);
+    assert_eq!(store.load_inbox().unwrap(), vec![(2, 6, span)]);
     assert_eq!(store.load_active().unwrap().len(), 2);
+}
+
+#[test]
+fn given_up_orders_keep_their_final_state_but_are_not_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("t.db")).unwrap();
+    let mut changes = Changes::default();
+    changes
+        .forgotten
+        .insert("SO-1".into(), order("SO-1", "SHIPPED", S, false));
+    store.save(&changes, &[]).unwrap();
+    assert!(store.load_active().unwrap().is_empty());
+    assert_eq!(
+        store.order("SO-1").unwrap().unwrap().detections[0].resolved_at,
+        Some(3 * S)
+    );
+}
+
+#[test]
+fn alerts_are_queued_per_target_with_their_detection_and_leave_once_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("t.db")).unwrap();
+    let raised = order("SO-1", "INITIATED", S, true).detections[0].clone();
+    let mut resolved = raised.clone();
+    resolved.resolved_at = Some(5 * S);
+    let mut changes = Changes::default();
+    changes
+        .orders
+        .insert("SO-1".into(), order("SO-1", "INITIATED", S, true));
+    changes.alerts = vec![raised.clone(), resolved.clone()];
+    store.save(&changes, &["webhook", "alertmanager"]).unwrap();
+    let queued = store.pending_alerts("webhook", 10).unwrap();
+    assert_eq!(
+        queued.iter().map(|a| &a.detection).collect::<Vec<_>>(),
+        [&raised, &resolved],
+        "in the order they happened"
+    );
+    store.alert_failed(queued[0].seq, "503").unwrap();
+    let again = store.pending_alerts("webhook", 1).unwrap();
+    assert_eq!((again[0].seq, again[0].attempts), (queued[0].seq, 1));
+    store.alerts_delivered(&[queued[0].seq]).unwrap();
+    assert_eq!(store.pending_alerts("webhook", 10).unwrap().len(), 1);
+    assert_eq!(store.pending_alerts("alertmanager", 10).unwrap().len(), 2);
+    // A target no longer configured keeps nothing queued.
+    assert_eq!(store.drop_alerts_except(&["webhook"]).unwrap(), 2);
+    assert!(store.pending_alerts("alertmanager", 10).unwrap().is_empty());
+    // Over the bound, the oldest go first.
+    assert_eq!(store.trim_alerts("webhook", 0).unwrap(), 1);
+    assert_eq!(store.pending_alert_count().unwrap(), 0);
 }

@@ -1,9 +1,11 @@
-//! Streams: per-connection reassembly of captured bytes into HTTP exchanges.
+//! Streams: per-connection reassembly of captured bytes, handed to the protocol that claims
+//! each connection.
 //!
 //! The agent feeds every [`CaptureEvent`] to [`Streams::on_event`] and calls
-//! [`Streams::expire`] on a clock tick; finished [`Exchange`]s are appended to the caller's
-//! vector. Per connection and direction the bytes are reassembled (reads split anywhere,
-//! many messages per read), capture gaps are stepped over where the framing allows and
+//! [`Streams::expire`] on a clock tick; finished [`Record`]s (HTTP exchanges, broker
+//! messages) are appended to the caller's vector. Per connection and direction the bytes are
+//! reassembled (reads split anywhere, many units per read) and parsed by the connection's
+//! protocol (`http`, `amqp`), capture gaps are stepped over where the framing allows and
 //! resynced on otherwise, and everything held is bounded by [`StreamsConfig`].
 
 mod config;
@@ -18,10 +20,9 @@ use serde::Serialize;
 pub use config::StreamsConfig;
 
 use crate::capture::{CaptureEvent, ConnKey, Role};
-use crate::http::Exchange;
-use crate::http::PairCounters;
 use crate::http::head::Limits;
-use crate::http::pair::ConnMeta;
+use crate::protocol::{ConnMeta, Record};
+use crate::{amqp, http};
 use conn::Conn;
 
 /// What the stage saw and dropped, for the agent's metrics. Monotonic.
@@ -35,16 +36,6 @@ pub struct StreamCounters {
     pub gaps: u64,
     /// Bytes missing because of those truncations.
     pub gap_bytes: u64,
-    /// Times a direction lost its place and looked for the next message start.
-    pub resyncs: u64,
-    /// Connections recognised as not HTTP (TLS, other protocols, garbage) and ignored.
-    pub non_http_connections: u64,
-    /// Connections that switched protocol (101, CONNECT) and were ignored from then on.
-    pub upgraded_connections: u64,
-    /// Message heads that were not valid HTTP on an HTTP connection.
-    pub parse_errors: u64,
-    /// Message heads over `max_header_bytes` or `max_headers`, dropped.
-    pub oversized_heads: u64,
     /// Times a direction's buffer passed `max_buffered_bytes` and was dropped.
     pub dropped_over_budget: u64,
     /// Connections forgotten to stay within `max_connections`.
@@ -52,7 +43,8 @@ pub struct StreamCounters {
     /// Connections forgotten after `idle_timeout_ms` without traffic.
     pub connections_expired: u64,
     #[serde(flatten)]
-    pub pairing: PairCounters,
+    pub http: http::Counters,
+    pub amqp: amqp::Counters,
 }
 
 /// The per-connection state machine of the stage. See the module documentation.
@@ -69,7 +61,32 @@ struct Env<'a> {
     config: &'a StreamsConfig,
     limits: &'a Limits,
     counters: &'a mut StreamCounters,
-    out: &'a mut Vec<Exchange>,
+    out: &'a mut Vec<Record>,
+}
+
+impl Env<'_> {
+    /// What the HTTP parser of a connection needs.
+    fn http(&mut self) -> http::stream::Env<'_> {
+        http::stream::Env {
+            limits: self.limits,
+            max_pending_requests: self.config.max_pending_requests,
+            max_buffered_bytes: self.config.max_buffered_bytes,
+            counters: &mut self.counters.http,
+            out: self.out,
+        }
+    }
+
+    /// What the AMQP parser of a connection needs.
+    fn amqp(&mut self) -> amqp::Env<'_> {
+        amqp::Env {
+            max_frame_bytes: self.config.max_header_bytes,
+            max_body_bytes: self.config.max_body_bytes,
+            max_unsettled: self.config.max_unsettled_messages,
+            max_buffered_bytes: self.config.max_buffered_bytes,
+            counters: &mut self.counters.amqp,
+            out: self.out,
+        }
+    }
 }
 
 impl Streams {
@@ -97,8 +114,8 @@ impl Streams {
         self.conns.values().map(Conn::buffered_bytes).sum()
     }
 
-    /// Feeds one capture event; exchanges it completes are appended to `out`.
-    pub fn on_event(&mut self, ev: CaptureEvent, out: &mut Vec<Exchange>) {
+    /// Feeds one capture event; records it completes are appended to `out`.
+    pub fn on_event(&mut self, ev: CaptureEvent, out: &mut Vec<Record>) {
         self.counters.events += 1;
         let mut env = Env {
             config: &self.config,
@@ -160,10 +177,19 @@ impl Streams {
 
     /// Times out requests unanswered for `response_timeout_ms` and forgets connections idle
     /// for `idle_timeout_ms`, as of `now_ns` (CLOCK_MONOTONIC, like event timestamps).
-    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Exchange>) {
-        let timeout_ns = self.config.response_timeout_ms.saturating_mul(1_000_000);
+    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Record>) {
+        let timeouts = conn::Timeouts {
+            response_ns: self.config.response_timeout_ms.saturating_mul(1_000_000),
+            ack_ns: self.config.ack_timeout_ms.saturating_mul(1_000_000),
+        };
+        let mut env = Env {
+            config: &self.config,
+            limits: &self.limits,
+            counters: &mut self.counters,
+            out,
+        };
         for conn in self.conns.values_mut() {
-            conn.expire(now_ns, timeout_ns, out, &mut self.counters.pairing);
+            conn.expire(now_ns, &timeouts, &mut env);
         }
         let idle_ns = self.config.idle_timeout_ms.saturating_mul(1_000_000);
         while let Some((_, conn)) = self.conns.front() {

@@ -15,6 +15,10 @@ use tracer::spans::{
     AttrValue, SpanKind, SpanRecord, SpanStatus, order_root_span_id, order_trace_id,
 };
 
+#[path = "idp.rs"]
+pub mod idp;
+#[path = "process.rs"]
+pub mod process;
 #[path = "walk.rs"]
 pub mod walk;
 
@@ -77,7 +81,7 @@ pub fn config(store: &std::path::Path, api_extra: &str) -> Config {
 }
 
 pub fn now_ns() -> u64 {
-    tracer::monitor::unix_now()
+    tracer::clock::unix_now()
 }
 
 /// GETs `url` as JSON; `None` on any failure (for polling).
@@ -114,9 +118,13 @@ where
 }
 
 /// Records every POST body by path: a stand-in for Alertmanager and for an OTLP upstream.
+/// While `refusing`, it answers 503 and records nothing (a receiver that is down).
 #[derive(Clone, Default)]
 pub struct Capture {
     pub posts: Arc<Mutex<Vec<(String, Bytes)>>>,
+    pub refusing: Arc<std::sync::atomic::AtomicBool>,
+    /// POSTs answered 503 while refusing.
+    pub refused: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Capture {
@@ -143,6 +151,14 @@ impl Capture {
 
     /// Alertmanager messages received: (status, detection id).
     pub fn alerts(&self) -> Vec<(String, String)> {
+        self.alert_messages()
+            .into_iter()
+            .map(|(status, id, _)| (status, id))
+            .collect()
+    }
+
+    /// Alertmanager messages received: (status, detection id, the whole message).
+    pub fn alert_messages(&self) -> Vec<(String, String, serde_json::Value)> {
         self.bodies("/alerts")
             .iter()
             .map(|b| {
@@ -153,6 +169,7 @@ impl Capture {
                         .as_str()
                         .unwrap()
                         .to_string(),
+                    v,
                 )
             })
             .collect()
@@ -163,13 +180,18 @@ async fn record(
     State(capture): State<Capture>,
     Path(path): Path<String>,
     body: Bytes,
-) -> &'static str {
+) -> (axum::http::StatusCode, &'static str) {
+    use std::sync::atomic::Ordering;
+    if capture.refusing.load(Ordering::SeqCst) {
+        capture.refused.fetch_add(1, Ordering::SeqCst);
+        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "down");
+    }
     capture
         .posts
         .lock()
         .unwrap()
         .push((format!("/{path}"), body));
-    "ok"
+    (axum::http::StatusCode::OK, "ok")
 }
 
 /// Sends spans as an agent would: each when its exchange ends.
@@ -254,7 +276,7 @@ fn truth_line(order: &str, faults: &[(&str, &str, &str, &str, u64)]) -> String {
     let faults: Vec<_> = faults
         .iter()
         .map(|(kind, detection, step, service, at)| {
-            serde_json::json!({"kind": kind, "detection": detection, "step": step, "service": service, "at": tracer::api::rfc3339(*at)})
+            serde_json::json!({"kind": kind, "detection": detection, "step": step, "service": service, "at": tracer::clock::rfc3339(*at)})
         })
         .collect();
     format!(
@@ -388,6 +410,8 @@ pub fn sdk_span(record: &SpanRecord) -> opentelemetry_sdk::trace::SpanData {
             SpanKind::Server => opentelemetry::trace::SpanKind::Server,
             SpanKind::Client => opentelemetry::trace::SpanKind::Client,
             SpanKind::Internal => opentelemetry::trace::SpanKind::Internal,
+            SpanKind::Producer => opentelemetry::trace::SpanKind::Producer,
+            SpanKind::Consumer => opentelemetry::trace::SpanKind::Consumer,
         },
         name: record.name.clone().into(),
         start_time: at(record.start_unix_nano),

@@ -54,10 +54,10 @@ fn keep_alive_conversation_gives_every_exchange() {
     let c = run.streams.counters();
     assert_eq!(
         (
-            c.pairing.exchanges,
-            c.resyncs,
-            c.parse_errors,
-            c.pairing.unpaired_responses
+            c.http.pairing.exchanges,
+            c.http.resyncs,
+            c.http.parse_errors,
+            c.http.pairing.unpaired_responses
         ),
         (9, 0, 0, 0)
     );
@@ -144,7 +144,11 @@ fn upgrade_ends_http_on_the_connection() {
     assert_eq!(run.seen().len(), 1);
     let c = run.streams.counters();
     assert_eq!(
-        (c.upgraded_connections, c.parse_errors, c.resyncs),
+        (
+            c.http.upgraded_connections,
+            c.http.parse_errors,
+            c.http.resyncs
+        ),
         (1, 0, 0)
     );
 }
@@ -186,5 +190,5 @@ fn pending_requests_are_bounded() {
     }
     run.feed(close(key(1), 9));
     assert_eq!(run.out.len(), 2);
-    assert_eq!(run.streams.counters().pairing.pending_overflow, 3);
+    assert_eq!(run.streams.counters().http.pairing.pending_overflow, 3);
 }

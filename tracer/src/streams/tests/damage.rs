@@ -26,7 +26,7 @@ fn gap_in_a_body_of_known_length_keeps_the_next_message() {
         assert_eq!(got[0].status, Some(200));
         assert_eq!(got[1].target, "/api/v1/orders/SO-1/submit");
         let c = run.streams.counters();
-        assert_eq!((c.gaps, c.resyncs), (1, 0));
+        assert_eq!((c.gaps, c.http.resyncs), (1, 0));
         assert_eq!(c.gap_bytes, (writes[0].1.len() - 16 * 1024) as u64);
     }
 }
@@ -61,7 +61,7 @@ fn gap_in_a_head_resyncs_on_the_next_message() {
         ("/api/v1/orders/SO-000123/submit", Some(200))
     );
     let c = run.streams.counters();
-    assert_eq!((c.resyncs, c.pairing.unpaired_responses), (1, 1));
+    assert_eq!((c.http.resyncs, c.http.pairing.unpaired_responses), (1, 1));
 }
 
 #[test]
@@ -85,7 +85,7 @@ fn chunked_body_losing_its_framing_still_reports_the_response() {
     assert_eq!(got[0].status, Some(200));
     assert_eq!(got[0].outcome, Outcome::Complete);
     assert_eq!(got[1].target, "/crm/v1/deals/SO-2");
-    assert_eq!(run.streams.counters().resyncs, 1);
+    assert_eq!(run.streams.counters().http.resyncs, 1);
 }
 
 #[test]
@@ -115,7 +115,7 @@ fn close_mid_response_is_a_reset() {
     let run = cut(0);
     let got = run.seen();
     assert_eq!((got[0].outcome, got[0].status), (Outcome::Reset, None));
-    assert_eq!(run.streams.counters().pairing.resets, 1);
+    assert_eq!(run.streams.counters().http.pairing.resets, 1);
 }
 
 #[test]
@@ -136,9 +136,10 @@ fn unanswered_request_times_out() {
     assert!(out.is_empty());
     run.streams.expire(1_000 + 30_000_000_000, &mut out);
     assert_eq!(out.len(), 1);
-    assert_eq!(out[0].outcome, Outcome::Timeout);
-    assert_eq!(out[0].end_ns, 1_000 + 30_000_000_000);
-    assert_eq!(run.streams.counters().pairing.timeouts, 1);
+    let timed_out = http(&out);
+    assert_eq!(timed_out[0].outcome, Outcome::Timeout);
+    assert_eq!(timed_out[0].end_ns, 1_000 + 30_000_000_000);
+    assert_eq!(run.streams.counters().http.pairing.timeouts, 1);
     // Idle connections are forgotten, not reported again.
     run.streams.expire(1_000 + 600_000_000_000, &mut out);
     assert_eq!((out.len(), run.streams.connections()), (1, 0));
@@ -175,8 +176,8 @@ fn connection_entered_midway_resyncs_and_learns_its_role() {
         assert_eq!(got[0].target, "/crm/v1/deals/SO-000123");
         assert!(got.iter().all(|s| s.role == Role::Server));
         let c = run.streams.counters();
-        assert_eq!(c.pairing.unpaired_responses, 1);
-        assert_eq!((c.non_http_connections, c.parse_errors), (0, 0));
+        assert_eq!(c.http.pairing.unpaired_responses, 1);
+        assert_eq!((c.http.non_http_connections, c.http.parse_errors), (0, 0));
     }
 
     // An Open without a role resyncs the same way; here the client side of it.
@@ -226,7 +227,7 @@ fn tls_and_garbage_are_counted_as_non_http() {
         }
     }
     assert!(run.out.is_empty());
-    assert_eq!(run.streams.counters().non_http_connections, 5);
+    assert_eq!(run.streams.counters().http.non_http_connections, 5);
     assert_eq!(run.streams.buffered_bytes(), 0);
 }
 
@@ -249,7 +250,7 @@ fn oversized_head_is_dropped_and_the_next_message_parsed() {
     let got = run.seen();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].target, "/c");
-    assert_eq!(run.streams.counters().oversized_heads, 2);
+    assert_eq!(run.streams.counters().http.oversized_heads, 2);
 }
 
 #[test]

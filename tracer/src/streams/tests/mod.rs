@@ -10,10 +10,12 @@ use crate::capture::event::{ConnClose, ConnOpen, DataChunk};
 use crate::capture::{CaptureEvent, ConnKey, Direction, Role};
 use crate::http::fixtures::Write;
 use crate::http::{Exchange, Kind, Outcome};
+use crate::protocol::Record;
 
 mod conversations;
 mod damage;
 mod property;
+mod protocols;
 
 pub(super) const STEP_NS: u64 = 10;
 
@@ -109,9 +111,20 @@ pub(super) fn seen(e: &Exchange) -> Seen {
     }
 }
 
+/// The HTTP exchanges among `records`.
+pub(super) fn http(records: &[Record]) -> Vec<&Exchange> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Http(e) => Some(e),
+            _ => None,
+        })
+        .collect()
+}
+
 pub(super) struct Run {
     pub(super) streams: Streams,
-    pub(super) out: Vec<Exchange>,
+    pub(super) out: Vec<Record>,
 }
 
 impl Run {
@@ -127,7 +140,7 @@ impl Run {
     }
 
     pub(super) fn seen(&self) -> Vec<Seen> {
-        self.out.iter().map(seen).collect()
+        http(&self.out).into_iter().map(seen).collect()
     }
 }
 

@@ -95,7 +95,7 @@ proptest! {
             }
         }
         s.expire(u64::MAX, &mut out);
-        for e in &out {
+        for e in http(&out) {
             prop_assert!(e.request.body.len() <= config.max_body_bytes);
             prop_assert!(e.response.as_ref().is_none_or(|r| r.body.len() <= config.max_body_bytes));
             prop_assert!(e.end_ns >= e.start_ns);
