@@ -54,7 +54,8 @@ fuzz_target!(|input: &[u8]| {
     feed.data(key, Direction::Send, 20, &response, response.len() as u64);
     feed.close(key, 30);
     for record in &feed.out {
-        let Record::Http(exchange) = record;
-        let _ = rules().classify(exchange);
+        if let Record::Http(exchange) = record {
+            let _ = rules().classify(exchange);
+        }
     }
 });
