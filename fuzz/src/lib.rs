@@ -72,6 +72,7 @@ impl Feed {
             ts_ns,
             len: len.max(payload.len() as u64),
             payload: Bytes::copy_from_slice(payload),
+            tls: false,
         });
         self.streams.on_event(event, &mut self.out);
     }

@@ -30,6 +30,10 @@ pub const MAX_TARGETS: u32 = 1024;
 /// on 64-bit, 2^22), 512 KiB. The bitmap answers "is this a target?" for every hooked call of
 /// every process with one array load; the target table is only read for set bits.
 pub const TARGET_BIT_WORDS: u32 = (1 << 22) / 64;
+/// Capacity of the table of TLS calls in flight, by thread.
+pub const MAX_SSL_CALLS: u32 = 16384;
+/// Capacity of the table of TLS objects' sockets (LRU: a missed `SSL_free` is evicted).
+pub const MAX_SSL_FDS: u32 = 65536;
 /// Capacity of the table of command names the kernel itself starts tracing at `exec`.
 pub const MAX_EXEC_NAMES: u32 = 64;
 /// Length of a kernel command name (`comm`), NUL padding included.
@@ -70,6 +74,9 @@ pub mod sock_flag {
     /// An open event was emitted (by the kernel or, for seeded sockets, the agent), so the
     /// close must be reported too. Listening and never-connected sockets stay silent.
     pub const ANNOUNCED: u8 = 1;
+    /// The socket carries TLS read through the TLS library's probes: its ciphertext from the
+    /// socket calls is not copied.
+    pub const TLS: u8 = 2;
 }
 
 /// `EventHeader::flags`.
@@ -99,7 +106,12 @@ pub mod counter {
     /// Reads and writes of traced sockets captured (one per call, however many data events
     /// its buffers make): what the kernel's cost per captured call is measured against.
     pub const CALLS: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// TLS reads and writes captured (plaintext, from the TLS library's probes).
+    pub const TLS_CALLS: u32 = 8;
+    /// TLS reads and writes whose socket was not known (no socket call inside, no socket
+    /// remembered for the TLS object, or not a traced TCP socket): not captured.
+    pub const TLS_NO_SOCKET: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// Indexes into the `CONFIG` array the agent writes before attaching.
@@ -109,6 +121,9 @@ pub mod config {
     /// Unread ring-buffer bytes at which a data event wakes the agent; below it the agent
     /// finds the event on its next poll (`POLL_INTERVAL_MS`). Open/close always wake it.
     pub const WAKEUP_BYTES: u32 = 2;
+    /// Non-zero: TLS probes may be attached, so a socket call asks whether it runs inside a
+    /// TLS call of its thread. Zero spares the socket calls that lookup.
+    pub const TLS: u32 = 3;
     pub const COUNT: u32 = 4;
 }
 
@@ -190,6 +205,33 @@ pub struct Target {
     pub client_cap: u16,
 }
 
+/// A TLS read, write or handshake in flight on one thread (keyed by pid_tgid), from its
+/// entry to its return.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SslCall {
+    /// The TLS object (`SSL*`).
+    pub ssl: u64,
+    /// The plaintext buffer.
+    pub buf: u64,
+    /// Where the `_ex` calls store the bytes moved; 0 when the return value says it.
+    pub moved: u64,
+    /// The socket a socket call inside this call used; -1 until one did.
+    pub fd: i32,
+    /// One of `direction::*`; `NONE` for a handshake.
+    pub direction: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Key of the TLS object → socket table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SslKey {
+    pub ssl: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
 /// Where a tgid's bit is in the target bitmap: (word index, bit mask). Tgids past the bitmap
 /// fold onto it, which only costs a target-table lookup.
 #[inline(always)]
@@ -208,6 +250,8 @@ const _: () = assert!(core::mem::size_of::<EventHeader>() == 80);
 const _: () = assert!(core::mem::size_of::<DataEvent<PAYLOAD_MAX>>() == 80 + PAYLOAD_MAX);
 const _: () = assert!(core::mem::size_of::<SockInfo>() == 16);
 const _: () = assert!(core::mem::size_of::<Target>() == 8);
+const _: () = assert!(core::mem::size_of::<SslCall>() == 32);
+const _: () = assert!(core::mem::size_of::<SslKey>() == 16);
 const _: () = assert!(PAYLOAD_SMALL < PAYLOAD_MEDIUM && PAYLOAD_MEDIUM < PAYLOAD_MAX);
 const _: () = assert!(PAYLOAD_MAX <= u16::MAX as usize);
 

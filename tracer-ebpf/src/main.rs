@@ -11,11 +11,12 @@ mod arch;
 mod emit;
 mod maps;
 mod syscalls;
+mod tls;
 
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{tracepoint, uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use tracer_common::{
     SockAddr, SockInfo,
@@ -27,6 +28,7 @@ use crate::{
     emit::{Origin, conn_event, now_ns},
     maps::{EXEC_NAMES, TARGETS, mark_target},
     syscalls::{Shape, try_exit_data},
+    tls::Call,
 };
 
 /// A program on syscall tracepoints, calling its handler with the context.
@@ -86,6 +88,42 @@ syscall_hook!(exit_socket, syscalls::try_exit_socket);
 syscall_hook!(exit_accept, syscalls::try_exit_accept);
 syscall_hook!(exit_connect, syscalls::try_exit_connect);
 syscall_hook!(enter_close, syscalls::try_enter_close);
+
+/// A uprobe at the entry of a TLS library call.
+macro_rules! tls_entry {
+    ($name:ident, $call:expr) => {
+        #[uprobe]
+        pub fn $name(ctx: ProbeContext) -> u32 {
+            status(tls::try_enter(&ctx, $call))
+        }
+    };
+}
+
+tls_entry!(ssl_write, Call::Plain(SEND));
+tls_entry!(ssl_write_ex, Call::Ex(SEND));
+tls_entry!(ssl_read, Call::Plain(RECV));
+tls_entry!(ssl_read_ex, Call::Ex(RECV));
+tls_entry!(ssl_handshake, Call::Handshake);
+
+#[uretprobe]
+pub fn ssl_data_return(ctx: RetProbeContext) -> u32 {
+    status(tls::try_return_data(&ctx))
+}
+
+#[uretprobe]
+pub fn ssl_handshake_return(_ctx: RetProbeContext) -> u32 {
+    status(tls::try_return_handshake())
+}
+
+#[uprobe]
+pub fn ssl_set_fd(ctx: ProbeContext) -> u32 {
+    status(tls::try_set_fd(&ctx))
+}
+
+#[uprobe]
+pub fn ssl_free(ctx: ProbeContext) -> u32 {
+    status(tls::try_free(&ctx))
+}
 
 #[tracepoint]
 pub fn sched_exec(ctx: TracePointContext) -> u32 {

@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    COMM_LEN, MAX_EXEC_NAMES, MAX_SOCKETS, MAX_TARGETS, SockInfo, TARGET_BIT_WORDS, Target, config,
-    counter, target_bit,
+    COMM_LEN, MAX_EXEC_NAMES, MAX_SOCKETS, MAX_SSL_CALLS, MAX_SSL_FDS, MAX_TARGETS, SockInfo,
+    SslCall, SslKey, TARGET_BIT_WORDS, Target, config, counter, target_bit,
 };
 
 /// Events to the agent. The agent sets the real size at load (`ring_buffer_bytes`).
@@ -33,6 +33,15 @@ pub static EXEC_NAMES: HashMap<[u8; COMM_LEN], Target> =
 /// process killed before the agent saw it, a dup'd fd) cannot fill the table for good.
 #[map]
 pub static SOCKETS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
+
+/// TLS calls in flight, by pid_tgid: from a TLS call's entry to its return (LRU: a thread
+/// that never returns is evicted).
+#[map]
+pub static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(MAX_SSL_CALLS, 0);
+
+/// The socket fd each TLS object of a target was last seen using.
+#[map]
+pub static SSL_FDS: LruHashMap<SslKey, i32> = LruHashMap::with_max_entries(MAX_SSL_FDS, 0);
 
 /// Loss and activity counters; the agent sums the CPUs.
 #[map]

@@ -47,20 +47,20 @@ pub enum Shape {
 /// The calling thread, when its process is a target: the first, cheapest filter, and all
 /// that other processes pay.
 #[derive(Clone, Copy)]
-struct Caller {
-    pid_tgid: u64,
+pub struct Caller {
+    pub pid_tgid: u64,
     target: Target,
 }
 
 impl Caller {
     #[inline(always)]
-    fn tgid(&self) -> u32 {
+    pub fn tgid(&self) -> u32 {
         (self.pid_tgid >> 32) as u32
     }
 }
 
 #[inline(always)]
-fn caller() -> Option<Caller> {
+pub fn caller() -> Option<Caller> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if !maybe_target(tgid) {
@@ -72,7 +72,7 @@ fn caller() -> Option<Caller> {
 }
 
 #[inline(always)]
-fn socket(tgid: u32, fd: u64) -> Option<SockInfo> {
+pub fn socket(tgid: u32, fd: u64) -> Option<SockInfo> {
     // SAFETY: the value is copied out at once.
     unsafe { SOCKETS.get(sock_key(tgid, fd as u32)) }.copied()
 }
@@ -132,6 +132,14 @@ pub fn try_exit_data(
     {
         return Ok(());
     }
+    // Inside a TLS call, or on a socket known to carry TLS: ciphertext, which the TLS
+    // probes replace by the plaintext.
+    if setting(config::TLS) != 0 && crate::tls::inside_tls_call(&caller, fd as i32, sock) {
+        return Ok(());
+    }
+    if sock.flags & sock_flag::TLS != 0 {
+        return Ok(());
+    }
     count(counter::CALLS);
     // Stamped at return: when a receive's bytes arrived, when a send's were handed over.
     let origin = origin(&caller, fd as i32, sock, now_ns());
@@ -186,7 +194,7 @@ fn read_iovecs(bufs: &mut Buffers, iov: u64, iovcnt: u64) -> Result<(), i64> {
 }
 
 #[inline(always)]
-fn origin(caller: &Caller, fd: i32, sock: SockInfo, ts_ns: u64) -> Origin {
+pub fn origin(caller: &Caller, fd: i32, sock: SockInfo, ts_ns: u64) -> Origin {
     let t = &caller.target;
     let cap = match sock.role {
         role::SERVER => t.server_cap,

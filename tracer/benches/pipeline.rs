@@ -331,6 +331,7 @@ fn record(orders: usize) -> (Vec<CaptureEvent>, u64) {
                             ts_ns: ts,
                             len: len as u64,
                             payload: bytes.slice(at..at + len.min(CAPTURE_CAP)),
+                            tls: false,
                         }));
                         at += len;
                     }

@@ -40,6 +40,8 @@ pub struct ConnMeta {
     pub role: Role,
     pub local: Option<SocketAddr>,
     pub peer: Option<SocketAddr>,
+    /// The bytes are TLS plaintext from the TLS library's probes.
+    pub tls: bool,
 }
 
 /// Contiguous bytes a parser reads from the front of: a captured payload (`Bytes`) or a

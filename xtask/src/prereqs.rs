@@ -27,6 +27,8 @@ const PIKA: (&str, &str) = (
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("python3", "python3"),
     ("curl", "curl"),
+    // `openssl s_server` (and throwaway certificates) for the TLS capture tests.
+    ("openssl", "openssl"),
     ("chromium", "chromium"),
     // WebDriver for the console's browser test.
     ("chromium-driver", "chromedriver"),
@@ -44,6 +46,7 @@ const FUZZ_PACKAGES: &[(&str, &str)] = &[("g++", "g++")];
 const ALL_PACKAGES: &[(&str, &str)] = &[
     ("python3", "python3"),
     ("curl", "curl"),
+    ("openssl", "openssl"),
     ("chromium", "chromium"),
     ("chromium-driver", "chromedriver"),
     ("prometheus", "promtool"),

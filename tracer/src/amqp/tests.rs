@@ -302,6 +302,7 @@ fn meta(role: Role) -> ConnMeta {
         role,
         local: None,
         peer: None,
+        tls: false,
     }
 }
 

@@ -160,6 +160,9 @@ impl Printer {
                 .into();
                 line["len"] = data.len.into();
                 line["captured"] = data.payload.len().into();
+                if data.tls {
+                    line["tls"] = true.into();
+                }
                 line["payload"] = escape(shown).into();
                 line
             }

@@ -35,6 +35,10 @@ pub struct CaptureConfig {
     /// the consumer; a slow consumer loses (and counts) whole batches instead of the queue
     /// growing.
     pub queue_batches: usize,
+    /// Read TLS plaintext: uprobes on the TLS library each target maps (OpenSSL's
+    /// `libssl.so*`, or an executable that has it built in). Its sockets' ciphertext is then
+    /// not copied. Off: TLS connections are seen encrypted, and ignored.
+    pub tls: bool,
     /// Emit the kernel side's per-event diagnostics (aya-log, shown at `RUST_LOG=debug`).
     pub kernel_debug: bool,
 }
@@ -73,6 +77,7 @@ impl Default for CaptureConfig {
             ring_buffer_bytes: 16 << 20,
             scan_interval_ms: 1000,
             queue_batches: 256,
+            tls: true,
             kernel_debug: false,
         }
     }

@@ -31,6 +31,19 @@ pub struct CaptureCounters {
     pub captured_calls: u64,
     /// Processes traced right now.
     pub targets: u64,
+    /// TLS reads and writes captured as plaintext.
+    pub tls_calls: u64,
+    /// TLS reads and writes not captured: their socket was not known.
+    pub tls_no_socket: u64,
+    /// TLS library files the probes are attached to now.
+    pub tls_libraries: u64,
+    /// Targets whose TLS library is attached now.
+    pub tls_targets: u64,
+    /// Targets seen mapping no TLS library the tracer reads (each counted once; TLS they
+    /// speak through another library stays encrypted).
+    pub tls_without_library: u64,
+    /// TLS library files lacking the calls, unreadable, or refused by the kernel.
+    pub tls_unusable_libraries: u64,
 }
 
 /// The agent-side counters, shared by the reader task and the handle.
@@ -39,6 +52,10 @@ pub struct UserCounters {
     pub queue_full: AtomicU64,
     pub decode_errors: AtomicU64,
     pub targets: AtomicU64,
+    pub tls_libraries: AtomicU64,
+    pub tls_targets: AtomicU64,
+    pub tls_without_library: AtomicU64,
+    pub tls_unusable_libraries: AtomicU64,
 }
 
 impl UserCounters {
@@ -69,5 +86,11 @@ pub fn snapshot(kernel: &PerCpuArray<MapData, u64>, user: &UserCounters) -> Capt
         conn_events: sum(counter::CONN_EVENTS),
         captured_calls: sum(counter::CALLS),
         targets: user.targets.load(Ordering::Relaxed),
+        tls_calls: sum(counter::TLS_CALLS),
+        tls_no_socket: sum(counter::TLS_NO_SOCKET),
+        tls_libraries: user.tls_libraries.load(Ordering::Relaxed),
+        tls_targets: user.tls_targets.load(Ordering::Relaxed),
+        tls_without_library: user.tls_without_library.load(Ordering::Relaxed),
+        tls_unusable_libraries: user.tls_unusable_libraries.load(Ordering::Relaxed),
     }
 }

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tracer_common::{AF_INET, AF_INET6, EventHeader, SockAddr, direction, kind, role};
+use tracer_common::{AF_INET, AF_INET6, EventHeader, SockAddr, direction, event_flag, kind, role};
 
 use super::event::{CaptureEvent, ConnClose, ConnKey, ConnOpen, DataChunk, Direction, Role};
 
@@ -93,6 +93,7 @@ fn decode_event(
                 ts_ns: header.ts_ns,
                 len: header.len.max(captured as u64),
                 payload: Bytes::copy_from_slice(&entry[HEADER..HEADER + captured]),
+                tls: header.flags & event_flag::TLS != 0,
             }))
         }
         other => Err(DecodeError::Kind(other)),

@@ -62,6 +62,8 @@ pub struct DataChunk {
     /// truncated at the cap and `len - payload.len()` bytes are missing from the stream.
     pub len: u64,
     pub payload: Bytes,
+    /// TLS plaintext, read from the TLS library rather than the socket.
+    pub tls: bool,
 }
 
 #[derive(Clone, Debug)]

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::TracePoint;
+use aya::programs::{TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use tracer_common::{COMM_LEN, SockInfo, Target, config};
 
@@ -53,6 +53,9 @@ pub struct Loaded {
     pub target_bits: Array<MapData, u64>,
     pub sockets: HashMap<MapData, u64, SockInfo>,
     pub counters: PerCpuArray<MapData, u64>,
+    /// The TLS probes are loaded and may be attached (`[capture] tls`, and the kernel took
+    /// them).
+    pub tls: bool,
 }
 
 /// `exec_names`: command names the kernel starts tracing by itself at `exec`, with their
@@ -130,6 +133,15 @@ pub fn load(
         }
     })?;
     attach(&mut ebpf)?;
+    let tls = settings.tls && load_tls(&mut ebpf);
+    if tls {
+        config_map
+            .set(config::TLS, 1, 0)
+            .map_err(|source| CaptureError::Map {
+                name: "CONFIG",
+                source,
+            })?;
+    }
     Ok(Loaded {
         ebpf,
         ring,
@@ -137,7 +149,28 @@ pub fn load(
         target_bits,
         sockets,
         counters,
+        tls,
     })
+}
+
+/// Loads the TLS probes (attached later, per library file). A kernel that refuses them costs
+/// the plaintext of TLS, not the agent.
+fn load_tls(ebpf: &mut Ebpf) -> bool {
+    for name in super::tls::programs() {
+        let loaded = match ebpf.program_mut(name) {
+            Some(program) => <&mut UProbe>::try_from(program)
+                .map_err(|e| e.to_string())
+                .and_then(|p| p.load().map_err(|e| e.to_string())),
+            None => Err("missing from the eBPF object".to_string()),
+        };
+        if let Err(e) = loaded {
+            tracing::warn!(
+                "TLS plaintext is not captured: the kernel refused uprobe program {name}: {e}"
+            );
+            return false;
+        }
+    }
+    true
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, CaptureError> {

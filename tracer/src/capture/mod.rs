@@ -20,6 +20,7 @@ pub mod procfs;
 mod reader;
 mod tables;
 mod targets;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,10 +94,10 @@ pub struct Capture {
     events: Option<mpsc::Receiver<Vec<CaptureEvent>>>,
     kernel_counters: PerCpuArray<MapData, u64>,
     user_counters: Arc<UserCounters>,
+    /// Owns the eBPF object (the programs and their links), which it attaches TLS probes
+    /// with: stopping it detaches everything.
     worker: JoinHandle<()>,
     logger: Option<JoinHandle<()>>,
-    /// Owns the programs' links; declared last so the tasks stop before detaching.
-    _ebpf: aya::Ebpf,
 }
 
 impl Capture {
@@ -123,6 +124,14 @@ impl Capture {
             .map_err(|e| CaptureError::Poll(e.into_parts().1))?;
         let (tx, rx) = mpsc::channel(config.queue_batches);
         let user_counters = Arc::new(UserCounters::default());
+        let mut tls = loaded.tls.then(tls::Attacher::default);
+        if let Some(tls) = &mut tls
+            && !targets.exec_names().is_empty()
+        {
+            // The kernel starts tracing these at exec, before any scan could attach the
+            // library they load: attach the host's own in advance.
+            tls.attach_host_libraries(&mut loaded.ebpf);
+        }
         let worker = reader::Worker {
             ring,
             sink: reader::Sink {
@@ -135,6 +144,8 @@ impl Capture {
                 tx,
                 counters: user_counters.clone(),
                 tables_cache: procfs::TableCache::default(),
+                tls,
+                ebpf: loaded.ebpf,
             },
             scan_every: Duration::from_millis(config.scan_interval_ms),
         };
@@ -144,7 +155,6 @@ impl Capture {
             user_counters,
             worker: tokio::spawn(worker.run()),
             logger,
-            _ebpf: loaded.ebpf,
         })
     }
 

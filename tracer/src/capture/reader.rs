@@ -16,6 +16,7 @@ use super::event::CaptureEvent;
 use super::procfs::{self, TableCache};
 use super::tables::KernelTables;
 use super::targets::Targets;
+use super::tls::Attacher;
 
 /// Events per batch handed to the consumer, and payload bytes: with `queue_batches` this
 /// bounds what a slow consumer can make the agent hold.
@@ -37,6 +38,10 @@ pub struct Sink {
     pub tx: mpsc::Sender<Vec<CaptureEvent>>,
     pub counters: Arc<UserCounters>,
     pub tables_cache: TableCache,
+    /// `None` with `[capture] tls = false` or when the kernel refused the TLS probes.
+    pub tls: Option<Attacher>,
+    /// Declared last: the links above are released before the programs.
+    pub ebpf: aya::Ebpf,
 }
 
 impl Worker {
@@ -124,6 +129,9 @@ impl Sink {
         for (pid, service) in changes.removed {
             let name = self.service_name(service);
             self.tables.remove(pid, &name, &mut batch);
+            if let Some(tls) = &mut self.tls {
+                tls.forget(pid);
+            }
             tracing::info!("stopped tracing pid {pid} ({name}): exited or changed program");
         }
         for (pid, service) in changes.added {
@@ -140,7 +148,21 @@ impl Sink {
             self.targets.tracked() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
+        self.scan_tls();
         self.send(batch)
+    }
+
+    /// Every target's mappings, for TLS libraries loaded since the last scan.
+    fn scan_tls(&mut self) {
+        let Some(tls) = &mut self.tls else {
+            return;
+        };
+        let services = self.targets.services();
+        for (pid, service) in self.targets.tracked_pids() {
+            let name = services.get(service as usize).map_or("unknown", |s| &**s);
+            tls.scan(&mut self.ebpf, pid, name);
+        }
+        tls.publish(&self.counters);
     }
 
     /// Reads up to `MAX_DRAIN` entries. Returns (consumer still there, ring emptied).
@@ -178,6 +200,10 @@ impl Sink {
         self.tables.remove(pid, &name, batch);
         if self.targets.forget(pid).is_some() {
             tracing::info!("stopped tracing pid {pid} ({name}): exited");
+        }
+        if let Some(tls) = &mut self.tls {
+            tls.forget(pid);
+            tls.publish(&self.counters);
         }
         self.counters.targets.store(
             self.targets.tracked() as u64,

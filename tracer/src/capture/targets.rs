@@ -148,6 +148,11 @@ impl Targets {
         self.tracked.len()
     }
 
+    /// `(pid, service index)` of every traced process.
+    pub fn tracked_pids(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.tracked.iter().map(|(pid, t)| (*pid, t.service))
+    }
+
     /// Forgets a process that exited (the kernel said so before the next scan could).
     pub fn forget(&mut self, pid: u32) -> Option<u32> {
         self.tracked.remove(&pid).map(|t| t.service)

@@ -40,6 +40,8 @@ pub struct Exchange {
     pub role: Role,
     pub local: Option<SocketAddr>,
     pub peer: Option<SocketAddr>,
+    /// Decrypted: read through the TLS library's probes.
+    pub tls: bool,
     pub request: Message<RequestHead>,
     pub response: Option<Message<ResponseHead>>,
     /// CLOCK_MONOTONIC ns of the first byte of the request.

@@ -27,6 +27,7 @@ impl ConnMeta {
             role: self.role,
             local: self.local,
             peer: self.peer,
+            tls: self.tls,
             request,
             response,
             start_ns,
@@ -333,6 +334,7 @@ mod tests {
             role: Role::Server,
             local: None,
             peer: None,
+            tls: false,
         }
     }
 

@@ -28,8 +28,12 @@ const NON_HTTP_TURNS: u8 = 6;
 pub struct Counters {
     /// Times a direction lost its place and looked for the next message start.
     pub resyncs: u64,
-    /// Connections recognised as not HTTP (TLS, other protocols, garbage) and ignored.
+    /// Connections recognised as not HTTP (HTTP/2, other protocols, garbage) and ignored.
     pub non_http_connections: u64,
+    /// Connections whose bytes were TLS records: encrypted, not parsed. Their plaintext comes
+    /// from the TLS library's probes where the process's library is attached (the
+    /// connection is followed again from its first plaintext).
+    pub encrypted_connections: u64,
     /// Connections that switched protocol (101, CONNECT) and were ignored from then on.
     pub upgraded_connections: u64,
     /// Message heads that were not valid HTTP on an HTTP connection.
@@ -123,7 +127,12 @@ impl Stream {
 
     /// Looks at a chunk before it is fed, while the connection is not known to be HTTP.
     pub fn first_look(&mut self, d: Direction, payload: &[u8], env: &mut Env<'_>) -> Flow {
-        if resync::is_tls_record(payload) || resync::is_http2_preface(payload) {
+        if resync::is_tls_record(payload) {
+            env.counters.encrypted_connections += 1;
+            self.done = true;
+            return Flow::Done;
+        }
+        if resync::is_http2_preface(payload) {
             return self.not_http(env);
         }
         if self.last_dir.is_some_and(|last| last != d) {

@@ -17,6 +17,9 @@ use crate::protocol::Record;
 const MAX_URL_PATH: usize = 512;
 /// What a redacted path segment becomes.
 pub const REDACTED: &str = "{redacted}";
+/// On the spans of exchanges and messages read decrypted (OTel's TLS conventions): the
+/// tracer saw them through the TLS library's probes.
+pub const TLS_ATTRIBUTE: &str = "tls.protocol.name";
 
 /// Path segments that look like personal data by default: e-mail addresses, and digit runs
 /// of 9 or more (phone, card and account numbers).
@@ -213,6 +216,9 @@ impl SpanBuilder {
                 put(address_key, addr.ip().to_string().into());
                 put(port_key, AttrValue::Int(addr.port().into()));
             }
+        }
+        if exchange.tls {
+            put(TLS_ATTRIBUTE, "tls".into());
         }
         let error_type = match (exchange.outcome, code) {
             (Outcome::Reset, _) => Some("reset".to_string()),

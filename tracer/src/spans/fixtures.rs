@@ -35,6 +35,7 @@ pub fn exchange(service: &str, role: Role, method: &str, target: &str) -> Exchan
         role,
         local: Some(local),
         peer: Some(peer),
+        tls: false,
         request: Message::bare(RequestHead {
             method: method.to_string(),
             target: target.to_string(),
@@ -106,6 +107,7 @@ pub fn message(
             role: Role::Client,
             local: Some("127.0.0.1:40002".parse().unwrap()),
             peer: Some("127.0.0.1:5672".parse().unwrap()),
+            tls: false,
         },
         operation,
         channel: 1,

@@ -80,6 +80,13 @@ impl Conn {
     }
 
     pub fn on_data(&mut self, chunk: DataChunk, env: &mut Env<'_>) {
+        if chunk.tls != self.meta.tls {
+            if !chunk.tls {
+                // Ciphertext of a connection read through its TLS library.
+                return;
+            }
+            self.start_plaintext();
+        }
         self.last_ns = self.last_ns.max(chunk.ts_ns);
         let d = chunk.direction;
         let missing = chunk.len.saturating_sub(chunk.payload.len() as u64);
@@ -164,6 +171,16 @@ impl Conn {
             stream.lose_sync(other, &mut env.amqp());
         }
         self.protocol = Protocol::Amqp(stream);
+    }
+
+    /// The TLS library's plaintext starts: what was seen of the socket was ciphertext (a
+    /// handshake, or records from before the library was attached), and is dropped.
+    fn start_plaintext(&mut self) {
+        self.meta.tls = true;
+        self.send = Dir::default();
+        self.recv = Dir::default();
+        self.amqp_boundary = [false; 2];
+        self.protocol = Protocol::Http(http::stream::Stream::new(self.meta.role));
     }
 
     fn is_ignored(&self) -> bool {

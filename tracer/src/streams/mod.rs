@@ -131,6 +131,7 @@ impl Streams {
                     role: open.role,
                     local: open.local,
                     peer: open.peer,
+                    tls: false,
                 };
                 // A reused key means the close was missed: finish the old connection first.
                 if let Some(mut old) = self.conns.remove(&open.conn) {
@@ -160,6 +161,7 @@ impl Streams {
                             role: Role::Unknown,
                             local: None,
                             peer: None,
+                            tls: false,
                         };
                         let conn = Conn::new(meta, chunk.ts_ns);
                         insert(&mut self.conns, chunk.conn, conn, env.config, env.counters)

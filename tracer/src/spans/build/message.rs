@@ -75,6 +75,9 @@ impl SpanBuilder {
             "messaging.message.body.size",
             AttrValue::Int(transfer.body_len as i64),
         );
+        if transfer.meta.tls {
+            put(super::TLS_ATTRIBUTE, "tls".into());
+        }
         if let Some(peer) = transfer.meta.peer {
             put("server.address", peer.ip().to_string().into());
             put("server.port", AttrValue::Int(peer.port().into()));

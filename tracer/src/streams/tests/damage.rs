@@ -200,7 +200,7 @@ fn connection_entered_midway_resyncs_and_learns_its_role() {
 }
 
 #[test]
-fn tls_and_garbage_are_counted_as_non_http() {
+fn tls_is_counted_as_encrypted_and_garbage_as_non_http() {
     let client_hello: &[u8] = &[
         0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
     ];
@@ -227,7 +227,14 @@ fn tls_and_garbage_are_counted_as_non_http() {
         }
     }
     assert!(run.out.is_empty());
-    assert_eq!(run.streams.counters().http.non_http_connections, 5);
+    let counters = &run.streams.counters().http;
+    assert_eq!(
+        (
+            counters.non_http_connections,
+            counters.encrypted_connections
+        ),
+        (3, 2)
+    );
     assert_eq!(run.streams.buffered_bytes(), 0);
 }
 

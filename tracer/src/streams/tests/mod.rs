@@ -54,6 +54,7 @@ pub(super) fn data(
         ts_ns,
         len: len as u64,
         payload: Bytes::copy_from_slice(payload),
+        tls: false,
     })
 }
 

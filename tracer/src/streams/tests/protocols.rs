@@ -53,3 +53,42 @@ fn an_amqp_connection_entered_midway_is_found_by_its_frames() {
     assert_eq!(run.streams.counters().amqp.connections, 1);
     assert_eq!(run.streams.counters().http.non_http_connections, 0);
 }
+
+/// The same data event, flagged as TLS plaintext from the TLS library's probes.
+fn plaintext(event: CaptureEvent) -> CaptureEvent {
+    match event {
+        CaptureEvent::Data(mut chunk) => {
+            chunk.tls = true;
+            CaptureEvent::Data(chunk)
+        }
+        other => other,
+    }
+}
+
+#[test]
+fn tls_plaintext_replaces_the_ciphertext_of_its_connection() {
+    let client_hello: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc];
+    let mut run = Run::new(StreamsConfig::default());
+    run.feed(open(key(1), Role::Server, 0));
+    // The handshake seen from the socket, before the library's probes were attached.
+    run.feed(data(
+        key(1),
+        Direction::Recv,
+        1,
+        client_hello,
+        client_hello.len(),
+    ));
+    for (i, (kind, bytes)) in fixtures::keep_alive_conversation(500).iter().enumerate() {
+        let d = direction(Role::Server, *kind);
+        let ts = 10 + 2 * i as u64;
+        run.feed(plaintext(data(key(1), d, ts, bytes, bytes.len())));
+        // Ciphertext interleaved from the socket is not parsed.
+        run.feed(data(key(1), d, ts + 1, client_hello, client_hello.len()));
+    }
+    run.feed(close(key(1), 100));
+    assert_eq!(run.seen().len(), 9);
+    assert!(http(&run.out).iter().all(|e| e.tls));
+    let c = &run.streams.counters().http;
+    assert_eq!((c.encrypted_connections, c.non_http_connections), (1, 0));
+    assert_eq!((c.parse_errors, c.resyncs), (0, 0));
+}
