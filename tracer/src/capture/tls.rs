@@ -248,10 +248,17 @@ impl Attacher {
             return false;
         };
         if users.insert(pid) {
-            tracing::info!(
-                "pid {pid} ({service}): TLS plaintext through {library} in {}",
-                file.path
-            );
+            if pid == HOST {
+                tracing::info!(
+                    "TLS plaintext of targets started by name: {library} in {} attached",
+                    file.path
+                );
+            } else {
+                tracing::info!(
+                    "pid {pid} ({service}): TLS plaintext through {library} in {}",
+                    file.path
+                );
+            }
         }
         true
     }
@@ -441,4 +448,73 @@ fn file_id(dev: &str, inode: &str) -> Option<FileId> {
 /// A device number as the kernel writes it (`MKDEV`), the same from maps and from `stat`.
 fn dev_id(major: u64, minor: u64) -> u64 {
     (major << 20) | minor
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAPS: &str = "\
+55d0c0a00000-55d0c0a2c000 r--p 00000000 fe:01 1311 /usr/bin/python3.11
+7f1c2a000000-7f1c2a021000 r--p 00000000 00:00 0 
+7f1c2b200000-7f1c2b21e000 r--p 00000000 fe:01 2210 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f1c2b21e000-7f1c2b27a000 r-xp 0001e000 fe:01 2210 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f1c2b300000-7f1c2b310000 r-xp 00000000 fe:01 2300 /usr/lib/x86_64-linux-gnu/libcrypto.so.3
+7f1c2b400000-7f1c2b410000 r-xp 00000000 fe:01 2400 /opt/app/lib/libssl.so.1.1 (deleted)
+7f1c2b500000-7f1c2b510000 r-xp 00000000 103:02 77 /srv/my app/libssl.so.1.1
+7ffd1e1f0000-7ffd1e211000 rw-p 00000000 00:00 0 [stack]
+";
+
+    #[test]
+    fn maps_yield_each_tls_library_once_and_the_executable() {
+        let found = parse_maps(MAPS, Some(Path::new("/usr/bin/python3.11")));
+        let paths: Vec<(&str, bool)> = found
+            .iter()
+            .map(|m| (m.path.as_str(), m.executable))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                ("/usr/bin/python3.11", true),
+                ("/usr/lib/x86_64-linux-gnu/libssl.so.3", false),
+                ("/srv/my app/libssl.so.1.1", false),
+            ]
+        );
+        assert_eq!(
+            found[1].id,
+            FileId {
+                dev: dev_id(0xfe, 1),
+                inode: 2210
+            }
+        );
+        assert_eq!(found[2].id.dev, dev_id(0x103, 2));
+    }
+
+    #[test]
+    fn the_host_libssl_defines_the_calls() {
+        let Some(path) = HOST_LIBRARY_DIRS
+            .iter()
+            .map(|dir| Path::new(dir).join("libssl.so.3"))
+            .find(|p| p.exists())
+        else {
+            return; // no OpenSSL 3 on this host
+        };
+        let symbols = defined_symbols(&path, &LIBRARIES[0]).expect("an ELF library");
+        for symbol in ["SSL_read", "SSL_write", "SSL_set_fd", "SSL_free"] {
+            assert!(symbols.contains_key(symbol), "{symbol} in {symbols:?}");
+        }
+        // curl imports them, defines none.
+        if let Ok(curl) = which("curl") {
+            assert!(defined_symbols(&curl, &LIBRARIES[0]).unwrap().is_empty());
+        }
+    }
+
+    fn which(program: &str) -> Result<PathBuf, ()> {
+        std::env::var("PATH")
+            .map_err(|_| ())?
+            .split(':')
+            .map(|dir| Path::new(dir).join(program))
+            .find(|p| p.exists())
+            .ok_or(())
+    }
 }
