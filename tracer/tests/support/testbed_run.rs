@@ -48,6 +48,8 @@ pub struct Run<'a> {
     pub seed: u64,
     pub base_port: u16,
     pub dir: &'a Path,
+    /// The testbed's TLS mode: its services speak HTTPS through the system's OpenSSL.
+    pub tls: bool,
 }
 
 impl Run<'_> {
@@ -85,6 +87,7 @@ impl Run<'_> {
             .arg(self.request_log())
             .arg("--message-log")
             .arg(self.message_log())
+            .args(self.tls.then_some("--tls"))
             .stdin(Stdio::null())
             .output()
             .expect("start testbed");
