@@ -26,18 +26,27 @@ use testbed_run::{Run, bin_dir, free_base_port, scratch};
 
 const TESTBED_CONFIG: &str = include_str!("../../deploy/config/testbed.toml");
 
-/// One traced run at a time: two brokers and two agents side by side starve two cores, and
-/// each agent would trace the other's testbed too.
+/// One traced run at a time: two brokers and two agents side by side starve two cores.
 static ONE_RUN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The testbed config with this test's store, webhook, and the spans exported to `otlp` over
-/// gRPC (none without it).
+/// gRPC (none without it), tracing only the services on `base_port`: other testbeds on the
+/// machine would add their orders to the counts compared here.
 fn config(
     dir: &std::path::Path,
+    base_port: u16,
     webhook: &str,
     otlp: Option<&str>,
 ) -> (String, tracer::config::Config) {
     let mut value: toml::Table = toml::from_str(TESTBED_CONFIG).unwrap();
+    let targets = value["capture"]["target"].as_array_mut().unwrap();
+    for target in targets {
+        let cmdline = format!("--base-port {base_port} ");
+        target
+            .as_table_mut()
+            .unwrap()
+            .insert("cmdline".into(), cmdline.into());
+    }
     let set = |value: &mut toml::Table, table: &str, key: &str, v: toml::Value| {
         value
             .entry(table)
@@ -148,8 +157,10 @@ async fn detections_equal_the_truth(tls: bool) {
         None
     };
     let endpoint = receiver.as_ref().map(OtlpReceiver::grpc_endpoint);
+    let base_port = free_base_port();
     let (text, config) = config(
         &dir,
+        base_port,
         &format!("http://{webhook_addr}/alerts"),
         endpoint.as_deref(),
     );
@@ -168,7 +179,7 @@ async fn detections_equal_the_truth(tls: bool) {
         rate: 20.0,
         faults: "all=0.05",
         seed: 7,
-        base_port: free_base_port(),
+        base_port,
         dir: &dir,
         tls,
     };

@@ -1,5 +1,7 @@
 //! Running the testbed's programs from the tracer's end-to-end tests.
 
+#![allow(dead_code)] // each test binary uses a different part of it
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
