@@ -7,7 +7,6 @@
 // This test drives the testbed's services itself, not a whole `testbed run`.
 #[path = "support/alertmanager.rs"]
 mod alertmanager;
-#[allow(dead_code)]
 #[path = "support/testbed_run.rs"]
 mod testbed_run;
 

@@ -1,5 +1,7 @@
 //! Running the testbed's programs from the tracer's end-to-end tests.
 
+#![allow(dead_code)] // each test binary uses a different part of it
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -72,6 +74,8 @@ pub struct Run<'a> {
     pub seed: u64,
     pub base_port: u16,
     pub dir: &'a Path,
+    /// The testbed's TLS mode: its services speak HTTPS through the system's OpenSSL.
+    pub tls: bool,
 }
 
 impl Run<'_> {
@@ -109,6 +113,7 @@ impl Run<'_> {
             .arg(self.request_log())
             .arg("--message-log")
             .arg(self.message_log())
+            .args(self.tls.then_some("--tls"))
             .stdin(Stdio::null())
             .output()
             .expect("start testbed");
