@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::capture::counters::CaptureProgress;
 use crate::capture::{Capture, CaptureCounters, CaptureEvent};
 use crate::clock::{monotonic_now_ns, monotonic_to_unix_offset_ns};
 use crate::config::Config;
@@ -238,12 +239,8 @@ impl Agent {
             RuleSet::compile(&config.services).map_err(|e| anyhow::anyhow!("config rules: {e}"))?;
         let redactor = Redactor::new(&config.export.redact_path_segments)
             .map_err(|e| anyhow::anyhow!("config [export] redact_path_segments: {e}"))?;
-        let builder = SpanBuilder::new(
-            rules,
-            redactor,
-            local_host_name(),
-            monotonic_to_unix_offset_ns(),
-        );
+        let unix_offset = monotonic_to_unix_offset_ns();
+        let builder = SpanBuilder::new(rules, redactor, local_host_name(), unix_offset);
         let exporter = Exporter::start(&config.export).context("cannot start the exporter")?;
         let mut fanout = Fanout::new(Sampler::new(config.sampling.clone()), exporter.handle());
         if let Some(monitor) = monitor {
@@ -261,6 +258,9 @@ impl Agent {
             fanout,
             counters: PipelineCounters::default(),
             records: Vec::new(),
+            progress: capture.progress(),
+            unix_offset,
+            last_event_ns: 0,
         };
         let pipeline = tokio::spawn(stages.run(events, snapshot_tx));
         Ok(Self {
@@ -318,6 +318,11 @@ struct Stages {
     counters: PipelineCounters,
     /// Reused output buffer of the streams stage.
     records: Vec<Record>,
+    progress: CaptureProgress,
+    /// CLOCK_MONOTONIC to unix ns, as the spans are stamped.
+    unix_offset: i128,
+    /// CLOCK_MONOTONIC ns of the newest event processed.
+    last_event_ns: u64,
 }
 
 impl Stages {
@@ -337,6 +342,7 @@ impl Stages {
                 _ = tick.tick() => {
                     self.streams.expire(monotonic_now_ns(), &mut self.records);
                     self.on_records();
+                    self.watermark(&events);
                     snapshot.send_replace(self.snapshot());
                 }
             }
@@ -344,7 +350,26 @@ impl Stages {
         snapshot.send_replace(self.snapshot());
     }
 
+    /// Tells the in-process consumers how far the evidence has got: up to what the reader
+    /// had drained when nothing is left queued, else up to the newest event processed.
+    fn watermark(&mut self, events: &mpsc::Receiver<Vec<CaptureEvent>>) {
+        // Read before looking at the queue: the reader stores it after queueing.
+        let drained = self.progress.drained_at_ns();
+        let up_to = if events.is_empty() {
+            drained.max(self.last_event_ns)
+        } else {
+            self.last_event_ns
+        };
+        if up_to > 0 {
+            self.fanout
+                .watermark((up_to as i128 + self.unix_offset).max(0) as u64);
+        }
+    }
+
     fn on_batch(&mut self, batch: Vec<CaptureEvent>) {
+        if let Some(newest) = batch.iter().map(CaptureEvent::ts_ns).max() {
+            self.last_event_ns = self.last_event_ns.max(newest);
+        }
         for event in batch {
             self.streams.on_event(event, &mut self.records);
         }

@@ -6,87 +6,15 @@
 mod monitor_common;
 #[path = "support/testbed_run.rs"]
 mod testbed_run;
+#[path = "support/tracer_run.rs"]
+mod tracer_run;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use monitor_common::{Capture, compare_with_truth, get_json, get_metrics};
-use testbed_run::{Run, bin_dir, free_base_port, scratch};
-
-const TESTBED_CONFIG: &str = include_str!("../../deploy/config/testbed.toml");
-
-/// The testbed config with this test's store, webhook and no exporter.
-fn config(dir: &std::path::Path, webhook: &str) -> (String, tracer::config::Config) {
-    let mut value: toml::Table = toml::from_str(TESTBED_CONFIG).unwrap();
-    let set = |value: &mut toml::Table, table: &str, key: &str, v: toml::Value| {
-        value
-            .entry(table)
-            .or_insert_with(|| toml::Value::Table(Default::default()))
-            .as_table_mut()
-            .unwrap()
-            .insert(key.to_string(), v);
-    };
-    set(
-        &mut value,
-        "store",
-        "path",
-        dir.join("orders.db").display().to_string().into(),
-    );
-    set(&mut value, "api", "alert_webhook", webhook.into());
-    set(&mut value, "export", "kind", "none".into());
-    let text = toml::to_string(&value).unwrap();
-    let parsed = tracer::config::Config::parse(&text, "test").unwrap();
-    (text, parsed)
-}
-
-struct TracerRun {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl TracerRun {
-    fn start(config: &std::path::Path, listen: &str, dir: &std::path::Path) -> Self {
-        let log = dir.join("run.log");
-        let child = Command::new(bin_dir().join("tracer"))
-            .args([
-                "run",
-                "--allow-anonymous-loopback",
-                "--listen",
-                listen,
-                "--config",
-            ])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start tracer run");
-        let run = TracerRun { child, log };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while run.log_text().matches("waiting for target").count() < 3 {
-            assert!(
-                Instant::now() < deadline,
-                "tracer run did not attach:\n{}",
-                run.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        run
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for TracerRun {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
+use testbed_run::{Run, free_base_port, scratch};
+use tracer_run::{TracerRun, config, free_port};
 
 /// `name{labels} value` lines of a Prometheus text page, by `name{labels}`.
 fn samples(page: &str) -> BTreeMap<String, f64> {
@@ -103,23 +31,29 @@ fn samples(page: &str) -> BTreeMap<String, f64> {
 async fn detections_equal_the_truth_and_metrics_and_alerts_agree() {
     let dir = scratch("e2e-run");
     let (webhook, webhook_addr) = Capture::start().await;
-    let (text, config) = config(&dir, &format!("http://{webhook_addr}/alerts"));
+    let base_port = free_base_port();
+    let (text, config) = config(
+        &dir,
+        Some(&format!("http://{webhook_addr}/alerts")),
+        base_port,
+    );
     let config_path = dir.join("config.toml");
     std::fs::write(&config_path, text).unwrap();
-    let api_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let api_port = free_port();
     let api = format!("http://127.0.0.1:{api_port}");
-    let tracer = TracerRun::start(&config_path, &format!("127.0.0.1:{api_port}"), &dir);
+    let tracer = TracerRun::start(
+        &config_path,
+        &format!("127.0.0.1:{api_port}"),
+        &dir,
+        "run.log",
+    );
 
     let run = Run {
         orders: 120,
         rate: 20.0,
         faults: "all=0.05",
         seed: 7,
-        base_port: free_base_port(),
+        base_port,
         dir: &dir,
     };
     tokio::task::block_in_place(|| run.run());
@@ -144,13 +78,7 @@ async fn detections_equal_the_truth_and_metrics_and_alerts_agree() {
         "{} mismatches with the truth file:\n{}\n--- tracer log tail:\n{}",
         problems.len(),
         problems.join("\n"),
-        tracer
-            .log_text()
-            .lines()
-            .rev()
-            .take(20)
-            .collect::<Vec<_>>()
-            .join("\n")
+        tracer.log_tail(20)
     );
 
     // Open detections by kind and service: the API, /metrics and the webhook say the same.

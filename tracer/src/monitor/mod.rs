@@ -10,7 +10,7 @@
 pub mod alertmanager;
 pub mod alerts;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ use anyhow::Context;
 use crate::api::{ApiState, AuditLog, Auth};
 use crate::config::Config;
 use crate::export::SpanConsumer;
-use crate::lifecycle::{Changes, Event, Lifecycle};
+use crate::lifecycle::{Changes, Event, Gap, GapCause, Lifecycle};
 use crate::metrics::SharedMetrics;
 use crate::pipeline_metrics::PipelineCounters;
 use crate::spans::SpanRecord;
@@ -35,27 +35,78 @@ const TICK: Duration = Duration::from_millis(250);
 const GAUGE_REFRESH: Duration = Duration::from_secs(5);
 /// Spans taken off the channel per wake-up, so ticks keep their pace under load.
 const DRAIN_BATCH: usize = 4096;
+/// How often the store is told how far the timers have judged (what a restart counts its
+/// blind time from).
+const JUDGED_SAVE: Duration = Duration::from_secs(1);
 /// After a failed save, the next try waits this long, doubling up to `MAX_SAVE_RETRY`.
 const FIRST_SAVE_RETRY: Duration = Duration::from_secs(1);
 const MAX_SAVE_RETRY: Duration = Duration::from_secs(30);
 
+/// What reaches the lifecycle thread, in the order the senders saw it.
+enum Evidence {
+    Span(SpanRecord),
+    /// Every exchange `source` saw end before `up_to` (unix ns) was sent before this.
+    Watermark {
+        source: &'static str,
+        up_to: u64,
+    },
+    Gap(Gap),
+}
+
+/// The end times (unix ns) of spans the queue refused since the lifecycle thread last
+/// looked: the monitor missed evidence there.
+struct Refused {
+    first: AtomicU64,
+    last: AtomicU64,
+}
+
+impl Refused {
+    fn new() -> Self {
+        Self {
+            first: AtomicU64::new(u64::MAX),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn note(&self, end: u64) {
+        self.first.fetch_min(end, Ordering::Relaxed);
+        self.last.fetch_max(end, Ordering::Relaxed);
+    }
+
+    fn take(&self) -> Option<Gap> {
+        let last = self.last.swap(0, Ordering::Relaxed);
+        let first = self.first.swap(u64::MAX, Ordering::Relaxed);
+        (first <= last).then_some(Gap {
+            start: first,
+            end: last,
+            cause: GapCause::MonitorQueueFull,
+        })
+    }
+}
+
 /// How spans get into the monitor: cheap to clone, never blocks the sender.
 #[derive(Clone)]
 pub struct SpanSink {
-    tx: SyncSender<SpanRecord>,
+    tx: SyncSender<Evidence>,
+    refused: Arc<Refused>,
     metrics: SharedMetrics,
 }
+
+/// The in-process agent, as a source of watermarks.
+const IN_PROCESS_AGENT: &str = "agent";
 
 impl SpanSink {
     /// Queues a span; `false` when it was dropped (queue full or monitor stopped), counted
     /// in `order_tracer_monitor_drops_total`.
     pub fn send(&self, span: SpanRecord) -> bool {
-        match self.tx.try_send(span) {
+        let end = span.end_unix_nano;
+        match self.tx.try_send(Evidence::Span(span)) {
             Ok(()) => {
                 self.metrics.spans_received.inc();
                 true
             }
             Err(TrySendError::Full(_)) => {
+                self.refused.note(end);
                 self.metrics.count_drop("monitor_queue_full");
                 false
             }
@@ -69,12 +120,31 @@ impl SpanSink {
     pub(crate) fn count_parse_error(&self) {
         self.metrics.count_drop("otlp_parse_error");
     }
+
+    /// Tells the monitor it may have missed exchanges in `gap` (e.g. the agent's capture
+    /// dropped events then). A full queue is a gap of its own, noted anyway.
+    pub fn note_gap(&self, gap: Gap) {
+        let end = gap.end;
+        if self.tx.try_send(Evidence::Gap(gap)).is_err() {
+            self.refused.note(end);
+        }
+    }
+
+    fn watermark(&self, source: &'static str, up_to: u64) {
+        // A watermark lost to a full queue is followed by a newer one.
+        let _ = self.tx.try_send(Evidence::Watermark { source, up_to });
+    }
 }
 
-/// The export stage's consumer: how the in-process agent's spans reach the monitor.
+/// The export stage's consumer: how the in-process agent's spans and watermarks reach the
+/// monitor.
 impl SpanConsumer for SpanSink {
     fn consume(&mut self, span: &SpanRecord) -> bool {
         self.send(span.clone())
+    }
+
+    fn watermark(&mut self, up_to_unix_ns: u64) {
+        SpanSink::watermark(self, IN_PROCESS_AGENT, up_to_unix_ns);
     }
 }
 
@@ -125,6 +195,9 @@ impl Monitor {
         let requeued = inbox.len();
         let resumed_events = lifecycle.resume_inbox(inbox);
         let metrics = settings.metrics;
+        if let Some(judged) = writer.load_judged()? {
+            lifecycle.resume_after_downtime(judged, crate::clock::unix_now());
+        }
         let open = lifecycle
             .orders()
             .flat_map(|o| o.open_detections().cloned())
@@ -152,11 +225,14 @@ impl Monitor {
         );
         metrics.refresh(&lifecycle);
         let (tx, rx) = std::sync::mpsc::sync_channel(SPAN_QUEUE);
+        let refused = Arc::new(Refused::new());
         let stop = Arc::new(AtomicBool::new(false));
         let core = Core {
             lifecycle,
             store: writer,
             unsaved: Changes::default(),
+            refused: refused.clone(),
+            last_judged_save: None,
             next_save: None,
             save_retry: FIRST_SAVE_RETRY,
             metrics: metrics.clone(),
@@ -189,6 +265,7 @@ impl Monitor {
         Ok(Self {
             sink: SpanSink {
                 tx,
+                refused,
                 metrics: metrics.clone(),
             },
             metrics,
@@ -254,6 +331,8 @@ struct Core {
     store: Store,
     /// What saves that failed held, written with the next one.
     unsaved: Changes,
+    refused: Arc<Refused>,
+    last_judged_save: Option<Instant>,
     /// After a failed save: not before this.
     next_save: Option<Instant>,
     save_retry: Duration,
@@ -266,7 +345,7 @@ struct Core {
 }
 
 impl Core {
-    fn run(mut self, rx: Receiver<SpanRecord>, stop: Arc<AtomicBool>, resumed: Vec<Event>) {
+    fn run(mut self, rx: Receiver<Evidence>, stop: Arc<AtomicBool>, resumed: Vec<Event>) {
         self.settle(resumed);
         let mut last_tick = Instant::now();
         let mut last_gauges = Instant::now();
@@ -276,19 +355,22 @@ impl Core {
             let wait = (last_tick + TICK).saturating_duration_since(Instant::now());
             let mut disconnected = false;
             match rx.recv_timeout(wait) {
-                Ok(span) => {
-                    events.extend(self.lifecycle.ingest(span, crate::clock::unix_now()));
-                    for span in rx.try_iter().take(DRAIN_BATCH) {
-                        events.extend(self.lifecycle.ingest(span, crate::clock::unix_now()));
+                Ok(evidence) => {
+                    self.take_in(evidence, &mut events);
+                    for evidence in rx.try_iter().take(DRAIN_BATCH) {
+                        self.take_in(evidence, &mut events);
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => disconnected = true,
             }
+            if let Some(gap) = self.refused.take() {
+                self.lifecycle.note_gap(gap);
+            }
             let stopping = disconnected || stop.load(Ordering::SeqCst);
             if stopping {
-                for span in rx.try_iter() {
-                    events.extend(self.lifecycle.ingest(span, crate::clock::unix_now()));
+                for evidence in rx.try_iter() {
+                    self.take_in(evidence, &mut events);
                 }
                 events.extend(self.lifecycle.flush(crate::clock::unix_now()));
             } else if last_tick.elapsed() >= TICK {
@@ -315,9 +397,30 @@ impl Core {
         }
     }
 
+    fn take_in(&mut self, evidence: Evidence, events: &mut Vec<Event>) {
+        let now = crate::clock::unix_now();
+        match evidence {
+            Evidence::Span(span) => events.extend(self.lifecycle.ingest(span, now)),
+            Evidence::Watermark { source, up_to } => self.lifecycle.watermark(source, up_to, now),
+            Evidence::Gap(gap) => {
+                self.lifecycle.note_gap(gap);
+            }
+        }
+    }
+
     /// Saves what changed with its alerts in one transaction, then tells the outbox.
     fn settle(&mut self, events: Vec<Event>) {
         let mut changes = self.lifecycle.take_changes();
+        for gap in &changes.gaps {
+            self.metrics.count_gap(gap.cause);
+        }
+        if self
+            .last_judged_save
+            .is_none_or(|t| t.elapsed() >= JUDGED_SAVE)
+        {
+            self.last_judged_save = Some(Instant::now());
+            changes.judged = self.lifecycle.judged();
+        }
         if !self.outbox.targets().is_empty() {
             changes.alerts = events
                 .iter()

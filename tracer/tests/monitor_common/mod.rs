@@ -285,7 +285,7 @@ fn truth_line(order: &str, faults: &[(&str, &str, &str, &str, u64)]) -> String {
     )
 }
 
-fn parse_time(text: &str) -> u64 {
+pub fn parse_time(text: &str) -> u64 {
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .unwrap()
         .unix_timestamp_nanos() as u64
