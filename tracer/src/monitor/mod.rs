@@ -45,6 +45,8 @@ const MAX_SAVE_RETRY: Duration = Duration::from_secs(30);
 /// What reaches the lifecycle thread, in the order the senders saw it.
 enum Evidence {
     Span(SpanRecord),
+    /// Spans whose sender waits to hear that they are durable (true) or not (false).
+    Durable(Vec<SpanRecord>, tokio::sync::oneshot::Sender<bool>),
     /// Every exchange `source` saw end before `up_to` (unix ns) was sent before this.
     Watermark {
         source: &'static str,
@@ -113,6 +115,40 @@ impl SpanSink {
             Err(TrySendError::Disconnected(_)) => {
                 self.metrics.count_drop("monitor_stopped");
                 false
+            }
+        }
+    }
+
+    /// Queues spans whose sender answers only once they are durable: the answer comes true
+    /// once the store has committed them (with the batch that holds them), false when it
+    /// could not (send them again later). `Err(n)`: the queue was full or the monitor stopped,
+    /// none of the `n` spans was taken.
+    pub fn send_durable(
+        &self,
+        spans: Vec<SpanRecord>,
+    ) -> Result<tokio::sync::oneshot::Receiver<bool>, usize> {
+        let n = spans.len();
+        let ends: Option<(u64, u64)> = spans.iter().fold(None, |range, s| {
+            let end = s.end_unix_nano;
+            Some(range.map_or((end, end), |(a, b)| (a.min(end), b.max(end))))
+        });
+        let (done, answer) = tokio::sync::oneshot::channel();
+        match self.tx.try_send(Evidence::Durable(spans, done)) {
+            Ok(()) => {
+                self.metrics.spans_received.inc_by(n as u64);
+                Ok(answer)
+            }
+            Err(TrySendError::Full(_)) => {
+                if let Some((first, last)) = ends {
+                    self.refused.note(first);
+                    self.refused.note(last);
+                }
+                self.metrics.count_drops("monitor_queue_full", n as u64);
+                Err(n)
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.metrics.count_drops("monitor_stopped", n as u64);
+                Err(n)
             }
         }
     }
@@ -232,6 +268,7 @@ impl Monitor {
             store: writer,
             unsaved: Changes::default(),
             refused: refused.clone(),
+            awaiting: Vec::new(),
             last_judged_save: None,
             next_save: None,
             save_retry: FIRST_SAVE_RETRY,
@@ -332,6 +369,8 @@ struct Core {
     /// What saves that failed held, written with the next one.
     unsaved: Changes,
     refused: Arc<Refused>,
+    /// Senders of spans taken in since the last save, waiting to hear whether it held.
+    awaiting: Vec<tokio::sync::oneshot::Sender<bool>>,
     last_judged_save: Option<Instant>,
     /// After a failed save: not before this.
     next_save: Option<Instant>,
@@ -401,6 +440,12 @@ impl Core {
         let now = crate::clock::unix_now();
         match evidence {
             Evidence::Span(span) => events.extend(self.lifecycle.ingest(span, now)),
+            Evidence::Durable(spans, done) => {
+                for span in spans {
+                    events.extend(self.lifecycle.ingest(span, now));
+                }
+                self.awaiting.push(done);
+            }
             Evidence::Watermark { source, up_to } => self.lifecycle.watermark(source, up_to, now),
             Evidence::Gap(gap) => {
                 self.lifecycle.note_gap(gap);
@@ -432,6 +477,12 @@ impl Core {
         }
         self.unsaved.merge(changes);
         self.save();
+        // Everything taken in so far is in this save (or was in an earlier one).
+        let durable = self.unsaved.is_empty();
+        for done in self.awaiting.drain(..) {
+            // A sender that stopped waiting needs no answer.
+            let _ = done.send(durable);
+        }
         self.metrics.observe(&events);
         for event in events {
             if let Event::RootSpan(span) = event
