@@ -256,7 +256,6 @@ impl EvidenceLosses {
         let lost = capture.ring_full
             + capture.queue_full
             + capture.sockets_full
-            + capture.pending_full
             + capture.read_failed
             + capture.decode_errors
             + streams.dropped_over_budget

@@ -6,6 +6,8 @@
 mod monitor_common;
 #[path = "support/testbed_run.rs"]
 mod testbed_run;
+// Shared with e2e_restart, which also kills the run hard.
+#[allow(dead_code)]
 #[path = "support/tracer_run.rs"]
 mod tracer_run;
 
