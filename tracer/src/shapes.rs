@@ -153,6 +153,7 @@ pub async fn run_all_in_one(args: RunArgs) -> anyhow::Result<()> {
         config: config.clone(),
         metrics,
         anonymous_loopback: args.common.allow_anonymous_loopback,
+        blind_when_down: true,
         root_spans: Some(Box::new(move |span| {
             if root_tx.try_send(own_span(span, &export)).is_err() {
                 root_metrics.count_drop("root_span_queue_full");
@@ -323,6 +324,7 @@ pub async fn run_central(args: MonitorArgs) -> anyhow::Result<()> {
         config,
         metrics,
         anonymous_loopback: args.common.allow_anonymous_loopback,
+        blind_when_down: false,
         root_spans: root_forwarder.map(move |forwarder| -> RootSpanOut {
             Box::new(move |span| {
                 let request = receiver::otlp_from_spans(&[own_span(span, &export)]);

@@ -194,6 +194,10 @@ pub struct MonitorSettings {
     pub metrics: SharedMetrics,
     pub anonymous_loopback: bool,
     pub root_spans: Option<RootSpanOut>,
+    /// Whether evidence is lost while the monitor is down: in-process, the agent stops with
+    /// it, so its downtime is a gap; OTLP senders keep and resend their spans, so there it is
+    /// only a delay.
+    pub blind_when_down: bool,
 }
 
 pub struct Monitor {
@@ -231,7 +235,9 @@ impl Monitor {
         let requeued = inbox.len();
         let resumed_events = lifecycle.resume_inbox(inbox);
         let metrics = settings.metrics;
-        if let Some(judged) = writer.load_judged()? {
+        if let Some(judged) = writer.load_judged()?
+            && settings.blind_when_down
+        {
             lifecycle.resume_after_downtime(judged, crate::clock::unix_now());
         }
         let open = lifecycle

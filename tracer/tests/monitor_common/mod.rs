@@ -211,6 +211,7 @@ pub async fn start_monitor(config: Config, anonymous: bool) -> (tracer::monitor:
         metrics: Arc::new(tracer::metrics::Metrics::new()),
         anonymous_loopback: anonymous,
         root_spans: None,
+        blind_when_down: false,
     })
     .await
     .unwrap();
