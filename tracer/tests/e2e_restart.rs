@@ -88,6 +88,7 @@ async fn a_kill_9_and_restart_lose_nothing_saved_and_invent_nothing() {
         seed: 11,
         base_port,
         dir: &dir,
+        tls: false,
     };
     tracer::process::install_crypto_provider();
     let client = reqwest::Client::new();
