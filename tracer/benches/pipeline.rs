@@ -13,6 +13,7 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tracer::capture::event::{ConnClose, ConnOpen, DataChunk};
 use tracer::capture::{CaptureEvent, ConnKey, Direction, Role};
+use tracer::http::HeaderFilter;
 use tracer::orders::RuleSet;
 use tracer::protocol::Record;
 use tracer::spans::{Redactor, SpanBuilder};
@@ -348,10 +349,11 @@ fn record(orders: usize) -> (Vec<CaptureEvent>, u64) {
     (events, exchanges)
 }
 
-/// Feeds the events through the streams stage; `later` is what the agent does next with each
-/// batch of exchanges. Returns the exchanges made.
-fn run(events: &[CaptureEvent], mut later: impl FnMut(&[Record])) -> usize {
-    let mut streams = Streams::new(StreamsConfig::default());
+/// Feeds the events through the streams stage, keeping the headers `headers` names as the
+/// agent does; `later` is what the agent does next with each batch of exchanges. Returns the
+/// exchanges made.
+fn run(events: &[CaptureEvent], headers: &HeaderFilter, mut later: impl FnMut(&[Record])) -> usize {
+    let mut streams = Streams::new(StreamsConfig::default()).keeping_headers(headers.clone());
     let mut out = Vec::with_capacity(256);
     let mut total = 0;
     for ev in events {
@@ -377,7 +379,7 @@ fn span_builder() -> SpanBuilder {
     )
 }
 
-fn spans_of(builder: &SpanBuilder, records: &[Record], spans: &mut u64) {
+fn spans_of(builder: &mut SpanBuilder, records: &[Record], spans: &mut u64) {
     for record in records {
         if let (_, Some(span)) = builder.build(record) {
             *spans += 1;
@@ -388,16 +390,19 @@ fn spans_of(builder: &SpanBuilder, records: &[Record], spans: &mut u64) {
 
 fn pipeline(c: &mut Criterion) {
     let (events, exchanges) = record(ORDERS);
+    let mut builder = span_builder();
+    let headers = builder.headers_read();
     assert_eq!(
-        run(&events, |out| {
+        run(&events, &headers, |out| {
             black_box(out);
         }) as u64,
         exchanges,
         "every recorded exchange comes out"
     );
-    let builder = span_builder();
     let mut spans = 0;
-    run(&events, |out| spans_of(&builder, out, &mut spans));
+    run(&events, &headers, |out| {
+        spans_of(&mut builder, out, &mut spans)
+    });
     assert!(
         spans > 0,
         "the testbed rules make spans of the recorded exchanges"
@@ -407,7 +412,9 @@ fn pipeline(c: &mut Criterion) {
     let rounds = 20;
     let mut made = 0;
     for _ in 0..rounds {
-        black_box(run(&events, |out| spans_of(&builder, out, &mut made)));
+        black_box(run(&events, &headers, |out| {
+            spans_of(&mut builder, out, &mut made)
+        }));
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
@@ -423,7 +430,7 @@ fn pipeline(c: &mut Criterion) {
     group.sample_size(20);
     group.bench_function("streams+http", |b| {
         b.iter(|| {
-            run(black_box(&events), |out| {
+            run(black_box(&events), &headers, |out| {
                 black_box(out);
             })
         })
@@ -431,7 +438,9 @@ fn pipeline(c: &mut Criterion) {
     group.bench_function("events→spans", |b| {
         b.iter(|| {
             let mut made = 0;
-            run(black_box(&events), |out| spans_of(&builder, out, &mut made))
+            run(black_box(&events), &headers, |out| {
+                spans_of(&mut builder, out, &mut made)
+            })
         })
     });
     group.finish();

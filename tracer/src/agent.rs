@@ -243,7 +243,7 @@ impl Agent {
             .context("the capture's event queue was already taken")?;
         let (snapshot_tx, snapshot) = watch::channel(PipelineSnapshot::default());
         let stages = Stages {
-            streams: Streams::new(config.streams.clone()),
+            streams: Streams::new(config.streams.clone()).keeping_headers(builder.headers_read()),
             builder,
             fanout,
             counters: PipelineCounters::default(),

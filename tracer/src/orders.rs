@@ -9,6 +9,7 @@
 
 mod config;
 mod extract;
+mod json;
 mod template;
 
 use std::borrow::Cow;
@@ -22,9 +23,9 @@ pub use config::{
     Body, HeaderMatch, IdSource, KeyFields, RuleConfig, RuleKind, ServiceRules, Side, StatusField,
     StatusSource, Unmatched,
 };
-use extract::LazyJson;
 pub use extract::MAX_ORDER_ID_LEN;
-use template::Template;
+use json::LazyJson;
+use template::{PathSegments, Template};
 
 /// The ten statuses of an order's life, in order. The lifecycle monitor owns the transitions;
 /// rules may only name these.
@@ -212,6 +213,25 @@ impl RuleSet {
         &self.rules
     }
 
+    /// The request headers any rule reads (lower-case): `host` when a rule matches on it, the
+    /// headers rules match on or take an order id from.
+    pub fn headers_read(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for rule in &self.rules {
+            if rule.host.is_some() {
+                names.push("host".to_string());
+            }
+            names.extend(rule.header.iter().map(|(name, _)| name.clone()));
+            names.extend(rule.order_id.iter().filter_map(|source| match source {
+                CompiledIdSource::Header(name) => Some(name.clone()),
+                _ => None,
+            }));
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// What to do with a service's exchanges no rule claims.
     pub fn unmatched_policy(&self, service: &str) -> Unmatched {
         self.services
@@ -223,6 +243,9 @@ impl RuleSet {
     pub fn classify<'r>(&'r self, exchange: &Exchange) -> Classification<'r> {
         let target = exchange.request.head.target.as_str();
         let path = target.split(['?', '#']).next().unwrap_or("");
+        let Some(path) = PathSegments::split(path) else {
+            return Classification::Unmatched;
+        };
         let server_rules = || {
             self.services
                 .get(exchange.service.as_ref())
@@ -232,34 +255,34 @@ impl RuleSet {
         };
         let client_rules = || self.client_rules.iter().map(|i| (*i, CallSide::Client));
         let found = match exchange.role {
-            Role::Server => self.first_match(server_rules(), exchange, path),
-            Role::Client => self.first_match(client_rules(), exchange, path),
+            Role::Server => self.first_match(server_rules(), exchange, &path),
+            Role::Client => self.first_match(client_rules(), exchange, &path),
             // Seen mid-connection: the rules decide which side it was.
-            Role::Unknown => self.first_match(server_rules().chain(client_rules()), exchange, path),
+            Role::Unknown => {
+                self.first_match(server_rules().chain(client_rules()), exchange, &path)
+            }
         };
-        let Some((rule, side, captures)) = found else {
+        let Some((rule, side)) = found else {
             return Classification::Unmatched;
         };
-        match rule.read(exchange, &captures, side) {
+        match rule.read(exchange, &path, side) {
             Some(m) => Classification::Order(m),
             None => Classification::NoOrderId { rule, side },
         }
     }
 
-    fn first_match<'r, 'p>(
+    fn first_match<'r>(
         &'r self,
         candidates: impl Iterator<Item = (usize, CallSide)>,
         exchange: &Exchange,
-        path: &'p str,
-    ) -> Option<(&'r Rule, CallSide, template::Captures<'p>)> {
+        path: &PathSegments<'_>,
+    ) -> Option<(&'r Rule, CallSide)> {
         candidates.into_iter().find_map(|(index, side)| {
             let rule = &self.rules[index];
-            if rule.method != exchange.request.head.method || !rule.headers_match(exchange) {
-                return None;
-            }
-            rule.template
-                .matches(path)
-                .map(|captures| (rule, side, captures))
+            let fits = rule.method == exchange.request.head.method
+                && rule.headers_match(exchange)
+                && rule.template.matches_segments(path);
+            fits.then_some((rule, side))
         })
     }
 }
@@ -366,7 +389,7 @@ impl Rule {
     fn read<'r>(
         &'r self,
         exchange: &Exchange,
-        captures: &template::Captures<'_>,
+        path: &PathSegments<'_>,
         side: CallSide,
     ) -> Option<OrderMatch<'r>> {
         let response = exchange.response.as_ref();
@@ -380,7 +403,7 @@ impl Rule {
         let order_id = self.order_id.iter().find_map(|source| {
             let raw: Cow<'_, str> = match source {
                 CompiledIdSource::Path(index) => {
-                    let segment = captures.iter().find(|(i, _)| i == index)?.1;
+                    let segment = path.get(*index)?;
                     extract::percent_decode(segment)?
                 }
                 CompiledIdSource::Query(name) => {
@@ -389,7 +412,7 @@ impl Rule {
                 CompiledIdSource::Header(name) => {
                     Cow::Borrowed(std::str::from_utf8(exchange.request.header(name)?).ok()?)
                 }
-                CompiledIdSource::Json(body, path) => Cow::Owned(bodies.text(*body, path)?),
+                CompiledIdSource::Json(body, path) => bodies.field(*body, path)?,
             };
             extract::clean_order_id(&raw)
         })?;
@@ -419,7 +442,7 @@ impl Rule {
             let values = key
                 .fields
                 .iter()
-                .map(|field| bodies.text(key.from, field).map(Cow::Owned))
+                .map(|field| bodies.field(key.from, field))
                 .collect::<Option<Vec<_>>>()?;
             Some(extract::key_hash(
                 self.key_secret.as_deref(),
@@ -440,20 +463,19 @@ impl Rule {
     }
 }
 
-/// The request and response JSON of one exchange, each parsed at most once.
+/// The request and response JSON of one exchange, each checked at most once.
 struct Bodies<'b> {
     request: LazyJson<'b>,
     response: LazyJson<'b>,
 }
 
-impl Bodies<'_> {
-    /// A scalar field's text.
-    fn text(&mut self, body: Body, path: &str) -> Option<String> {
-        let root = match body {
-            Body::Request => self.request.get()?,
-            Body::Response => self.response.get()?,
-        };
-        extract::scalar_text(extract::json_field(root, path)?).map(Cow::into_owned)
+impl<'b> Bodies<'b> {
+    /// A scalar field's text, borrowed from the body when it holds no escapes.
+    fn field(&mut self, body: Body, path: &str) -> Option<Cow<'b, str>> {
+        match body {
+            Body::Request => self.request.text(path),
+            Body::Response => self.response.text(path),
+        }
     }
 }
 
@@ -462,8 +484,8 @@ impl CompiledStatus {
         match self {
             CompiledStatus::Fixed(s) => Some(s),
             CompiledStatus::Field { body, path, map } => {
-                let text = bodies.text(*body, path)?;
-                map.get(text.as_str())
+                let text = bodies.field(*body, path)?;
+                map.get(text.as_ref())
                     .copied()
                     .or_else(|| canonical_status(&text))
             }

@@ -81,16 +81,20 @@ impl<H> Assembling<H> {
         self.end_ns = Some(ts_ns);
     }
 
-    /// The message as far as it came: an unfinished body counts as truncated.
+    /// The message as far as it came: an unfinished body counts as truncated, and a
+    /// truncated body is not kept.
     fn finish(self) -> Message<H> {
         let mut msg = self.msg;
-        msg.body = self.body.finish();
+        let body = self.body.finish();
         if self.end_ns.is_none() {
             msg.body_len = match self.info.framing {
                 Framing::Length(n) => n,
-                _ => msg.body.len() as u64,
+                _ => body.len() as u64,
             };
             msg.body_truncated = true;
+        }
+        if !msg.body_truncated {
+            msg.body = body;
         }
         msg
     }
@@ -310,6 +314,7 @@ impl Pairing {
 mod tests {
     use super::*;
     use crate::capture::{ConnKey, Role};
+    use crate::http::Text;
     use std::sync::Arc;
 
     fn http(records: Vec<Record>) -> Vec<Exchange> {
@@ -353,7 +358,7 @@ mod tests {
     /// A complete request for `target` whose first byte came at `ts`.
     fn request(p: &mut Pairing, target: &str, ts: u64, c: &mut PairCounters) {
         let head = RequestHead {
-            method: "GET".into(),
+            method: Text::from_static("GET"),
             target: target.into(),
         };
         p.request_head(Message::bare(head), info(Framing::Empty), ts, 8, c);
@@ -368,7 +373,7 @@ mod tests {
         p.response_end(&END, ts, &meta(), &mut out, c);
         http(out)
             .into_iter()
-            .map(|e| e.request.head.target)
+            .map(|e| e.request.head.target.to_string())
             .collect()
     }
 
@@ -425,7 +430,7 @@ mod tests {
     fn timeouts_count_from_the_request_end() {
         let (mut p, mut c) = (Pairing::default(), PairCounters::default());
         let head = RequestHead {
-            method: "PUT".into(),
+            method: Text::from_static("PUT"),
             target: "/slow".into(),
         };
         p.request_head(Message::bare(head), info(Framing::Length(10)), 1, 8, &mut c);

@@ -2,6 +2,7 @@
 
 use serde::Deserialize;
 
+use crate::http::HeaderFilter;
 use crate::http::head::{Limits, MAX_HEADERS_CEILING};
 
 /// `[streams]`: bounds of per-connection reassembly and HTTP parsing. Every bound, when hit,
@@ -92,6 +93,7 @@ impl StreamsConfig {
             max_header_bytes: self.max_header_bytes,
             max_headers: self.max_headers,
             max_body_bytes: self.max_body_bytes,
+            headers: HeaderFilter::ALL,
         }
     }
 }

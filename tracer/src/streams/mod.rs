@@ -21,6 +21,7 @@ pub use config::StreamsConfig;
 
 use crate::capture::{CaptureEvent, ConnKey, Role};
 use crate::http;
+use crate::http::HeaderFilter;
 use crate::http::head::Limits;
 use crate::protocol::{ConnMeta, Record};
 use conn::Conn;
@@ -85,6 +86,13 @@ impl Streams {
             conns: LinkedHashMap::new(),
             counters: StreamCounters::default(),
         }
+    }
+
+    /// Keeps only the named headers of each HTTP message (any case), instead of all: the
+    /// ones the rules and span attributes read (`SpanBuilder::headers_read`).
+    pub fn keeping_headers(mut self, names: HeaderFilter) -> Self {
+        self.limits.headers = names;
+        self
     }
 
     pub fn counters(&self) -> &StreamCounters {
