@@ -14,6 +14,7 @@ mod template;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 use crate::capture::Role;
@@ -45,6 +46,12 @@ pub const CANONICAL_STATUSES: [&str; 10] = [
 /// The canonical spelling (a `'static` str) of a status name, if it is one.
 pub fn canonical_status(name: &str) -> Option<&'static str> {
     CANONICAL_STATUSES.iter().copied().find(|s| *s == name)
+}
+
+/// The path of a request target: what comes before its query or fragment.
+pub fn request_path(target: &str) -> &str {
+    let end = memchr::memchr2(b'?', b'#', target.as_bytes()).unwrap_or(target.len());
+    &target[..end]
 }
 
 /// A path segment percent-decoded, or as it is when it holds no valid escape.
@@ -93,7 +100,7 @@ enum CompiledStatus {
     Field {
         body: Body,
         path: String,
-        map: HashMap<String, &'static str>,
+        map: HashMap<String, &'static str, BuildHasherDefault<NameHasher>>,
     },
 }
 
@@ -104,11 +111,35 @@ struct ServiceEntry {
     server_rules: Vec<usize>,
 }
 
+/// FNV-1a, for the maps whose keys come from the config (service names, a status field's
+/// words), few and short: a lookup per exchange needs speed, and a map that never grows needs
+/// no protection against chosen keys.
+#[derive(Default)]
+struct NameHasher(u64);
+
+impl std::hash::Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut hash = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for byte in bytes {
+            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = hash;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// All rules of a config, ready to match exchanges.
 #[derive(Debug, Default)]
 pub struct RuleSet {
     rules: Vec<Rule>,
-    services: HashMap<Arc<str>, ServiceEntry>,
+    services: HashMap<Arc<str>, ServiceEntry, BuildHasherDefault<NameHasher>>,
     /// Rules that apply to client exchanges, of any service.
     client_rules: Vec<usize>,
 }
@@ -241,8 +272,7 @@ impl RuleSet {
 
     /// Finds the rule for an exchange and reads the order id and statuses from it.
     pub fn classify<'r>(&'r self, exchange: &Exchange) -> Classification<'r> {
-        let target = exchange.request.head.target.as_str();
-        let path = target.split(['?', '#']).next().unwrap_or("");
+        let path = request_path(&exchange.request.head.target);
         let Some(path) = PathSegments::split(path) else {
             return Classification::Unmatched;
         };

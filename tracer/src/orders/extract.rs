@@ -21,7 +21,7 @@ pub(super) fn query_param<'t>(target: &'t str, name: &str) -> Option<Cow<'t, str
 /// `%XX` decoding (and `+` left as is: ids do not contain spaces). Invalid escapes or
 /// non-UTF-8 results give `None`.
 pub(super) fn percent_decode(text: &str) -> Option<Cow<'_, str>> {
-    if !text.contains('%') {
+    if !text.as_bytes().contains(&b'%') {
         return Some(Cow::Borrowed(text));
     }
     let bytes = text.as_bytes();
@@ -44,9 +44,10 @@ pub(super) fn percent_decode(text: &str) -> Option<Cow<'_, str>> {
 /// An order id as found, if it looks like one: non-empty, bounded, printable, no spaces.
 pub(super) fn clean_order_id(raw: &str) -> Option<String> {
     let id = raw.trim();
+    let printable = |c: char| !c.is_control() && !c.is_whitespace();
     let plausible = !id.is_empty()
         && id.len() <= MAX_ORDER_ID_LEN
-        && id.chars().all(|c| !c.is_control() && !c.is_whitespace());
+        && (id.bytes().all(|b| b.is_ascii_graphic()) || id.chars().all(printable));
     plausible.then(|| id.to_string())
 }
 

@@ -19,15 +19,16 @@ pub struct Template {
 pub type Captures<'p> = Vec<(usize, &'p str)>;
 
 /// Segments split once per request, for every rule's template to compare against.
-const MAX_SPLIT: usize = 32;
+const MAX_SPLIT: usize = 16;
 
 /// A request path split at '/' once, so trying each rule's template costs segment compares
 /// rather than splitting the path again.
 pub struct PathSegments<'p> {
     path: &'p str,
-    parts: [&'p str; MAX_SPLIT],
+    /// (start, end) of each segment in `path`.
+    bounds: [(u32, u32); MAX_SPLIT],
     len: usize,
-    /// The path has more segments than were split.
+    /// The path has more segments than were split (or is too long to split).
     more: bool,
 }
 
@@ -37,32 +38,37 @@ impl<'p> PathSegments<'p> {
         let rest = path.strip_prefix('/')?;
         let mut segments = PathSegments {
             path,
-            parts: [""; MAX_SPLIT],
+            bounds: [(0, 0); MAX_SPLIT],
             len: 0,
-            more: false,
+            more: u32::try_from(path.len()).is_err(),
         };
         // "/" has no segments.
-        if rest.is_empty() {
+        if rest.is_empty() || segments.more {
             return Some(segments);
         }
-        let mut start = 0;
-        let ends = memchr::memchr_iter(b'/', rest.as_bytes()).chain([rest.len()]);
-        for end in ends {
+        let mut start = 1;
+        let ends = memchr::memchr_iter(b'/', rest.as_bytes()).map(|end| end + 1);
+        for end in ends.chain([path.len()]) {
             if segments.len == MAX_SPLIT {
                 segments.more = true;
                 break;
             }
-            segments.parts[segments.len] = &rest[start..end];
+            segments.bounds[segments.len] = (start as u32, end as u32);
             segments.len += 1;
             start = end + 1;
         }
         Some(segments)
     }
 
+    fn part(&self, i: usize) -> &'p str {
+        let (start, end) = self.bounds[i];
+        &self.path[start as usize..end as usize]
+    }
+
     /// Segment `index` (0 = the first after the leading '/').
     pub fn get(&self, index: usize) -> Option<&'p str> {
         if index < self.len {
-            return Some(self.parts[index]);
+            return Some(self.part(index));
         }
         if !self.more {
             return None;
@@ -140,16 +146,15 @@ impl Template {
         if path.more {
             return self.matches(path.path).is_some();
         }
-        let parts = &path.parts[..path.len];
-        if parts.len() < self.segments.len() || (!self.tail && parts.len() > self.segments.len()) {
+        if path.len < self.segments.len() || (!self.tail && path.len > self.segments.len()) {
             return false;
         }
         self.segments
             .iter()
-            .zip(parts)
-            .all(|(segment, part)| match segment {
-                Segment::Literal(text) => part == text,
-                Segment::Param(_) => !part.is_empty(),
+            .enumerate()
+            .all(|(i, segment)| match segment {
+                Segment::Literal(text) => path.part(i) == text,
+                Segment::Param(_) => !path.part(i).is_empty(),
             })
     }
 

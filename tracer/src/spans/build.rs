@@ -50,20 +50,23 @@ impl Redactor {
         keep: Option<&str>,
         literal: impl Fn(usize) -> bool,
     ) -> String {
-        let path = target.split(['?', '#']).next().unwrap_or("");
+        let path = crate::orders::request_path(target);
         let mut out = String::with_capacity(path.len().min(MAX_URL_PATH));
-        for (i, segment) in path.split('/').enumerate() {
+        let mut start = 0;
+        let ends = memchr::memchr_iter(b'/', path.as_bytes()).chain([path.len()]);
+        for (i, end) in ends.enumerate() {
+            let segment = &path[start..end];
+            start = end + 1;
             if i > 0 {
                 out.push('/');
             }
             let from_template = i > 0 && literal(i - 1);
             let checked = !self.patterns.is_empty() && !from_template;
-            let decoded = crate::orders::percent_decode_lossy(segment);
-            if checked && Some(decoded.as_ref()) != keep && self.patterns.is_match(&decoded) {
-                out.push_str(REDACTED);
-            } else {
-                out.push_str(segment);
-            }
+            let redacted = checked && {
+                let decoded = crate::orders::percent_decode_lossy(segment);
+                Some(decoded.as_ref()) != keep && self.patterns.is_match(&decoded)
+            };
+            out.push_str(if redacted { REDACTED } else { segment });
             if out.len() >= MAX_URL_PATH {
                 let cut = (0..=MAX_URL_PATH)
                     .rev()
