@@ -1,10 +1,11 @@
-//! `crm-api`: the CRM (nested JSON; the queue hands it the order id in a header).
+//! `crm-api`: the CRM (nested JSON). Consumes priced orders from the broker (the order id in
+//! the `correlation-id`) and publishes approved work orders to it.
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -12,8 +13,11 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::broker::{self, keys};
 use crate::faults::FaultKind;
+use crate::messaging::{Amqp, Carry, property};
 use crate::net::{ApiError, Ctx, JsonBody, OrderSlot, Store, ensure_room, fault_of};
+use crate::queue::{PRICED_ORDERS, WORK_ORDERS};
 use crate::service::Service;
 use crate::status::Status;
 
@@ -37,14 +41,9 @@ impl Stage {
     }
 }
 
+/// A priced order as the MES publishes it.
 #[derive(Debug, Deserialize)]
-struct NewDeal {
-    deal: DealBody,
-}
-
-#[derive(Debug, Deserialize)]
-struct DealBody {
-    source: String,
+struct PricedOrder {
     price: Price,
 }
 
@@ -74,6 +73,7 @@ struct Shipment {
 struct Crm {
     ctx: Arc<Ctx>,
     deals: Store<Deal>,
+    amqp: Arc<Amqp>,
 }
 
 type Shared = Arc<Crm>;
@@ -81,11 +81,23 @@ type Shared = Arc<Crm>;
 /// The CRM's routes.
 pub fn router(ctx: Arc<Ctx>) -> Router {
     let crm = Arc::new(Crm {
+        amqp: Amqp::new(ctx.clone()),
         ctx,
         deals: Store::default(),
     });
+    let consumer = crm.clone();
+    crm.amqp
+        .consume(PRICED_ORDERS, broker::CRM_QUEUE, move |delivery| {
+            let id = property(delivery.properties.correlation_id())?;
+            let created = serde_json::from_slice::<PricedOrder>(&delivery.data)
+                .map_err(|e| ApiError::bad_request(format!("malformed priced order: {e}")))
+                .and_then(|order| consumer.open_deal(&id, order.price));
+            if let Err(e) = created {
+                eprintln!("crm-api: priced order {id}: {}", e.message);
+            }
+            Some((id, true))
+        });
     Router::new()
-        .route("/crm/v1/deals", post(receive_deal))
         .route("/crm/v1/deals/{order_id}", get(lookup))
         .route("/crm/v1/deals/{order_id}/approve", post(approve))
         .route("/crm/v1/deals/{order_id}/close", post(close))
@@ -97,35 +109,25 @@ fn order_answer(id: &str, status: Status) -> Json<serde_json::Value> {
     Json(json!({ "order": { "id": id, "status": status } }))
 }
 
-async fn receive_deal(
-    State(crm): State<Shared>,
-    headers: HeaderMap,
-    JsonBody(req): JsonBody<NewDeal>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let id = headers
-        .get("x-order-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| ApiError::bad_request("missing X-Order-Id header"))?;
-    if req.deal.source.is_empty() {
-        return Err(ApiError::bad_request("a deal needs a source"));
+impl Crm {
+    /// A priced order arrived: a deal waits for the seller's approval.
+    fn open_deal(&self, id: &str, price: Price) -> Result<(), ApiError> {
+        let mut deals = self.deals.lock();
+        if deals.contains_key(id) {
+            return Err(ApiError::conflict(format!(
+                "deal for order {id} already exists"
+            )));
+        }
+        ensure_room(&deals)?;
+        deals.insert(
+            id.to_owned(),
+            Deal {
+                stage: Stage::AwaitingApproval,
+                price,
+            },
+        );
+        Ok(())
     }
-    let mut deals = crm.deals.lock();
-    if deals.contains_key(id) {
-        return Err(ApiError::conflict(format!(
-            "deal for order {id} already exists"
-        )));
-    }
-    ensure_room(&deals)?;
-    deals.insert(
-        id.to_owned(),
-        Deal {
-            stage: Stage::AwaitingApproval,
-            price: req.deal.price,
-        },
-    );
-    let body = json!({ "deal": { "order": { "id": id }, "stage": Stage::AwaitingApproval } });
-    Ok((StatusCode::CREATED, Json(body)))
 }
 
 /// The deal screen's lookup. Sent chunked, as the CRM's streaming serializer does.
@@ -177,12 +179,24 @@ async fn approve(
     Ok(order_answer(&id, Status::ManufacturingApproved))
 }
 
+/// The work order goes to the MES through the broker; the faults of the hand-over pick a
+/// routing key the broker treats differently (no label the tracer could read).
 async fn publish_work_order(crm: Shared, id: String, fault: Option<FaultKind>) {
-    let ctx = &crm.ctx;
-    let route = "/queue/v1/topics/work-orders/messages";
-    let body = json!({ "order": { "id": id } });
-    let timeout = ctx.timings.request_timeout();
-    ctx.post_json(Service::Queue, route, &id, &body, fault, timeout)
+    let key = match fault {
+        Some(FaultKind::WorkOrderDropped) => keys::WORK_OVER_LIMIT,
+        Some(FaultKind::WorkOrderUnacked) => keys::WORK_RUSH,
+        _ => keys::WORK,
+    };
+    let body = json!({ "workOrder": { "plant": key } });
+    crm.amqp
+        .publish(
+            WORK_ORDERS,
+            broker::WORK_EXCHANGE,
+            key,
+            &id,
+            Carry::HeaderAndMessageId,
+            &body,
+        )
         .await;
 }
 

@@ -26,7 +26,9 @@ pub enum FaultKind {
     PricingNoAnswer,
     PricingAfterChange,
     PricedOrderDropped,
+    PricedOrderReturned,
     WorkOrderDropped,
+    WorkOrderUnacked,
     OperatorNeverStarted,
     #[serde(rename = "completion_500")]
     Completion500,
@@ -51,7 +53,7 @@ pub enum Detection {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 17] = [
+    pub const ALL: [FaultKind; 19] = [
         FaultKind::SessionHung,
         FaultKind::DuplicateOrder,
         FaultKind::CreatedNotSaved,
@@ -61,7 +63,9 @@ impl FaultKind {
         FaultKind::PricingNoAnswer,
         FaultKind::PricingAfterChange,
         FaultKind::PricedOrderDropped,
+        FaultKind::PricedOrderReturned,
         FaultKind::WorkOrderDropped,
+        FaultKind::WorkOrderUnacked,
         FaultKind::OperatorNeverStarted,
         FaultKind::Completion500,
         FaultKind::CompletionLost,
@@ -83,7 +87,9 @@ impl FaultKind {
             FaultKind::PricingNoAnswer => "pricing_no_answer",
             FaultKind::PricingAfterChange => "pricing_after_change",
             FaultKind::PricedOrderDropped => "priced_order_dropped",
+            FaultKind::PricedOrderReturned => "priced_order_returned",
             FaultKind::WorkOrderDropped => "work_order_dropped",
+            FaultKind::WorkOrderUnacked => "work_order_unacked",
             FaultKind::OperatorNeverStarted => "operator_never_started",
             FaultKind::Completion500 => "completion_500",
             FaultKind::CompletionLost => "completion_lost",
@@ -117,7 +123,10 @@ impl FaultKind {
                 (D::FailedStep, S::PriceCalculated, Service::Mes)
             }
             K::PricedOrderDropped => (D::LostInTransit, S::ManufacturingApproved, Service::Crm),
-            K::WorkOrderDropped => (D::LostInTransit, S::ManufacturingStarted, Service::Mes),
+            K::PricedOrderReturned => (D::FailedStep, S::ManufacturingApproved, Service::Queue),
+            K::WorkOrderDropped | K::WorkOrderUnacked => {
+                (D::LostInTransit, S::ManufacturingStarted, Service::Mes)
+            }
             K::OperatorNeverStarted => (D::Stuck, S::ManufacturingStarted, Service::Mes),
             K::Completion500 => (D::FailedStep, S::ManufacturingCompleted, Service::Mes),
             K::CompletionLost => (D::Backwards, S::ManufacturingCompleted, Service::Mes),
@@ -300,7 +309,7 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         let hits = (0..4000).filter(|_| spec.pick(&mut rng).is_some()).count();
         assert!((800..1200).contains(&hits), "{hits}");
-        let full: FaultSpec = "all=0.0625".parse().unwrap();
+        let full: FaultSpec = "all=0.05555555556".parse().unwrap();
         assert!((0..1000).all(|_| full.pick(&mut rng).is_some()));
     }
 }

@@ -1,15 +1,18 @@
-//! Shop, MES and CRM stand-ins as real HTTP services on loopback, a message queue between
-//! them, the load driver that walks orders through them with injected faults, and the
+//! Shop, MES and CRM stand-ins as real HTTP services on loopback, a RabbitMQ broker between
+//! the MES and the CRM, the load driver that walks orders through them with injected faults, and the
 //! truth file and request log that tests of the tracer are judged against.
 //!
 //! The tracer's tests need only the light modules: [`status`], [`faults`], [`truth`],
 //! [`requestlog`], [`service`]. The services and the driver live in the rest.
 
+pub mod broker;
 pub mod crm;
 pub mod driver;
 pub mod faults;
 pub mod jsonl;
 pub mod mes;
+pub mod messagelog;
+pub mod messaging;
 pub mod net;
 pub mod queue;
 pub mod requestlog;
@@ -33,15 +36,16 @@ pub fn service_main(service: Service) -> anyhow::Result<()> {
     let args = net::ServiceArgs::parse();
     anyhow::ensure!(args.time_factor > 0.0, "--time-factor must be positive");
     let ctx = net::Ctx::new(service, &args)?;
-    let routes = match service {
-        Service::Shop => shop::router(ctx.clone()),
-        Service::Mes => mes::router(ctx.clone()),
-        Service::Crm => crm::router(ctx.clone()),
-        Service::Queue => queue::router(ctx.clone()),
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(net::serve(ctx, routes))?;
-    Ok(())
+    runtime.block_on(async {
+        let routes = match service {
+            Service::Shop => shop::router(ctx.clone()),
+            Service::Mes => mes::router(ctx.clone()),
+            Service::Crm => crm::router(ctx.clone()),
+            Service::Queue => return queue::run(ctx).await,
+        };
+        net::serve(ctx, routes).await.map_err(anyhow::Error::from)
+    })
 }

@@ -1,4 +1,5 @@
-//! `mes-api`: the vendor MES (camelCase JSON, its own state names, `orderRef`).
+//! `mes-api`: the vendor MES (camelCase JSON, its own state names, `orderRef`). Publishes
+//! priced orders to the broker and consumes approved work orders from it.
 
 use std::sync::Arc;
 
@@ -9,9 +10,11 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::broker::{self, keys};
 use crate::faults::FaultKind;
+use crate::messaging::{Amqp, Carry, property};
 use crate::net::{ApiError, Ctx, JsonBody, OrderSlot, Store, ensure_room, fault_of};
-use crate::service::Service;
+use crate::queue::{PRICED_ORDERS, WORK_ORDERS};
 
 /// The MES's own state names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,18 +74,6 @@ struct ModelInfo {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct NewWorkOrder {
-    work_order: WorkOrderRef,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WorkOrderRef {
-    order_ref: String,
-}
-
-#[derive(Debug, Deserialize)]
 struct Transition {
     to: MesState,
     carrier: Option<String>,
@@ -96,6 +87,7 @@ struct WorkOrder {
 struct Mes {
     ctx: Arc<Ctx>,
     orders: Store<WorkOrder>,
+    amqp: Arc<Amqp>,
 }
 
 type Shared = Arc<Mes>;
@@ -103,12 +95,26 @@ type Shared = Arc<Mes>;
 /// The MES's routes.
 pub fn router(ctx: Arc<Ctx>) -> Router {
     let mes = Arc::new(Mes {
+        amqp: Amqp::new(ctx.clone()),
         ctx,
         orders: Store::default(),
     });
+    let consumer = mes.clone();
+    mes.amqp
+        .consume(WORK_ORDERS, broker::MES_QUEUE, move |delivery| {
+            let id = property(delivery.properties.message_id())?;
+            if let Err(e) = consumer.queue_work_order(&id) {
+                eprintln!("mes-api: work order {id}: {}", e.message);
+            }
+            Some((id, true))
+        });
+    // The rush line's worker is overloaded: it takes work orders and never gets to them.
+    mes.amqp
+        .consume(WORK_ORDERS, broker::MES_RUSH_QUEUE, |delivery| {
+            Some((property(delivery.properties.message_id())?, false))
+        });
     Router::new()
         .route("/mes/api/pricing-requests", post(price))
-        .route("/mes/api/work-orders", post(receive_work_order))
         .route("/mes/api/work-orders/{orderRef}", get(lookup))
         .route(
             "/mes/api/work-orders/{orderRef}/transitions",
@@ -179,40 +185,48 @@ async fn price(
     ))
 }
 
+/// The priced order goes to the CRM through the broker; the faults of the hand-over pick a
+/// routing key the broker treats differently (no label the tracer could read).
 async fn publish_priced(
     mes: Shared,
     id: String,
     price: serde_json::Value,
     fault: Option<FaultKind>,
 ) {
-    let ctx = &mes.ctx;
-    // The broker's topics are fixed routes of its API, so the route is the path itself.
-    let route = "/queue/v1/topics/priced-orders/messages";
+    let key = match fault {
+        Some(FaultKind::PricedOrderDropped) => keys::PRICED_EXPIRED,
+        Some(FaultKind::PricedOrderReturned) => keys::PRICED_UNROUTED,
+        _ => keys::PRICED,
+    };
     let body = json!({ "orderRef": id, "price": price });
-    let timeout = ctx.timings.request_timeout();
-    ctx.post_json(Service::Queue, route, &id, &body, fault, timeout)
+    mes.amqp
+        .publish(
+            PRICED_ORDERS,
+            broker::PRICED_EXCHANGE,
+            key,
+            &id,
+            Carry::CorrelationId,
+            &body,
+        )
         .await;
 }
 
-async fn receive_work_order(
-    State(mes): State<Shared>,
-    Extension(slot): Extension<OrderSlot>,
-    JsonBody(req): JsonBody<NewWorkOrder>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let id = req.work_order.order_ref;
-    slot.set(&id);
-    let mut orders = mes.orders.lock();
-    let order = orders
-        .get_mut(&id)
-        .ok_or_else(|| ApiError::unknown_order(&id))?;
-    if order.state != MesState::Priced {
-        return Err(ApiError::conflict(format!(
-            "work order {id} already exists in state {}",
-            order.state.as_str()
-        )));
+impl Mes {
+    /// A work order arrived from the CRM: it waits for the operator.
+    fn queue_work_order(&self, id: &str) -> Result<(), ApiError> {
+        let mut orders = self.orders.lock();
+        let order = orders
+            .get_mut(id)
+            .ok_or_else(|| ApiError::unknown_order(id))?;
+        if order.state != MesState::Priced {
+            return Err(ApiError::conflict(format!(
+                "work order {id} already exists in state {}",
+                order.state.as_str()
+            )));
+        }
+        order.state = MesState::Queued;
+        Ok(())
     }
-    order.state = MesState::Queued;
-    Ok((StatusCode::CREATED, answer(&id, MesState::Queued)))
 }
 
 async fn lookup(

@@ -54,12 +54,15 @@ pub fn ensure_room<V>(map: &HashMap<String, V>) -> Result<(), ApiError> {
 /// Command line of every service process.
 #[derive(Debug, Clone, clap::Parser)]
 pub struct ServiceArgs {
-    /// Base port: shop on it, MES +1, CRM +2, queue +3 (all on 127.0.0.1).
+    /// Base port: shop on it, MES +1, CRM +2, queue +3, broker +4..+6 (all on 127.0.0.1).
     #[arg(long, default_value_t = DEFAULT_BASE_PORT)]
     pub base_port: u16,
     /// Append one JSON line per side of every exchange to this file.
     #[arg(long)]
     pub request_log: Option<PathBuf>,
+    /// Append one JSON line per message published or consumed through the broker.
+    #[arg(long)]
+    pub message_log: Option<PathBuf>,
     /// Scales every delay (fault timeouts); 1.0 is the documented default.
     #[arg(long, default_value_t = 1.0)]
     pub time_factor: f64,
@@ -145,6 +148,7 @@ pub struct Ctx {
     pub base_port: u16,
     pub timings: Timings,
     pub log: RequestLog,
+    pub message_log: RequestLog,
     /// Pooled keep-alive client for the calls this service makes.
     pub client: reqwest::Client,
 }
@@ -154,15 +158,17 @@ impl Ctx {
         service: Service,
         args: &ServiceArgs,
     ) -> Result<Arc<Self>, crate::jsonl::JsonLinesError> {
-        let log = match &args.request_log {
-            Some(path) => RequestLog::open(path)?,
-            None => RequestLog::disabled(),
+        let open = |path: &Option<PathBuf>| match path {
+            Some(path) => RequestLog::open(path),
+            None => Ok(RequestLog::disabled()),
         };
+        let (log, message_log) = (open(&args.request_log)?, open(&args.message_log)?);
         Ok(Arc::new(Ctx {
             service,
             base_port: args.base_port,
             timings: Timings::new(args.time_factor),
             log,
+            message_log,
             client: pooled_client(),
         }))
     }
@@ -314,16 +320,30 @@ async fn log_server_side(
 /// Serves `routes` (plus `GET /healthz`) for `service` on 127.0.0.1 until the process is
 /// killed. Traced services log each exchange's server side.
 pub async fn serve(ctx: Arc<Ctx>, routes: Router) -> std::io::Result<()> {
-    let mut app = routes.route("/healthz", get(|| async { "ok" }));
-    if ctx.service != Service::Queue {
-        app = app.layer(middleware::from_fn_with_state(ctx.clone(), log_server_side));
-    }
+    let listener = bind(&ctx).await?;
+    serve_on(listener, ctx, routes).await
+}
+
+/// Takes the service's port (before a slow start, so nothing else takes it meanwhile).
+pub async fn bind(ctx: &Ctx) -> std::io::Result<tokio::net::TcpListener> {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], ctx.service.port(ctx.base_port)));
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         std::io::Error::new(
             e.kind(),
             format!("{}: cannot listen on {addr}: {e}", ctx.service),
         )
-    })?;
+    })
+}
+
+/// Serves `routes` (plus `GET /healthz`) on a port [`bind`] took.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    ctx: Arc<Ctx>,
+    routes: Router,
+) -> std::io::Result<()> {
+    let mut app = routes.route("/healthz", get(|| async { "ok" }));
+    if ctx.service != Service::Queue {
+        app = app.layer(middleware::from_fn_with_state(ctx.clone(), log_server_side));
+    }
     axum::serve(listener, app).await
 }

@@ -1,162 +1,164 @@
-//! `order-queue`: the broker between MES and CRM. It relays each message to its consumer
-//! and is not traced, like real infrastructure. The driver (also untraced) asks it whether
-//! a message was delivered, so waiting for the relay adds nothing to the traced wire.
+//! `order-queue`: the broker between MES and CRM. It starts a RabbitMQ node of its own (see
+//! [`crate::broker`]), declares the shop's topology, stops the node when it ends, and keeps
+//! what the services report of each message for the driver. The services report over a
+//! Unix socket and the driver asks over HTTP; neither this process nor the driver is traced
+//! (infrastructure, like a real broker), so the bookkeeping adds nothing to the traced wire.
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::faults::FaultKind;
-use crate::net::{ApiError, Ctx, JsonBody, Store, ensure_room, fault_of};
+use crate::broker::{self, Broker, Ports};
+use crate::net::{ApiError, Ctx, Store};
 use crate::service::Service;
 
-/// Topic of priced orders (MES → CRM).
+/// Topic of priced orders (MES → CRM), as the driver names it.
 pub const PRICED_ORDERS: &str = "priced-orders";
 /// Topic of approved work orders (CRM → MES).
 pub const WORK_ORDERS: &str = "work-orders";
 
-/// Tries to hand one message to its consumer.
-const DELIVERY_ATTEMPTS: u32 = 3;
-
-/// What became of the message of one order on one topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What became of the message of one order on one topic, as its publisher and consumer told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Delivery {
-    Pending,
-    /// The consumer answered 2xx.
+    /// The broker confirmed the publish (where it went next, the consumer tells).
+    Confirmed,
+    /// The broker returned it: no queue was bound for its routing key.
+    Returned,
+    /// The broker refused it.
+    Nacked,
+    /// The consumer got it and will never acknowledge it (an overloaded line).
+    Held,
+    /// The consumer handled and acknowledged it.
     Delivered,
-    /// The broker lost it (an injected fault).
-    Dropped,
-    /// The consumer refused it or could not be reached.
-    Failed,
 }
 
-struct Queue {
-    ctx: Arc<Ctx>,
-    /// By `topic/order_id`.
-    deliveries: Store<Delivery>,
-    next_message: AtomicU64,
+/// One report of a service about a message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub topic: String,
+    pub order_id: String,
+    pub state: Delivery,
 }
 
-type Shared = Arc<Queue>;
+/// The Unix socket the services report to, per testbed (its base port).
+pub fn report_socket(base_port: u16) -> PathBuf {
+    std::env::temp_dir().join(format!("order-testbed-{base_port}.sock"))
+}
 
-impl Queue {
-    fn set(&self, topic: &'static str, id: &str, state: Delivery) {
-        self.deliveries
-            .lock()
-            .insert(format!("{topic}/{id}"), state);
+/// How a service reports. A send waits (a second at most) for room in the queue process's
+/// socket: a report dropped under load would leave the driver waiting for good.
+pub struct Reporter {
+    socket: Option<std::os::unix::net::UnixDatagram>,
+    to: PathBuf,
+}
+
+impl Reporter {
+    pub fn new(base_port: u16) -> Self {
+        let socket = std::os::unix::net::UnixDatagram::unbound().ok();
+        if let Some(s) = &socket {
+            let _ = s.set_write_timeout(Some(std::time::Duration::from_secs(1)));
+        }
+        Reporter {
+            socket,
+            to: report_socket(base_port),
+        }
+    }
+
+    pub fn report(&self, topic: &str, order_id: &str, state: Delivery) {
+        let report = Report {
+            topic: topic.to_owned(),
+            order_id: order_id.to_owned(),
+            state,
+        };
+        if let (Some(socket), Ok(bytes)) = (&self.socket, serde_json::to_vec(&report))
+            && let Err(e) = socket.send_to(&bytes, &self.to)
+        {
+            eprintln!("report of {order_id} on {topic} lost: {e}");
+        }
     }
 }
 
-/// The queue's routes.
-pub fn router(ctx: Arc<Ctx>) -> Router {
-    let queue = Arc::new(Queue {
-        ctx,
-        deliveries: Store::default(),
-        next_message: AtomicU64::new(1),
-    });
-    Router::new()
-        .route("/queue/v1/topics/{topic}/messages", post(publish))
+type Shared = Arc<Store<Delivery>>;
+
+/// Runs the broker and the bookkeeping until the process is told to stop.
+pub async fn run(ctx: Arc<Ctx>) -> anyhow::Result<()> {
+    let base = ctx.base_port;
+    // The port first: the driver waits for it to answer, which it does once the broker is up.
+    let listener = crate::net::bind(&ctx).await?;
+    let ports = Ports {
+        amqp: Service::amqp_port(base),
+        dist: base + 5,
+        epmd: base + 6,
+    };
+    let dir = std::env::temp_dir().join(format!(
+        "order-testbed-{base}-{}-rabbitmq",
+        std::process::id()
+    ));
+    let mut node = Broker::start(&format!("testbed{base}"), ports, &dir).await?;
+    broker::declare_topology(&broker::amqp_url(ports.amqp)).await?;
+    let store: Shared = Arc::new(Store::default());
+    let socket_path = report_socket(base);
+    let _ = std::fs::remove_file(&socket_path);
+    let socket = tokio::net::UnixDatagram::bind(&socket_path)?;
+    tokio::spawn(listen(socket, store.clone()));
+    let routes = Router::new()
         .route(
             "/queue/v1/topics/{topic}/deliveries/{order_id}",
             get(delivery),
         )
-        .with_state(queue)
-}
-
-fn topic_name(topic: &str) -> Result<&'static str, ApiError> {
-    [PRICED_ORDERS, WORK_ORDERS]
-        .into_iter()
-        .find(|t| *t == topic)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no topic {topic}")))
-}
-
-/// The order a message is about, by the topic's message shape.
-fn message_order(topic: &str, msg: &Value) -> Option<String> {
-    let id = match topic {
-        PRICED_ORDERS => msg.get("orderRef"),
-        _ => msg.get("order").and_then(|o| o.get("id")),
+        .with_state(store);
+    let served = tokio::select! {
+        served = crate::net::serve_on(listener, ctx, routes) => served.map_err(anyhow::Error::from),
+        _ = terminated() => Ok(()),
     };
-    id.and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
+    node.stop();
+    let _ = std::fs::remove_file(&socket_path);
+    served
 }
 
-async fn publish(
-    State(queue): State<Shared>,
-    Path(topic): Path<String>,
-    headers: HeaderMap,
-    JsonBody(msg): JsonBody<Value>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let topic = topic_name(&topic)?;
-    let id = message_order(topic, &msg)
-        .ok_or_else(|| ApiError::bad_request(format!("a {topic} message names no order")))?;
-    ensure_room(&queue.deliveries.lock())?;
-    let dropped = matches!(
-        (topic, fault_of(&headers)),
-        (PRICED_ORDERS, Some(FaultKind::PricedOrderDropped))
-            | (WORK_ORDERS, Some(FaultKind::WorkOrderDropped))
-    );
-    if dropped {
-        queue.set(topic, &id, Delivery::Dropped);
-    } else {
-        queue.set(topic, &id, Delivery::Pending);
-        tokio::spawn(deliver(queue.clone(), topic, id, msg));
-    }
-    let n = queue.next_message.fetch_add(1, Ordering::Relaxed);
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "messageId": format!("msg-{n:08}") })),
-    ))
-}
-
-async fn deliver(queue: Shared, topic: &'static str, id: String, msg: Value) {
-    let ctx = &queue.ctx;
-    let mut outcome = Delivery::Failed;
-    for attempt in 0..DELIVERY_ATTEMPTS {
-        let req = match topic {
-            PRICED_ORDERS => ctx
-                .client
-                .post(ctx.url(Service::Crm, "/crm/v1/deals"))
-                .header("X-Order-Id", &id)
-                .json(&json!({ "deal": { "source": "mes", "price": msg.get("price") } })),
-            _ => ctx
-                .client
-                .post(ctx.url(Service::Mes, "/mes/api/work-orders"))
-                .json(&json!({ "workOrder": { "orderRef": id } })),
-        };
-        match req.timeout(ctx.timings.request_timeout()).send().await {
-            Ok(resp) => {
-                outcome = if resp.status().is_success() {
-                    Delivery::Delivered
-                } else {
-                    Delivery::Failed
-                };
-                break;
-            }
-            // Only a consumer that could not be reached is retried: a refusal is final.
-            Err(e) => {
-                eprintln!("order-queue: delivering {topic} for {id} failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-            }
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    if let Ok(mut term) = signal(SignalKind::terminate()) {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
         }
+    } else {
+        let _ = tokio::signal::ctrl_c().await;
     }
-    queue.set(topic, &id, outcome);
+}
+
+async fn listen(socket: tokio::net::UnixDatagram, store: Shared) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let Ok(n) = socket.recv(&mut buf).await else {
+            return;
+        };
+        let Ok(report) = serde_json::from_slice::<Report>(&buf[..n]) else {
+            continue;
+        };
+        let mut deliveries = store.lock();
+        if deliveries.len() >= crate::net::MAX_ORDERS {
+            continue;
+        }
+        let key = format!("{}/{}", report.topic, report.order_id);
+        // The consumer's word is final: a confirm reported after it changes nothing.
+        let entry = deliveries.entry(key).or_insert(report.state);
+        *entry = (*entry).max(report.state);
+    }
 }
 
 async fn delivery(
-    State(queue): State<Shared>,
+    State(store): State<Shared>,
     Path((topic, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let topic = topic_name(&topic)?;
-    let deliveries = queue.deliveries.lock();
+    let deliveries = store.lock();
     let state = deliveries
         .get(&format!("{topic}/{id}"))
         .ok_or_else(|| ApiError::unknown_order(&id))?;

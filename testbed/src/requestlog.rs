@@ -74,8 +74,13 @@ impl RequestLog {
     /// Appends one record. A failed write is reported on stderr and otherwise ignored: the
     /// log is a test aid and must never stall the service.
     pub fn append(&self, record: &RequestLogRecord) {
+        self.append_line(record);
+    }
+
+    /// Appends any record as one JSON line (the message log shares the mechanism).
+    pub fn append_line(&self, record: &impl Serialize) {
         let Some(file) = &self.file else { return };
-        let mut line = serde_json::to_vec(record).expect("a request-log record always serializes");
+        let mut line = serde_json::to_vec(record).expect("a log record always serializes");
         line.push(b'\n');
         let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = file.write_all(&line) {

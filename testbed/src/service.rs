@@ -4,7 +4,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// Default base port: shop on it, MES +1, CRM +2, queue +3.
+/// Ports used from a base port: seven (see [`Service::port`], [`Service::amqp_port`]).
+pub const PORTS_USED: u16 = 7;
+
+/// Default base port: shop on it, MES +1, CRM +2, queue +3, the queue's broker +4..+6.
 pub const DEFAULT_BASE_PORT: u16 = 18080;
 
 /// One testbed process. Its serde name is its executable name.
@@ -41,6 +44,12 @@ impl Service {
             Service::Crm => 2,
             Service::Queue => 3,
         }
+    }
+
+    /// The broker's AMQP port for a base port (its Erlang distribution and port mapper take
+    /// the next two).
+    pub const fn amqp_port(base: u16) -> u16 {
+        base + 4
     }
 
     /// `http://127.0.0.1:<port>`, the loopback address every testbed client uses.

@@ -50,7 +50,7 @@ fn bench(c: &mut Criterion) {
                 .iter()
                 .filter(|ex| {
                     matches!(
-                        builder.rules().classify(ex),
+                        builder.rules().classify(*ex),
                         tracer::orders::Classification::Order(_)
                     )
                 })

@@ -16,7 +16,9 @@ use tokio::task::JoinHandle;
 use crate::capture::{Capture, CaptureCounters, CaptureEvent};
 use crate::clock::{monotonic_now_ns, monotonic_to_unix_offset_ns};
 use crate::config::Config;
-use crate::export::{ExportCounters, ExportHandle, ExportKind, Exporter, Fanout, SpanConsumer};
+use crate::export::{
+    ExportCounters, ExportHandle, ExportKind, ExportUse, Exporter, Fanout, SpanConsumer,
+};
 use crate::orders::RuleSet;
 use crate::pipeline_metrics::{PipelineCounters as PipelineMetrics, PipelineTotals};
 use crate::process::wait_for_shutdown;
@@ -38,10 +40,14 @@ pub struct AgentArgs {
     /// Where spans go, overriding the config: stdout, otlp-grpc, otlp-http or none.
     #[arg(long, value_parser = parse_export_kind)]
     pub export: Option<ExportKind>,
-    /// Serve the pipeline's counters as Prometheus `/metrics` on this address (e.g.
-    /// `0.0.0.0:9464`); they carry no order data.
+    /// Serve the pipeline's counters as Prometheus `/metrics` (plain HTTP) on this address,
+    /// e.g. `127.0.0.1:9464`. Another host's address needs --metrics-public.
     #[arg(long)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Let --metrics-listen take an address other hosts reach (a Prometheus scraping the
+    /// node): the counters carry no order data, but they tell the traced services' load.
+    #[arg(long, requires = "metrics_listen")]
+    pub metrics_public: bool,
 }
 
 fn parse_export_kind(text: &str) -> Result<ExportKind, String> {
@@ -49,18 +55,27 @@ fn parse_export_kind(text: &str) -> Result<ExportKind, String> {
         .map_err(|_| format!("unknown exporter {text:?}: use stdout, otlp-grpc, otlp-http or none"))
 }
 
-/// The config `tracer agent` runs with: the file given, or the embedded default, with the
-/// exporter optionally overridden.
+/// The config `tracer agent` runs with: the file given, or the embedded default, under the
+/// `OTEL_*` environment and `--export`.
 fn load_config(path: Option<&PathBuf>, export: Option<ExportKind>) -> anyhow::Result<Config> {
     let mut config = Config::load_or_embedded(path.map(PathBuf::as_path))?;
-    if let Some(kind) = export {
-        config.export.kind = kind;
-    }
+    config
+        .export
+        .apply_process_env(export, ExportUse::Agent)
+        .map_err(|e| anyhow::anyhow!("OTEL_* environment: {e}"))?;
     Ok(config)
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let config = load_config(args.config.as_ref(), args.export)?;
+    if let Some(addr) = args.metrics_listen
+        && !addr.ip().is_loopback()
+        && !args.metrics_public
+    {
+        anyhow::bail!(
+            "--metrics-listen {addr} is reachable from other hosts: add --metrics-public if a scraper there should read it, or listen on 127.0.0.1"
+        );
+    }
     let agent = Agent::start(&config, None)?;
     let metrics = match args.metrics_listen {
         Some(addr) => Some(serve_metrics(addr).await?),
@@ -143,6 +158,8 @@ pub fn publish_totals(metrics: &PipelineMetrics, counters: &AgentCounters) {
             "unpaired_responses",
             streams.http.pairing.unpaired_responses,
         ),
+        ("amqp_oversized_frames", streams.amqp.oversized_frames),
+        ("amqp_unsettled_overflow", streams.amqp.unsettled_overflow),
         ("sampling_ceiling", pipeline.sampling.dropped_ceiling),
         ("export_queue_full", export.dropped_queue_full),
         ("export_failed", export.dropped_failed),
@@ -227,11 +244,7 @@ impl Agent {
             local_host_name(),
             monotonic_to_unix_offset_ns(),
         );
-        let mut export_config = config.export.clone();
-        export_config
-            .apply_env(|name| std::env::var(name).ok())
-            .map_err(|e| anyhow::anyhow!("OTEL_* environment: {e}"))?;
-        let exporter = Exporter::start(&export_config).context("cannot start the exporter")?;
+        let exporter = Exporter::start(&config.export).context("cannot start the exporter")?;
         let mut fanout = Fanout::new(Sampler::new(config.sampling.clone()), exporter.handle());
         if let Some(monitor) = monitor {
             fanout = fanout.with_consumer(monitor);

@@ -7,6 +7,7 @@
 //! queueing (and, when the endpoint stays down, dropping, counted).
 
 mod config;
+mod env;
 mod lines;
 mod otlp;
 
@@ -17,11 +18,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 pub use config::{ExportConfig, ExportKind};
+pub use env::{ExportUse, OtelEnv};
 pub use lines::write_line;
 pub use otlp::to_request;
 
 use crate::sampling::Sampler;
-use crate::spans::SpanRecord;
+use crate::spans::{AttrValue, SpanRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -157,6 +159,11 @@ impl Exporter {
             flush_every: Duration::from_millis(config.flush_interval_ms.max(1)),
             max_retries: config.max_retries,
             backoff: Duration::from_millis(config.retry_backoff_ms),
+            resource: config
+                .resource_attributes
+                .iter()
+                .map(|(k, v)| (k.clone(), AttrValue::Str(v.clone())))
+                .collect(),
         };
         let task = tokio::spawn(worker.run());
         Self {
@@ -203,6 +210,9 @@ struct Worker {
     flush_every: Duration,
     max_retries: u32,
     backoff: Duration,
+    /// `[export] resource_attributes` (with `OTEL_RESOURCE_ATTRIBUTES`): added to every
+    /// span's resource where the span does not say otherwise.
+    resource: Vec<(String, AttrValue)>,
 }
 
 impl Worker {
@@ -242,6 +252,11 @@ impl Worker {
     async fn send(&mut self, batch: &mut Vec<SpanRecord>) {
         if batch.is_empty() {
             return;
+        }
+        for span in batch.iter_mut() {
+            for (key, value) in &self.resource {
+                span.resource.insert_missing(key, || value.clone());
+            }
         }
         let n = batch.len() as u64;
         Stats::add(&self.stats.batches, 1);

@@ -3,8 +3,8 @@
 //! The modules follow the data, one per pipeline stage, and depend one way only.
 //!
 //! - The agent: `capture` (kernel events) → `streams` (per-connection reassembly) → a
-//!   protocol (`http`: exchanges; the shape all share and the records they yield:
-//!   `protocol`) → `orders` (rules: order id, status) → `spans` (one trace per order) →
+//!   protocol (`http`: exchanges; `amqp`: broker messages; the shape all share and the
+//!   records they yield: `protocol`) → `orders` (rules: order id, status) → `spans` (one trace per order) →
 //!   `sampling` → `export` (OTLP, stdout, and [`export::SpanConsumer`]s); `pipeline_metrics`
 //!   (its counters); `agent` wires them. None of these knows the monitor.
 //! - The monitor, which uses the agent's records: `lifecycle` (status machine and
@@ -16,6 +16,7 @@
 //! - On top: `shapes` wires `tracer run` (agent + monitor) and `tracer monitor` (central).
 
 pub mod agent;
+pub mod amqp;
 pub mod api;
 pub mod capture;
 pub mod clock;
@@ -36,3 +37,4 @@ pub mod shapes;
 pub mod spans;
 pub mod store;
 pub mod streams;
+pub mod transport;

@@ -45,7 +45,13 @@ pub struct Metrics {
     /// Alerts in the store's outbox, not yet acknowledged by their target.
     pub alerts_pending: Gauge,
     pub store_errors: Counter,
+    /// Services a `service` label may name; any other is `other`, so that senders cannot grow
+    /// the label set (a detection's service comes from the spans).
+    services: std::sync::RwLock<std::collections::BTreeSet<String>>,
 }
+
+/// The label of services not configured.
+pub const OTHER_SERVICE: &str = "other";
 
 fn dwell_histogram() -> Histogram {
     // 0.1 s … about 5 days: testbed limits are seconds, a shop's are hours to days.
@@ -73,6 +79,7 @@ impl Metrics {
             alerts_failed: Counter::default(),
             alerts_pending: Gauge::default(),
             store_errors: Counter::default(),
+            services: Default::default(),
         };
         let r = &mut metrics.registry;
         r.register(
@@ -129,6 +136,28 @@ impl Metrics {
         metrics
     }
 
+    /// The services the configuration names (lifecycle statuses, transits): label values.
+    pub fn know_services<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        if let Ok(mut services) = self.services.write() {
+            services.extend(names.into_iter().map(str::to_string));
+        }
+    }
+
+    fn detection_labels(&self, d: &crate::lifecycle::Detection) -> DetectionLabels {
+        let known = self
+            .services
+            .read()
+            .is_ok_and(|services| services.contains(&d.service));
+        DetectionLabels {
+            kind: d.kind.as_str().to_string(),
+            service: if known {
+                d.service.clone()
+            } else {
+                OTHER_SERVICE.to_string()
+            },
+        }
+    }
+
     /// The counters the agent adds to (all-in-one mode).
     pub fn pipeline(&self) -> PipelineCounters {
         self.pipeline.clone()
@@ -157,10 +186,7 @@ impl Metrics {
         for order in lifecycle.orders() {
             for d in order.open_detections() {
                 self.open_detections
-                    .get_or_create(&DetectionLabels {
-                        kind: d.kind.as_str().to_string(),
-                        service: d.service.clone(),
-                    })
+                    .get_or_create(&self.detection_labels(d))
                     .inc();
             }
         }
@@ -181,19 +207,13 @@ impl Metrics {
                     })
                     .observe(*dwell as f64 / 1e9),
                 Event::Raised(d) => {
-                    let labels = DetectionLabels {
-                        kind: d.kind.as_str().to_string(),
-                        service: d.service.clone(),
-                    };
+                    let labels = self.detection_labels(d);
                     self.detections_raised.get_or_create(&labels).inc();
                     self.open_detections.get_or_create(&labels).inc();
                 }
                 Event::Resolved(d) => {
                     self.open_detections
-                        .get_or_create(&DetectionLabels {
-                            kind: d.kind.as_str().to_string(),
-                            service: d.service.clone(),
-                        })
+                        .get_or_create(&self.detection_labels(d))
                         .dec();
                 }
                 _ => {}
@@ -222,6 +242,7 @@ mod tests {
     #[test]
     fn exposition_has_the_documented_families() {
         let metrics = Metrics::new();
+        metrics.know_services(["crm-api"]);
         metrics.pipeline().add_events(5);
         metrics.pipeline().add_drops("ring_full", 2);
         // Totals from a snapshot never lower a counter.
@@ -260,6 +281,16 @@ mod tests {
             assert!(text.contains(needle), "{needle} missing in\n{text}");
         }
         assert!(!text.contains("SO-1"), "no order ids in metrics");
+        // A service the configuration does not name is `other`, whatever a sender put there.
+        metrics.observe(&[Event::Raised(Detection {
+            service: "x".repeat(1000),
+            ..detection.clone()
+        })]);
+        assert!(
+            metrics.encode().contains(
+                "order_tracer_detections_raised_total{kind=\"stuck\",service=\"other\"} 1"
+            )
+        );
         metrics.observe(&[Event::Resolved(detection)]);
         assert!(
             metrics

@@ -1,9 +1,11 @@
-//! Orders: configured rules turn an HTTP exchange into an order id, the status the call tries
-//! to reach and the status it reached. Rules are per service (`[[service]]` in the config),
-//! compiled once into a [`RuleSet`] so matching costs a few segment compares per rule.
+//! Orders: configured rules turn a record — an HTTP exchange or a broker message — into an
+//! order id, the status the call tries to reach and the status it reached. Rules are per
+//! service (`[[service]]` in the config), compiled once into a [`RuleSet`] so matching costs a
+//! few segment compares per rule.
 //!
-//! A server exchange (the traced process answered) is matched only against its own service's
-//! rules. A client exchange (a traced process called someone) is matched against the rules of
+//! A server exchange (the traced process answered), like a message the traced process
+//! consumed, is matched only against its own service's rules. A client exchange (a traced
+//! process called someone), like a message it published, is matched against the rules of
 //! every service, since the callee is named by the request, not by the caller: the matching
 //! rule's service is the owner (`order.owner`, `peer.service`).
 
@@ -17,14 +19,16 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
+use crate::amqp::{Operation, Transfer};
 use crate::capture::Role;
 use crate::http::Exchange;
+use crate::spans::RecordRef;
 
 pub use config::{
-    Body, HeaderMatch, IdSource, KeyFields, RuleConfig, RuleKind, ServiceRules, Side, StatusField,
-    StatusSource, Unmatched,
+    Body, HeaderMatch, IdSource, KeyFields, Protocol, RuleConfig, RuleKind, ServiceRules, Side,
+    StatusField, StatusSource, Unmatched,
 };
-pub use extract::MAX_ORDER_ID_LEN;
+pub use extract::{MAX_ORDER_ID_LEN, clean_order_id};
 use json::LazyJson;
 use template::{PathSegments, Template};
 
@@ -70,12 +74,11 @@ pub struct Rule {
     pub name: Arc<str>,
     /// The service the rule belongs to.
     pub owner: Arc<str>,
-    /// The path template, reported as `http.route`.
+    /// HTTP: the path template, reported as `http.route`; AMQP: the templates the rule
+    /// matches, for people reading the config.
     pub route: Arc<str>,
     pub kind: RuleKind,
-    method: String,
-    template: Template,
-    host: Option<String>,
+    matcher: Matcher,
     header: Option<(String, Option<String>)>,
     order_id: Vec<CompiledIdSource>,
     step: Option<CompiledStatus>,
@@ -85,12 +88,28 @@ pub struct Rule {
     key_secret: Option<Arc<[u8]>>,
 }
 
+/// What a record must look like for the rule to apply.
+#[derive(Debug)]
+enum Matcher {
+    Http {
+        method: String,
+        template: Template,
+        host: Option<String>,
+    },
+    Amqp {
+        exchange: Option<Template>,
+        routing_key: Option<Template>,
+        queue: Option<Template>,
+    },
+}
+
 #[derive(Debug)]
 enum CompiledIdSource {
     /// Index of the template segment.
     Path(usize),
     Query(String),
     Header(String),
+    Property(String),
     Json(Body, String),
 }
 
@@ -249,7 +268,11 @@ impl RuleSet {
     pub fn headers_read(&self) -> Vec<String> {
         let mut names = Vec::new();
         for rule in &self.rules {
-            if rule.host.is_some() {
+            // AMQP rules read message headers, which the HTTP stage never keeps.
+            let Matcher::Http { host, .. } = &rule.matcher else {
+                continue;
+            };
+            if host.is_some() {
                 names.push("host".to_string());
             }
             names.extend(rule.header.iter().map(|(name, _)| name.clone()));
@@ -270,20 +293,33 @@ impl RuleSet {
             .map_or(Unmatched::Count, |s| s.unmatched)
     }
 
-    /// Finds the rule for an exchange and reads the order id and statuses from it.
-    pub fn classify<'r>(&'r self, exchange: &Exchange) -> Classification<'r> {
+    /// Finds the rule for a record and reads the order id and statuses from it.
+    pub fn classify<'a, 'r>(&'r self, record: impl Into<RecordRef<'a>>) -> Classification<'r> {
+        match record.into() {
+            RecordRef::Http(exchange) => self.classify_http(exchange),
+            RecordRef::Amqp(transfer) => self.classify_amqp(transfer),
+        }
+    }
+
+    fn server_rules<'s>(&'s self, service: &str) -> impl Iterator<Item = (usize, CallSide)> + 's {
+        self.services
+            .get(service)
+            .map_or(&[][..], |s| s.server_rules.as_slice())
+            .iter()
+            .map(|i| (*i, CallSide::Server))
+    }
+
+    fn client_rules(&self) -> impl Iterator<Item = (usize, CallSide)> + '_ {
+        self.client_rules.iter().map(|i| (*i, CallSide::Client))
+    }
+
+    fn classify_http<'r>(&'r self, exchange: &Exchange) -> Classification<'r> {
         let path = request_path(&exchange.request.head.target);
         let Some(path) = PathSegments::split(path) else {
             return Classification::Unmatched;
         };
-        let server_rules = || {
-            self.services
-                .get(exchange.service.as_ref())
-                .map_or(&[][..], |s| s.server_rules.as_slice())
-                .iter()
-                .map(|i| (*i, CallSide::Server))
-        };
-        let client_rules = || self.client_rules.iter().map(|i| (*i, CallSide::Client));
+        let server_rules = || self.server_rules(&exchange.service);
+        let client_rules = || self.client_rules();
         let found = match exchange.role {
             Role::Server => self.first_match(server_rules(), exchange, &path),
             Role::Client => self.first_match(client_rules(), exchange, &path),
@@ -309,11 +345,39 @@ impl RuleSet {
     ) -> Option<(&'r Rule, CallSide)> {
         candidates.into_iter().find_map(|(index, side)| {
             let rule = &self.rules[index];
-            let fits = rule.method == exchange.request.head.method
+            let Matcher::Http {
+                method, template, ..
+            } = &rule.matcher
+            else {
+                return None;
+            };
+            let fits = *method == exchange.request.head.method
                 && rule.headers_match(exchange)
-                && rule.template.matches_segments(path);
+                && template.matches_segments(path);
             fits.then_some((rule, side))
         })
+    }
+
+    /// A publish is the traced process sending to another (the broker, or the consumer the
+    /// rule names); a delivery or get is its own service receiving.
+    fn classify_amqp<'r>(&'r self, transfer: &Transfer) -> Classification<'r> {
+        let matches = |(index, side): (usize, CallSide)| {
+            let rule = &self.rules[index];
+            rule.amqp_matches(transfer).then_some((rule, side))
+        };
+        let found = match transfer.operation {
+            Operation::Publish => self.client_rules().find_map(matches),
+            Operation::Deliver | Operation::Get => {
+                self.server_rules(&transfer.meta.service).find_map(matches)
+            }
+        };
+        let Some((rule, side)) = found else {
+            return Classification::Unmatched;
+        };
+        match rule.read_message(transfer, side) {
+            Some(m) => Classification::Order(m),
+            None => Classification::NoOrderId { rule, side },
+        }
     }
 }
 
@@ -324,20 +388,59 @@ impl Rule {
         key_secret: Option<Arc<[u8]>>,
     ) -> Result<Self, String> {
         let context = |e: String| format!("service {owner:?}, rule {:?}: {e}", config.name);
-        let template = Template::parse(&config.path).map_err(context)?;
+        let http = config.protocol == Protocol::Http;
+        let (matcher, route) = if http {
+            let path = config.path.clone().unwrap_or_default();
+            let matcher = Matcher::Http {
+                method: config.method.clone().unwrap_or_default(),
+                template: Template::parse(&path).map_err(context)?,
+                host: config.host.clone(),
+            };
+            (matcher, path)
+        } else {
+            let name = |t: &Option<String>| {
+                t.as_deref()
+                    .map(Template::parse_name)
+                    .transpose()
+                    .map_err(context)
+            };
+            let matcher = Matcher::Amqp {
+                exchange: name(&config.exchange)?,
+                routing_key: name(&config.routing_key)?,
+                queue: name(&config.queue)?,
+            };
+            let route = [
+                ("exchange", &config.exchange),
+                ("routing_key", &config.routing_key),
+                ("queue", &config.queue),
+            ]
+            .iter()
+            .filter_map(|(what, t)| t.as_ref().map(|t| format!("{what}={t}")))
+            .collect::<Vec<_>>()
+            .join(" ");
+            (matcher, route)
+        };
         let order_id = config
             .order_id
             .iter()
             .map(|source| {
                 Ok(match source {
                     IdSource::Path { param } => CompiledIdSource::Path(
-                        template
-                            .param_index(param)
-                            .ok_or_else(|| context(format!("no path parameter {{{param}}}")))?,
+                        match &matcher {
+                            Matcher::Http { template, .. } => template.param_index(param),
+                            Matcher::Amqp { .. } => None,
+                        }
+                        .ok_or_else(|| context(format!("no path parameter {{{param}}}")))?,
                     ),
                     IdSource::Query { param } => CompiledIdSource::Query(param.clone()),
-                    IdSource::Header { name } => {
+                    // HTTP header names are case-insensitive; AMQP table keys are not.
+                    IdSource::Header { name } if http => {
                         CompiledIdSource::Header(name.to_ascii_lowercase())
+                    }
+                    IdSource::Header { name } => CompiledIdSource::Header(name.clone()),
+                    IdSource::Property { name } => CompiledIdSource::Property(name.clone()),
+                    IdSource::BodyJson { path } => {
+                        CompiledIdSource::Json(Body::Message, path.clone())
                     }
                     IdSource::RequestJson { path } => {
                         CompiledIdSource::Json(Body::Request, path.clone())
@@ -367,15 +470,17 @@ impl Rule {
         Ok(Rule {
             name: Arc::from(config.name.as_str()),
             owner: owner.clone(),
-            route: Arc::from(config.path.as_str()),
+            route: Arc::from(route.as_str()),
             kind: config.kind,
-            method: config.method.clone(),
-            template,
-            host: config.host.clone(),
-            header: config
-                .header
-                .as_ref()
-                .map(|h| (h.name.to_ascii_lowercase(), h.value.clone())),
+            matcher,
+            header: config.header.as_ref().map(|h| {
+                let name = if http {
+                    h.name.to_ascii_lowercase()
+                } else {
+                    h.name.clone()
+                };
+                (name, h.value.clone())
+            }),
             order_id,
             step,
             status,
@@ -387,12 +492,54 @@ impl Rule {
     /// Whether path segment `index` (0 = the first after the leading '/') is fixed text of
     /// the rule's template, which needs no redaction.
     pub fn is_literal_segment(&self, index: usize) -> bool {
-        self.template.is_literal(index)
+        match &self.matcher {
+            Matcher::Http { template, .. } => template.is_literal(index),
+            Matcher::Amqp { .. } => false,
+        }
+    }
+
+    /// Which protocol the rule matches.
+    pub fn protocol(&self) -> Protocol {
+        match self.matcher {
+            Matcher::Http { .. } => Protocol::Http,
+            Matcher::Amqp { .. } => Protocol::Amqp,
+        }
+    }
+
+    fn amqp_matches(&self, transfer: &Transfer) -> bool {
+        let Matcher::Amqp {
+            exchange,
+            routing_key,
+            queue,
+        } = &self.matcher
+        else {
+            return false;
+        };
+        let fits = |template: &Option<Template>, name: Option<&[u8]>| match template {
+            None => true,
+            Some(template) => name
+                .and_then(|n| std::str::from_utf8(n).ok())
+                .is_some_and(|n| template.matches(n).is_some()),
+        };
+        fits(exchange, Some(&transfer.exchange))
+            && fits(routing_key, Some(&transfer.routing_key))
+            && fits(queue, transfer.queue.as_deref())
+            && match &self.header {
+                None => true,
+                Some((name, want)) => match (transfer.header(name), want) {
+                    (None, _) => false,
+                    (Some(_), None) => true,
+                    (Some(sent), Some(want)) => sent.trim() == want,
+                },
+            }
     }
 
     fn headers_match(&self, exchange: &Exchange) -> bool {
         let request = &exchange.request;
-        if let Some(host) = &self.host {
+        if let Matcher::Http {
+            host: Some(host), ..
+        } = &self.matcher
+        {
             let Some(sent) = request
                 .header("host")
                 .and_then(|v| std::str::from_utf8(v).ok())
@@ -429,6 +576,7 @@ impl Rule {
                 Some(r) => LazyJson::new(&r.body, !r.body_truncated),
                 None => LazyJson::new(&[], false),
             },
+            message: LazyJson::new(&[], false),
         };
         let order_id = self.order_id.iter().find_map(|source| {
             let raw: Cow<'_, str> = match source {
@@ -443,6 +591,7 @@ impl Rule {
                     Cow::Borrowed(std::str::from_utf8(exchange.request.header(name)?).ok()?)
                 }
                 CompiledIdSource::Json(body, path) => bodies.field(*body, path)?,
+                CompiledIdSource::Property(_) => return None,
             };
             extract::clean_order_id(&raw)
         })?;
@@ -450,11 +599,45 @@ impl Rule {
         let code = response.map(|r| r.head.status);
         let succeeded =
             matches!(code, Some(200..=299)) && exchange.outcome == crate::http::Outcome::Complete;
-        let step = self.step.as_ref().and_then(|s| s.read(&mut bodies));
+        Some(self.finish(side, order_id, succeeded, code, &mut bodies))
+    }
+
+    /// Reads id, step, status and key of a message.
+    fn read_message<'r>(&'r self, transfer: &Transfer, side: CallSide) -> Option<OrderMatch<'r>> {
+        let mut bodies = Bodies {
+            request: LazyJson::new(&[], false),
+            response: LazyJson::new(&[], false),
+            message: LazyJson::new(&transfer.body, !transfer.body_truncated),
+        };
+        let order_id = self.order_id.iter().find_map(|source| {
+            let raw: Cow<'_, str> = match source {
+                CompiledIdSource::Header(name) => Cow::Owned(transfer.header(name)?),
+                CompiledIdSource::Property(name) => {
+                    Cow::Owned(String::from_utf8(transfer.property(name)?.to_vec()).ok()?)
+                }
+                CompiledIdSource::Json(body, path) => bodies.field(*body, path)?,
+                CompiledIdSource::Path(_) | CompiledIdSource::Query(_) => return None,
+            };
+            extract::clean_order_id(&raw)
+        })?;
+        let succeeded = transfer.settlement.succeeded();
+        Some(self.finish(side, order_id, succeeded, None, &mut bodies))
+    }
+
+    /// What every protocol reads the same way once the order id is known.
+    fn finish<'r>(
+        &'r self,
+        side: CallSide,
+        order_id: String,
+        succeeded: bool,
+        code: Option<u16>,
+        bodies: &mut Bodies<'_>,
+    ) -> OrderMatch<'r> {
+        let step = self.step.as_ref().and_then(|s| s.read(bodies));
         let (mut status, mut observed_status, mut lookup) = (None, None, None);
         match self.kind {
             RuleKind::Transition if succeeded => {
-                status = self.status.as_ref().and_then(|s| s.read(&mut bodies))
+                status = self.status.as_ref().and_then(|s| s.read(bodies))
             }
             RuleKind::Lookup => {
                 lookup = match code {
@@ -463,7 +646,7 @@ impl Rule {
                     _ => None,
                 };
                 if lookup == Some(LookupResult::Found) {
-                    observed_status = self.status.as_ref().and_then(|s| s.read(&mut bodies));
+                    observed_status = self.status.as_ref().and_then(|s| s.read(bodies));
                 }
             }
             _ => {}
@@ -480,7 +663,7 @@ impl Rule {
                 &values,
             ))
         });
-        Some(OrderMatch {
+        OrderMatch {
             rule: self,
             side,
             order_id,
@@ -489,14 +672,16 @@ impl Rule {
             observed_status,
             lookup,
             key,
-        })
+        }
     }
 }
 
-/// The request and response JSON of one exchange, each checked at most once.
+/// The JSON bodies of one record (request and response, or the message), each checked at
+/// most once.
 struct Bodies<'b> {
     request: LazyJson<'b>,
     response: LazyJson<'b>,
+    message: LazyJson<'b>,
 }
 
 impl<'b> Bodies<'b> {
@@ -505,6 +690,7 @@ impl<'b> Bodies<'b> {
         match body {
             Body::Request => self.request.text(path),
             Body::Response => self.response.text(path),
+            Body::Message => self.message.text(path),
         }
     }
 }

@@ -19,12 +19,14 @@ use crate::capture::{ConnKey, Role};
 #[derive(Clone, Debug)]
 pub enum Record {
     Http(crate::http::Exchange),
+    Amqp(crate::amqp::Transfer),
 }
 
 impl Record {
     pub fn service(&self) -> &Arc<str> {
         match self {
             Record::Http(e) => &e.service,
+            Record::Amqp(t) => &t.meta.service,
         }
     }
 }
@@ -107,6 +109,14 @@ impl BodyAcc {
                 all.extend_from_slice(&piece);
                 BodyAcc::Owned(all)
             }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            BodyAcc::Empty => 0,
+            BodyAcc::Shared(b) => b.len(),
+            BodyAcc::Owned(b) => b.len(),
         }
     }
 

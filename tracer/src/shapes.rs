@@ -12,6 +12,7 @@ use anyhow::Context;
 
 use crate::agent::{self, Agent};
 use crate::config::Config;
+use crate::export::{ExportConfig, ExportUse};
 use crate::metrics::{Metrics, SharedMetrics};
 use crate::monitor::{Monitor, MonitorSettings, RootSpanOut, SpanSink};
 use crate::otlp_out::Forwarder;
@@ -35,6 +36,10 @@ pub struct CommonArgs {
     /// SQLite file for order state (overrides [store] path).
     #[arg(long)]
     pub store: Option<PathBuf>,
+    /// Jaeger's UI, e.g. `http://jaeger:16686`: the console and the alerts link each order's
+    /// trace there (overrides [api] jaeger_url).
+    #[arg(long)]
+    pub jaeger_url: Option<String>,
 }
 
 /// `tracer run`: agent + monitor on one host.
@@ -57,19 +62,40 @@ pub struct MonitorArgs {
     #[arg(long, default_value = "127.0.0.1:4318")]
     pub otlp_http: SocketAddr,
     /// OTLP/HTTP traces endpoint of the upstream (Jaeger or a Collector), e.g.
-    /// `http://jaeger:4318/v1/traces`: received spans and the orders' root spans go there.
+    /// `https://jaeger:4318/v1/traces`: received spans and the orders' root spans go there.
+    /// Plain `http://` only to this host, unless [api] insecure = true.
     #[arg(long)]
     pub forward_to: Option<String>,
+    /// PEM CA that signed the upstream's certificate (beside the system's roots).
+    #[arg(long, requires = "forward_to")]
+    pub forward_ca: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS to the upstream (with --forward-client-key).
+    #[arg(long, requires = "forward_client_key")]
+    pub forward_client_cert: Option<PathBuf>,
+    /// PEM private key of --forward-client-cert.
+    #[arg(long, requires = "forward_client_cert")]
+    pub forward_client_key: Option<PathBuf>,
 }
 
 /// Config file, with the command line's overrides applied and checked.
-fn load_config(args: &CommonArgs) -> anyhow::Result<Config> {
+fn load_config(args: &CommonArgs, usage: ExportUse) -> anyhow::Result<Config> {
     let mut config = Config::load_or_embedded(args.config.as_deref())?;
+    config
+        .export
+        .apply_process_env(None, usage)
+        .map_err(|e| anyhow::anyhow!("OTEL_* environment: {e}"))?;
     if let Some(listen) = args.listen {
         config.api.listen = listen;
     }
     if let Some(store) = &args.store {
         config.store.path = store.clone();
+    }
+    if let Some(url) = &args.jaeger_url {
+        config.api.jaeger_url = Some(url.clone());
+        config
+            .api
+            .validate()
+            .map_err(|e| anyhow::anyhow!("--jaeger-url: {e}"))?;
     }
     if args.allow_anonymous_loopback && !config.api.listen.ip().is_loopback() {
         anyhow::bail!(
@@ -82,6 +108,19 @@ fn load_config(args: &CommonArgs) -> anyhow::Result<Config> {
         .check_listen(config.api.listen, "--listen / [api] listen")
         .map_err(anyhow::Error::msg)?;
     Ok(config)
+}
+
+/// The tracer's own spans (the orders' root spans) under `[export] service_name` and
+/// `resource_attributes`, as the exporter would dress them.
+fn own_span(mut span: SpanRecord, export: &ExportConfig) -> SpanRecord {
+    if let Some(name) = &export.service_name {
+        span.resource
+            .insert("service.name".into(), name.as_str().into());
+    }
+    for (key, value) in &export.resource_attributes {
+        span.resource.insert_missing(key, || value.as_str().into());
+    }
+    span
 }
 
 /// What the agent pipeline gets in all-in-one mode.
@@ -101,8 +140,9 @@ const ROOT_SPAN_QUEUE: usize = 4096;
 /// `tracer run`: the agent pipeline feeds the monitor in-process; the monitor's root spans go
 /// out through the agent's exporter.
 pub async fn run_all_in_one(args: RunArgs) -> anyhow::Result<()> {
-    let config = load_config(&args.common)?;
+    let config = load_config(&args.common, ExportUse::AllInOne)?;
     let listen = config.api.listen;
+    let export = config.export.clone();
     let (root_tx, root_rx) = tokio::sync::mpsc::channel(ROOT_SPAN_QUEUE);
     let metrics: SharedMetrics = Arc::new(Metrics::new());
     let root_metrics = metrics.clone();
@@ -111,7 +151,7 @@ pub async fn run_all_in_one(args: RunArgs) -> anyhow::Result<()> {
         metrics,
         anonymous_loopback: args.common.allow_anonymous_loopback,
         root_spans: Some(Box::new(move |span| {
-            if root_tx.try_send(span).is_err() {
+            if root_tx.try_send(own_span(span, &export)).is_err() {
                 root_metrics.count_drop("root_span_queue_full");
             }
         })),
@@ -184,7 +224,8 @@ async fn run_agent_in_monitor(
 
 /// `tracer monitor`: OTLP in (gRPC + HTTP), lifecycle, API; spans forwarded upstream.
 pub async fn run_central(args: MonitorArgs) -> anyhow::Result<()> {
-    let config = load_config(&args.common)?;
+    let config = load_config(&args.common, ExportUse::Forwarding)?;
+    let export = config.export.clone();
     for (addr, flag) in [
         (args.otlp_grpc, "--otlp-grpc"),
         (args.otlp_http, "--otlp-http"),
@@ -203,19 +244,40 @@ pub async fn run_central(args: MonitorArgs) -> anyhow::Result<()> {
     let listen = config.api.listen;
     crate::process::install_crypto_provider();
     let metrics: SharedMetrics = Arc::new(Metrics::new());
-    let forwarder = args
-        .forward_to
-        .as_deref()
-        .map(|url| Forwarder::start(url, metrics.clone()));
+    let forwarder = match args.forward_to.as_deref() {
+        None => None,
+        Some(url) => {
+            crate::transport::check_url(
+                url,
+                "--forward-to",
+                config.api.insecure,
+                "[api] insecure = true",
+            )
+            .map_err(anyhow::Error::msg)?;
+            let tls = crate::otlp_out::ClientTls {
+                ca_file: args.forward_ca.clone(),
+                client_cert: args.forward_client_cert.clone(),
+                client_key: args.forward_client_key.clone(),
+            };
+            let poster = crate::otlp_out::OtlpPoster::with_tls(
+                url,
+                &tls,
+                "--forward-ca / --forward-client-cert",
+            )
+            .map_err(anyhow::Error::msg)?;
+            Some(Forwarder::start(poster, metrics.clone()))
+        }
+    };
     let root_forwarder = forwarder.clone();
     let monitor = Monitor::start(MonitorSettings {
         config,
         metrics,
         anonymous_loopback: args.common.allow_anonymous_loopback,
-        root_spans: root_forwarder.map(|forwarder| -> RootSpanOut {
+        root_spans: root_forwarder.map(move |forwarder| -> RootSpanOut {
             Box::new(move |span| {
-                let request = receiver::otlp_from_spans(&[span]);
-                forwarder.send(prost::Message::encode_to_vec(&request).into());
+                let request = receiver::otlp_from_spans(&[own_span(span, &export)]);
+                // A root span dropped with the queue full is counted there.
+                let _ = forwarder.send(prost::Message::encode_to_vec(&request).into());
             })
         }),
     })
@@ -244,4 +306,30 @@ pub async fn run_central(args: MonitorArgs) -> anyhow::Result<()> {
     };
     monitor.shutdown();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_spans_take_the_configured_name_and_attributes() {
+        let mut span =
+            crate::lifecycle::root_span(&crate::lifecycle::OrderState::new("SO-1", 0), 1);
+        span.resource.insert("host.name".into(), "node-1".into());
+        let mut export = ExportConfig {
+            service_name: Some("shop-orders".into()),
+            ..ExportConfig::default()
+        };
+        export
+            .resource_attributes
+            .insert("deployment.environment".into(), "prod".into());
+        export
+            .resource_attributes
+            .insert("host.name".into(), "ignored".into());
+        let span = own_span(span, &export);
+        assert_eq!(span.resource["service.name"], "shop-orders".into());
+        assert_eq!(span.resource["deployment.environment"], "prod".into());
+        assert_eq!(span.resource["host.name"], "node-1".into());
+    }
 }

@@ -1,4 +1,5 @@
-//! Spans: one span per HTTP exchange and side, grouped into one trace per order.
+//! Spans: one span per HTTP exchange and side, and per broker message and side (OpenTelemetry
+//! messaging conventions), grouped into one trace per order.
 //!
 //! [`SpanRecord`] is the interchange type between the pipeline, the exporters and the
 //! lifecycle monitor (which also rebuilds it from OTLP it receives).
@@ -23,6 +24,10 @@ pub enum SpanKind {
     Server,
     Client,
     Internal,
+    /// A message sent to a broker (AMQP publish).
+    Producer,
+    /// A message received from a broker and processed (AMQP delivery, get).
+    Consumer,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

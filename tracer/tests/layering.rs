@@ -11,6 +11,7 @@ const AGENT: &[&str] = &[
     "streams",
     "protocol",
     "http",
+    "amqp",
     "orders",
     "spans",
     "sampling",
@@ -29,7 +30,7 @@ const MONITOR: &[&str] = &[
     "receiver",
 ];
 /// Helpers both sides use; they depend on no module of the crate.
-const SHARED: &[&str] = &["clock", "process"];
+const SHARED: &[&str] = &["clock", "process", "transport"];
 /// The config file (every stage's section) and the commands that wire both sides.
 const ROOT: &[&str] = &["config", "shapes"];
 

@@ -65,3 +65,70 @@ async fn a_failed_save_is_retried_without_losing_what_it_held() {
     .await;
     monitor.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn received_spans_reach_disk_cut_to_what_the_lifecycle_reads() {
+    use monitor_common::process::{Ports, post_spans, spawn_monitor, wait_healthy};
+    tracer::process::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("canary.db");
+    let config = dir.path().join("monitor.toml");
+    std::fs::write(&config, config_toml(&store, "")).unwrap();
+    let ports = Ports::free();
+    let client = reqwest::Client::new();
+    let api = ports.api_url();
+    let _monitor = spawn_monitor(&config, &ports, &[]);
+    wait_healthy(&client, &api).await;
+
+    const CANARY: &str = "CANARY-7f3a9c";
+    let order = "SO-MIN-1";
+    let mut span = Span::server(order, "shop-api", "shop.create", now_ns())
+        .reached("INITIATED")
+        .attr("http.request.header.cookie", &format!("session={CANARY}"))
+        .attr("url.path", &format!("/api/v1/orders?email={CANARY}"))
+        .at(0.0, 0.01);
+    span.name = format!("POST /api/v1/orders {CANARY}");
+    span.resource.insert(
+        "host.name".into(),
+        tracer::spans::AttrValue::Str(CANARY.into()),
+    );
+    span.events.push(tracer::spans::SpanEvent {
+        name: CANARY.into(),
+        time_unix_nano: now_ns(),
+        attributes: Default::default(),
+    });
+    // An order id no agent would send (the agent's limit is 128 characters).
+    let huge = "X".repeat(20_000);
+    let oversized = Span::server(&huge, "shop-api", "shop.create", now_ns())
+        .reached("INITIATED")
+        .at(0.0, 0.01);
+    let (status, _) = post_spans(&client, &ports.traces_url(), &[span, oversized]).await;
+    assert_eq!(status, 200);
+    wait_for(Duration::from_secs(10), "the order applied", || async {
+        let v = get_json(&client, &format!("{api}/api/v1/orders/{order}")).await?;
+        (v["status"] == "INITIATED").then_some(())
+    })
+    .await;
+    // Applied spans leave the inbox, but their bytes would stay in the WAL: look at every file.
+    let mut files = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.to_string_lossy().contains("canary.db") {
+            continue;
+        }
+        files += 1;
+        let bytes = std::fs::read(&path).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains(CANARY),
+            "the canary reached {}",
+            path.display()
+        );
+        assert!(
+            !text.contains(&huge[..1000]),
+            "the 20,000-character id reached {}",
+            path.display()
+        );
+    }
+    assert!(files >= 2, "the store and its WAL were read");
+}

@@ -40,9 +40,23 @@ pub struct DemoArgs {
     /// `http://127.0.0.1:4317`. Without it spans stay in the agent (the monitor sees them).
     #[arg(long)]
     otlp_endpoint: Option<String>,
+    /// Jaeger's UI, for the console's trace links; default: port 16686 of the
+    /// `--otlp-endpoint` host (Jaeger all-in-one's).
+    #[arg(long)]
+    jaeger_url: Option<String>,
     /// Stop after this many seconds of showing the result (default: run until Ctrl-C).
     #[arg(long)]
     duration: Option<u64>,
+}
+
+/// Jaeger's UI: `--jaeger-url`, or port 16686 of the `--otlp-endpoint` host.
+fn jaeger_url(args: &DemoArgs) -> Option<String> {
+    args.jaeger_url.clone().or_else(|| {
+        let endpoint = args.otlp_endpoint.as_deref()?;
+        let (scheme, rest) = endpoint.split_once("://")?;
+        let host = rest.split(['/', ':']).next()?;
+        Some(format!("{scheme}://{host}:16686"))
+    })
 }
 
 const SETTLE: Duration = Duration::from_secs(14);
@@ -51,7 +65,11 @@ pub fn run(args: DemoArgs) -> Result<()> {
     crate::prereqs::ensure(crate::prereqs::Needs::demo())?;
     crate::prereqs::require_root("the agent loads eBPF programs")?;
     crate::build(true)?;
-    let bin = workspace_root().join("target/release");
+    // Where cargo put the release build: CARGO_TARGET_DIR when set, else the workspace's.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let bin = target.join("release");
     let work = workspace_root().join("target/demo");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
@@ -69,6 +87,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
         .arg("--store")
         .arg(work.join("orders.db"))
         .env("RUST_LOG", "info");
+    if let Some(url) = &jaeger_url(&args) {
+        tracer.args(["--jaeger-url", url]);
+    }
     match &args.otlp_endpoint {
         Some(endpoint) => tracer
             .env("OTEL_TRACES_EXPORTER", "otlp")
@@ -79,7 +100,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let tracer = Guard::spawn(tracer, &work.join("tracer.log"))?;
     wait_for_log(&tracer, "waiting for target", 3)?;
 
-    step("starting the testbed's Shop, MES, CRM and order queue");
+    step("starting the testbed's Shop, MES, CRM and RabbitMQ broker (10–30 s)");
     let mut serve = Command::new(bin.join("testbed"));
     serve.args(["serve", "--base-port", &args.base_port.to_string()]);
     let _serve = Guard::spawn(serve, &work.join("testbed-serve.log"))?;
@@ -227,7 +248,8 @@ fn report(api: &str, truth: &Path, args: &DemoArgs) -> Result<()> {
         match &args.otlp_endpoint {
             Some(endpoint) => println!(
                 "Jaeger:         spans went to {endpoint}; order {order} is trace {trace_id} \
-                 (http://JAEGER:16686/trace/{trace_id})"
+                 ({}/trace/{trace_id}; the page links every order's trace)",
+                jaeger_url(args).as_deref().unwrap_or("http://JAEGER:16686")
             ),
             None => println!(
                 "Jaeger:         rerun with --otlp-endpoint http://JAEGER:4317 (or set \

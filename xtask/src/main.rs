@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod prereqs;
 mod process;
 
@@ -34,6 +35,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Measure overhead on the traced service, agent cost, pipeline throughput, completeness.
     Bench(bench::BenchArgs),
+    /// Run each fuzz target (fuzz/) for a bounded time over its seed corpus.
+    Fuzz(fuzz::FuzzArgs),
     /// Run every test, the kernel ones included (needs root).
     Test {
         /// Extra arguments passed to `cargo test` (after `--`).
@@ -43,6 +46,9 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    if let Some(code) = fuzz::as_rustc_wrapper() {
+        std::process::exit(code);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Prereqs => prereqs::ensure(prereqs::Needs::all()),
@@ -53,6 +59,7 @@ fn main() -> Result<()> {
         Command::Test { cargo_args } => test(&cargo_args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Fuzz(args) => fuzz::run_targets(args),
     }
 }
 

@@ -12,22 +12,46 @@ use crate::process::{output, run, works};
 pub struct Needs {
     /// The eBPF toolchain: nightly with rust-src, and bpf-linker.
     ebpf: bool,
-    /// Debian packages, each with the program that tells whether it is there.
+    /// Debian packages, each with the program (a name on PATH, or an absolute path) that
+    /// tells whether it is there.
     debian: &'static [(&'static str, &'static str)],
 }
 
+/// The testbed's broker; the program is not on PATH (Debian keeps it under /usr/lib).
+const RABBITMQ: (&str, &str) = ("rabbitmq-server", "/usr/lib/rabbitmq/bin/rabbitmq-server");
+/// A third-party AMQP client for the tests (Debian's Python, not another one on PATH).
+const PIKA: (&str, &str) = (
+    "python3-pika",
+    "/usr/lib/python3/dist-packages/pika/__init__.py",
+);
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("python3", "python3"),
     ("curl", "curl"),
     ("chromium", "chromium"),
+    // WebDriver for the console's browser test.
+    ("chromium-driver", "chromedriver"),
+    // promtool checks and unit-tests the alert rules; a real Prometheus and Alertmanager
+    // run them end to end.
+    ("prometheus", "promtool"),
+    ("prometheus-alertmanager", "prometheus-alertmanager"),
+    RABBITMQ,
+    PIKA,
 ];
-const DEMO_PACKAGES: &[(&str, &str)] = &[("curl", "curl")];
+const DEMO_PACKAGES: &[(&str, &str)] = &[("curl", "curl"), RABBITMQ];
 const BENCH_PACKAGES: &[(&str, &str)] = &[("wrk", "wrk"), ("curl", "curl")];
+/// libfuzzer-sys compiles libFuzzer (C++).
+const FUZZ_PACKAGES: &[(&str, &str)] = &[("g++", "g++")];
 const ALL_PACKAGES: &[(&str, &str)] = &[
     ("python3", "python3"),
     ("curl", "curl"),
     ("chromium", "chromium"),
+    ("chromium-driver", "chromedriver"),
+    ("prometheus", "promtool"),
+    ("prometheus-alertmanager", "prometheus-alertmanager"),
     ("wrk", "wrk"),
+    RABBITMQ,
+    PIKA,
+    ("g++", "g++"),
 ];
 
 impl Needs {
@@ -53,6 +77,12 @@ impl Needs {
         Self {
             ebpf: true,
             debian: BENCH_PACKAGES,
+        }
+    }
+    pub fn fuzz() -> Self {
+        Self {
+            ebpf: true,
+            debian: FUZZ_PACKAGES,
         }
     }
     pub fn all() -> Self {
@@ -171,6 +201,9 @@ fn ensure_debian(packages: &[(&str, &str)]) -> Result<()> {
 }
 
 fn on_path(program: &str) -> bool {
+    if program.starts_with('/') {
+        return std::path::Path::new(program).is_file();
+    }
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }

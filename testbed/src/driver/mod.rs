@@ -25,8 +25,8 @@ use crate::timings::Timings;
 use crate::truth::{TruthRecord, write_truth};
 use procs::{Launch, Services, wait_ready};
 
-/// How long the services get to come up.
-const STARTUP: Duration = Duration::from_secs(15);
+/// How long the services get to come up (the broker takes 10–30 s).
+const STARTUP: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -48,13 +48,17 @@ enum Command {
 
 #[derive(Debug, Clone, Args)]
 struct Common {
-    /// Base port: shop on it, MES +1, CRM +2, queue +3.
+    /// Base port: shop on it, MES +1, CRM +2, queue +3, the queue's broker +4..+6.
     #[arg(long, default_value_t = DEFAULT_BASE_PORT)]
     base_port: u16,
     /// Every traced service appends one JSON line per side of each exchange here
     /// (truncated when the services start).
     #[arg(long)]
     request_log: Option<PathBuf>,
+    /// Every traced service appends one JSON line per message it publishes or consumes
+    /// through the broker here (truncated when the services start).
+    #[arg(long)]
+    message_log: Option<PathBuf>,
     /// Scales think times and fault timeouts (see testbed/README.md).
     #[arg(long, default_value_t = 1.0)]
     time_factor: f64,
@@ -94,8 +98,8 @@ impl Common {
             "--time-factor must be a positive number"
         );
         anyhow::ensure!(
-            self.base_port <= u16::MAX - 3,
-            "--base-port leaves no room for the four ports"
+            self.base_port <= u16::MAX - crate::service::PORTS_USED,
+            "--base-port leaves no room for the seven ports"
         );
         Ok(())
     }
@@ -104,6 +108,7 @@ impl Common {
         Launch {
             base_port: self.base_port,
             request_log: self.request_log.as_deref(),
+            message_log: self.message_log.as_deref(),
             time_factor: self.time_factor,
         }
     }

@@ -18,6 +18,7 @@ pub struct Services {
 pub struct Launch<'a> {
     pub base_port: u16,
     pub request_log: Option<&'a Path>,
+    pub message_log: Option<&'a Path>,
     pub time_factor: f64,
 }
 
@@ -38,10 +39,13 @@ impl Services {
     /// Starts the four services. Call it from the main thread: each child is told to die
     /// with the thread that started it, so even a killed driver leaves no orphans.
     pub fn spawn(launch: &Launch) -> anyhow::Result<Self> {
-        if let Some(log) = launch.request_log {
+        for log in [launch.request_log, launch.message_log]
+            .into_iter()
+            .flatten()
+        {
             // A fresh log per run: the tracer's tests compare it with one run's spans.
             std::fs::File::create(log)
-                .with_context(|| format!("cannot create request log {}", log.display()))?;
+                .with_context(|| format!("cannot create log {}", log.display()))?;
         }
         let mut services = Services {
             children: Vec::new(),
@@ -55,6 +59,9 @@ impl Services {
             // The queue is infrastructure, not traced: it has no request log.
             if let Some(log) = launch.request_log.filter(|_| service != Service::Queue) {
                 cmd.arg("--request-log").arg(log);
+            }
+            if let Some(log) = launch.message_log.filter(|_| service != Service::Queue) {
+                cmd.arg("--message-log").arg(log);
             }
             // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
             unsafe {
@@ -86,8 +93,22 @@ impl Services {
         Ok(())
     }
 
-    /// Kills and reaps every service.
+    /// Stops every service: SIGTERM (the queue stops its broker then), SIGKILL after a
+    /// while; reaps them.
     pub fn stop(&mut self) {
+        for (_, child) in &mut self.children {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline
+            && self
+                .children
+                .iter_mut()
+                .any(|(_, c)| matches!(c.try_wait(), Ok(None)))
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         for (_, child) in &mut self.children {
             let _ = child.kill();
         }

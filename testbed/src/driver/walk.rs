@@ -331,6 +331,7 @@ impl OrderWalk<'_> {
                     | K::PricingNoAnswer
                     | K::PricingAfterChange
                     | K::PricedOrderDropped
+                    | K::PricedOrderReturned
             )
         });
         let req = Self::with_fault(w.client.post(shop("/submit")), submit_fault);
@@ -355,11 +356,16 @@ impl OrderWalk<'_> {
                 tokio::time::sleep(wait + w.timings.think_max()).await;
                 return Ok(Flow::Stop);
             }
-            Some(K::PricedOrderDropped) => {
-                self.await_delivery(PRICED_ORDERS, Delivery::Dropped)
-                    .await?;
+            Some(kind @ (K::PricedOrderDropped | K::PricedOrderReturned)) => {
+                // Dropped: the broker confirmed it and no consumer ever sees it.
+                let seen = if kind == K::PricedOrderDropped {
+                    Delivery::Confirmed
+                } else {
+                    Delivery::Returned
+                };
+                self.await_delivery(PRICED_ORDERS, seen).await?;
                 self.reached = Some(Status::PriceCalculated);
-                self.played(K::PricedOrderDropped);
+                self.played(kind);
                 return Ok(Flow::Stop);
             }
             _ => {}
@@ -376,14 +382,21 @@ impl OrderWalk<'_> {
         let w = self.w;
         let id = self.id.clone();
         self.think().await;
-        let approve_fault = fault.filter(|k| *k == K::WorkOrderDropped);
+        let approve_fault =
+            fault.filter(|k| matches!(k, K::WorkOrderDropped | K::WorkOrderUnacked));
         let crm_deal = |path: &str| w.url(Service::Crm, &format!("/crm/v1/deals/{id}{path}"));
         let req = Self::with_fault(w.client.post(crm_deal("/approve")), approve_fault);
         self.send("approve", req, StatusCode::OK).await?;
         self.reached = Some(Status::ManufacturingApproved);
-        if fault == Some(K::WorkOrderDropped) {
-            self.await_delivery(WORK_ORDERS, Delivery::Dropped).await?;
-            self.played(K::WorkOrderDropped);
+        if let Some(kind @ (K::WorkOrderDropped | K::WorkOrderUnacked)) = fault {
+            // Dropped: confirmed, never delivered; unacked: delivered, never handled.
+            let seen = if kind == K::WorkOrderDropped {
+                Delivery::Confirmed
+            } else {
+                Delivery::Held
+            };
+            self.await_delivery(WORK_ORDERS, seen).await?;
+            self.played(kind);
             return Ok(Flow::Stop);
         }
         self.await_delivery(WORK_ORDERS, Delivery::Delivered)
@@ -518,8 +531,9 @@ impl OrderWalk<'_> {
         self.send(step, req, want).await.map(drop)
     }
 
-    /// Waits until the queue reports `want` for this order's message on `topic`. The queue
-    /// is not traced, so this adds nothing to the traced wire.
+    /// Waits until the queue process reports `want` for this order's message on `topic`
+    /// (what the publisher and the consumer told it). It is not traced, so this adds nothing
+    /// to the traced wire.
     async fn await_delivery(&self, topic: &str, want: Delivery) -> Result<(), String> {
         let w = self.w;
         let url = w.url(
@@ -537,16 +551,17 @@ impl OrderWalk<'_> {
             if let Ok(resp) = resp
                 && resp.status() == StatusCode::OK
                 && let Ok(answer) = resp.json::<QueueAnswer>().await
-                && answer.state != Delivery::Pending
             {
-                return if answer.state == want {
-                    Ok(())
-                } else {
-                    Err(format!(
+                if answer.state == want {
+                    return Ok(());
+                }
+                // Only a confirm may still be followed by the consumer's word.
+                if answer.state != Delivery::Confirmed {
+                    return Err(format!(
                         "{topic} message of {}: {:?}, expected {want:?}",
                         self.id, answer.state
-                    ))
-                };
+                    ));
+                }
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(format!(

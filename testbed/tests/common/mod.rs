@@ -4,6 +4,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use testbed::Service;
@@ -12,28 +13,41 @@ pub struct Testbed {
     pub base_port: u16,
     pub dir: PathBuf,
     serve: Child,
+    _one_at_a_time: MutexGuard<'static, ()>,
 }
 
-/// Four consecutive free loopback ports (other tests and sessions use this machine too).
+/// One testbed (and so one RabbitMQ node) at a time in this test process: brokers starting
+/// side by side on two shared cores starve each other.
+pub fn one_broker_at_a_time() -> MutexGuard<'static, ()> {
+    static BROKER: Mutex<()> = Mutex::new(());
+    BROKER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Seven consecutive free loopback ports (four services and the broker's three; other tests
+/// and sessions use this machine too).
 /// Each call of one test process starts from its own block, so parallel tests never pick
 /// the same ports before their services bind them.
 pub fn free_base_port() -> u16 {
     static CALLS: AtomicU16 = AtomicU16::new(0);
     let block = CALLS.fetch_add(1, Ordering::Relaxed);
-    let mut start = 20_000 + (std::process::id() % 2_000) as u16 * 16 + block * 4;
+    let n = testbed::service::PORTS_USED;
+    // Below the ephemeral range (32768 up), which outgoing connections draw from: the
+    // broker binds its ports only once it has started.
+    let mut start = 20_000 + (std::process::id() % 600) as u16 * 16 + block * n;
     loop {
-        let free = (0..4).all(|i| TcpListener::bind(("127.0.0.1", start + i)).is_ok());
+        let free = (0..n).all(|i| TcpListener::bind(("127.0.0.1", start + i)).is_ok());
         if free {
             return start;
         }
         start += 64;
-        assert!(start < 60_000, "no four free consecutive ports");
+        assert!(start < 32_000, "no seven free consecutive ports");
     }
 }
 
 impl Testbed {
     /// Starts the services with a request log, under `testbed serve`.
     pub fn serve(name: &str) -> Testbed {
+        let guard = one_broker_at_a_time();
         let dir = std::env::temp_dir().join(format!("testbed-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let base_port = free_base_port();
@@ -47,19 +61,23 @@ impl Testbed {
             ])
             .arg("--request-log")
             .arg(dir.join("requests.jsonl"))
+            .arg("--message-log")
+            .arg(dir.join("messages.jsonl"))
             .spawn()
             .unwrap();
         let bed = Testbed {
             base_port,
             dir,
             serve,
+            _one_at_a_time: guard,
         };
         bed.wait_ready();
         bed
     }
 
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // The broker takes 10–30 s on a busy machine.
+        let deadline = Instant::now() + Duration::from_secs(120);
         for service in Service::ALL {
             while std::net::TcpStream::connect(("127.0.0.1", service.port(self.base_port))).is_err()
             {

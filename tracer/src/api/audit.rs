@@ -1,7 +1,13 @@
 //! The audit log: every API and page request (who, what, which order, when, result), written
 //! to the store's append-only table and, when configured, exported as OTLP logs.
+//!
+//! An answer waits for its record: if the record cannot be written, the request fails (fail
+//! closed). Refused and malformed requests are recorded too, but anyone can send those, so
+//! they are cut to a bounded size and rate: past the rate they are counted, and the count is
+//! recorded once a second instead.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
@@ -17,12 +23,55 @@ use crate::store::{AuditEntry, Store};
 const EXPORT_QUEUE: usize = 4096;
 /// Records per OTLP request.
 const EXPORT_BATCH: usize = 256;
+/// Characters kept of a record's `action` and `who` (a refused request's path is the
+/// caller's to choose).
+pub const MAX_FIELD_CHARS: usize = 256;
+/// Refusals recorded one by one: a burst of this many, then this many per second.
+const REFUSALS_BURST: f64 = 60.0;
+const REFUSALS_PER_SEC: f64 = 10.0;
+/// How often the count of refusals not recorded one by one is written.
+const SUPPRESSED_FLUSH: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+#[error("audit record not written: {0}")]
+pub struct AuditError(String);
+
+/// A token bucket for refused requests' records.
+struct RefusalBudget {
+    tokens: f64,
+    last: Instant,
+    suppressed: u64,
+}
+
+impl RefusalBudget {
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * REFUSALS_PER_SEC;
+        self.tokens = (self.tokens + refill).min(REFUSALS_BURST);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct AuditLog {
     store: Arc<Mutex<Store>>,
     export: Option<mpsc::Sender<AuditEntry>>,
     metrics: crate::metrics::SharedMetrics,
+    refusals: Arc<Mutex<RefusalBudget>>,
+}
+
+fn capped(text: &mut String) {
+    if let Some((cut, _)) = text.char_indices().nth(MAX_FIELD_CHARS) {
+        text.truncate(cut);
+        text.push('…');
+    }
 }
 
 impl AuditLog {
@@ -37,30 +86,84 @@ impl AuditLog {
             tokio::spawn(export_loop(OtlpPoster::new(url), rx, metrics.clone()));
             tx
         });
-        Self {
+        let log = Self {
             store,
             export,
             metrics,
-        }
+            refusals: Arc::new(Mutex::new(RefusalBudget {
+                tokens: REFUSALS_BURST,
+                last: Instant::now(),
+                suppressed: 0,
+            })),
+        };
+        tokio::spawn(log.clone().flush_suppressed());
+        log
     }
 
     /// Appends one record; the request's answer waits for it, so no answer goes out unlogged.
-    pub async fn record(&self, entry: AuditEntry) {
+    pub async fn record(&self, mut entry: AuditEntry) -> Result<(), AuditError> {
+        capped(&mut entry.action);
+        capped(&mut entry.who);
+        if let Some(order) = &mut entry.order_id {
+            capped(order);
+        }
         let store = self.store.clone();
         let stored = entry.clone();
         let written = tokio::task::spawn_blocking(move || match store.lock() {
             Ok(store) => store.append_audit(&stored).map_err(|e| e.to_string()),
             Err(_) => Err("store lock poisoned".to_string()),
         })
-        .await;
-        if !matches!(written, Ok(Ok(()))) {
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        if let Err(err) = written {
             self.metrics.store_errors.inc();
-            tracing::error!(?written, "audit record not written");
+            tracing::error!("audit record not written: {err}");
+            return Err(AuditError(err));
         }
         if let Some(export) = &self.export
             && export.try_send(entry).is_err()
         {
             self.metrics.count_drop("audit_export_queue_full");
+        }
+        Ok(())
+    }
+
+    /// Records a refused or malformed request, within the refusals' rate; past it, counts.
+    pub async fn record_refusal(&self, entry: AuditEntry) {
+        let within = self.refusals.lock().map(|mut b| b.take()).unwrap_or(false);
+        if within {
+            // The request is refused either way; a failed write is counted by `record`.
+            let _ = self.record(entry).await;
+        }
+    }
+
+    async fn flush_suppressed(self) {
+        let mut every = tokio::time::interval(SUPPRESSED_FLUSH);
+        loop {
+            every.tick().await;
+            let suppressed = self
+                .refusals
+                .lock()
+                .map(|mut b| std::mem::take(&mut b.suppressed))
+                .unwrap_or(0);
+            if suppressed > 0 {
+                let summary = AuditEntry {
+                    at: crate::clock::unix_now(),
+                    who: "refused".into(),
+                    action: format!(
+                        "{suppressed} refused requests not recorded one by one (over {REFUSALS_PER_SEC}/s)"
+                    ),
+                    order_id: None,
+                    result: "refused".into(),
+                };
+                if self.record(summary).await.is_err() {
+                    // Counted again next second rather than lost.
+                    if let Ok(mut b) = self.refusals.lock() {
+                        b.suppressed += suppressed;
+                    }
+                }
+            }
         }
     }
 }

@@ -1,6 +1,9 @@
 //! Who may call the API: OIDC bearer tokens verified against the identity provider's keys
 //! (JWKS from a URL or a file) with a required role claim, or static tokens kept as SHA-256
-//! hashes. Anonymous access only when enabled for a local demo, and only from loopback.
+//! hashes. Anonymous access only when enabled for a local demo, only from loopback, and only
+//! for requests addressed to a loopback name (a page elsewhere whose name was re-bound to
+//! 127.0.0.1 — DNS rebinding — sends its own name in `Host`). What went wrong is logged, never
+//! told to the caller: every refusal reads the same from outside.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -105,6 +108,18 @@ pub enum AuthError {
     Invalid(String),
     #[error("token lacks the required role")]
     Forbidden,
+    #[error("anonymous request addressed to {0:?}, not to a loopback name")]
+    ForeignHost(String),
+}
+
+impl AuthError {
+    /// What the client is told: 401 `unauthorized` or 403 `forbidden`, nothing more.
+    pub fn public(&self) -> (u16, &'static str) {
+        match self {
+            Self::Missing | Self::Invalid(_) => (401, "unauthorized"),
+            Self::Forbidden | Self::ForeignHost(_) => (403, "forbidden"),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,19 +207,25 @@ impl Auth {
         })
     }
 
-    /// Checks a request's `Authorization` header (or its absence) from `peer`.
+    /// Checks a request's `Authorization` header (or its absence) from `peer`, addressed to
+    /// `host` (its `Host` header or URI authority).
     pub async fn check(
         &self,
         authorization: Option<&str>,
         peer: SocketAddr,
+        host: Option<&str>,
     ) -> Result<Principal, AuthError> {
+        // The scheme is case-insensitive (RFC 9110 §11.1).
         let token = authorization.and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-                .map(str::trim)
+            let (scheme, token) = h.trim_start().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         });
         let Some(token) = token.filter(|t| !t.is_empty()) else {
             if authorization.is_none() && self.anonymous_loopback && peer.ip().is_loopback() {
+                let host = host.unwrap_or("");
+                if !crate::transport::is_loopback_host(host) {
+                    return Err(AuthError::ForeignHost(host.chars().take(100).collect()));
+                }
                 return Ok(Principal(format!("anonymous@{}", peer.ip())));
             }
             return Err(if authorization.is_some() {
@@ -320,6 +341,7 @@ impl Oidc {
         validation.set_audience(&[&self.config.audience]);
         validation.set_issuer(&[&self.config.issuer]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        validation.validate_nbf = true;
         validation.leeway = self.config.leeway_secs;
         let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
@@ -385,21 +407,40 @@ mod tests {
         config.validate().unwrap();
         let auth = Auth::new(&config, true).await.unwrap();
         let local = peer("127.0.0.1");
-        assert_eq!(
-            auth.check(Some("Bearer s3cret"), local).await,
-            Ok(Principal("token:ops".into()))
-        );
+        let host = Some("localhost:8480");
+        for header in ["Bearer s3cret", "bearer s3cret", "BEARER  s3cret "] {
+            assert_eq!(
+                auth.check(Some(header), local, host).await,
+                Ok(Principal("token:ops".into())),
+                "{header}"
+            );
+        }
         assert!(matches!(
-            auth.check(Some("Bearer wrong"), local).await,
+            auth.check(Some("Bearer wrong"), local, host).await,
             Err(AuthError::Invalid(_))
         ));
-        assert!(auth.check(None, local).await.is_ok());
+        assert!(matches!(
+            auth.check(Some("Basic czNjcmV0"), local, host).await,
+            Err(AuthError::Invalid(_))
+        ));
+        assert!(auth.check(None, local, host).await.is_ok());
+        assert!(matches!(
+            auth.check(None, local, Some("attacker.example:8480")).await,
+            Err(AuthError::ForeignHost(_))
+        ));
+        assert!(matches!(
+            auth.check(None, local, None).await,
+            Err(AuthError::ForeignHost(_))
+        ));
         assert_eq!(
-            auth.check(None, peer("10.1.2.3")).await,
+            auth.check(None, peer("10.1.2.3"), host).await,
             Err(AuthError::Missing)
         );
         let closed = Auth::new(&config, false).await.unwrap();
-        assert_eq!(closed.check(None, local).await, Err(AuthError::Missing));
+        assert_eq!(
+            closed.check(None, local, host).await,
+            Err(AuthError::Missing)
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, Uri, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
@@ -31,6 +31,8 @@ pub(super) fn routes() -> Router<Arc<ApiState>> {
         .route("/api/v1/stuck", get(list_stuck))
         .route("/api/v1/lost", get(list_lost))
         .route("/api/v1/audit", get(list_audit))
+        .route("/api/v1/board", get(super::console::board))
+        .route("/api/v1/dwell", get(super::console::dwell))
         .route("/metrics", get(metrics))
         .route("/", get(|| asset("text/html; charset=utf-8", PAGE_HTML)))
         .route(
@@ -41,38 +43,6 @@ pub(super) fn routes() -> Router<Arc<ApiState>> {
             "/style.css",
             get(|| asset("text/css; charset=utf-8", PAGE_CSS)),
         )
-}
-
-/// The order a request is about, for the audit log.
-pub(super) fn order_of(matched_path: &str, uri: &Uri) -> Option<String> {
-    if matched_path == "/api/v1/orders/{id}" {
-        return uri.path().rsplit('/').next().map(percent_decode);
-    }
-    uri.query()?
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("order_id="))
-        .map(percent_decode)
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Some(byte) = std::str::from_utf8(&bytes[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(byte);
-            i += 3;
-        } else {
-            out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -101,7 +71,7 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
         .into_response()
 }
 
-pub(super) struct ApiError(StatusCode, String);
+pub(super) struct ApiError(pub(super) StatusCode, pub(super) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -110,7 +80,7 @@ impl IntoResponse for ApiError {
 }
 
 /// Runs a store read off the async threads.
-async fn read<T: Send + 'static>(
+pub(super) async fn read<T: Send + 'static>(
     state: &Arc<ApiState>,
     job: impl FnOnce(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -174,6 +144,8 @@ struct OrderView {
     order_id: String,
     status: Option<String>,
     trace_id: String,
+    /// The order's trace in Jaeger, when `[api] jaeger_url` is set.
+    trace_url: Option<String>,
     first_seen: String,
     last_activity: String,
     closed_at: Option<String>,
@@ -183,7 +155,8 @@ struct OrderView {
     detections: Vec<DetectionView>,
 }
 
-fn order_view(order: &OrderState, now: u64) -> OrderView {
+fn order_view(order: &OrderState, now: u64, jaeger_url: Option<&str>) -> OrderView {
+    let trace_id = hex::encode(crate::spans::order_trace_id(&order.order_id));
     let mut history = Vec::with_capacity(order.history.len());
     let mut time_in_status = BTreeMap::new();
     for (i, entry) in order.history.iter().enumerate() {
@@ -205,7 +178,9 @@ fn order_view(order: &OrderState, now: u64) -> OrderView {
     OrderView {
         order_id: order.order_id.clone(),
         status: order.status.clone(),
-        trace_id: hex::encode(crate::spans::order_trace_id(&order.order_id)),
+        trace_url: jaeger_url
+            .map(|base| format!("{}/trace/{trace_id}", base.trim_end_matches('/'))),
+        trace_id,
         first_seen: rfc3339(order.first_seen),
         last_activity: rfc3339(order.last_activity),
         closed_at: order.closed_at.map(rfc3339),
@@ -222,7 +197,11 @@ async fn get_order(
     let wanted = id.clone();
     let order = read(&state, move |store| store.order(&wanted)).await?;
     match order {
-        Some(order) => Ok(Json(order_view(&order, crate::clock::unix_now()))),
+        Some(order) => Ok(Json(order_view(
+            &order,
+            crate::clock::unix_now(),
+            state.config.jaeger_url.as_deref(),
+        ))),
         None => Err(ApiError(StatusCode::NOT_FOUND, format!("no order {id}"))),
     }
 }
@@ -273,6 +252,8 @@ fn page<T>(mut items: Vec<T>, limit: u32, offset: u64) -> Page<T> {
 #[derive(Deserialize)]
 struct OrdersParams {
     status: Option<String>,
+    /// `true`: only followed orders, longest in their status first (the board's lists).
+    waiting: Option<bool>,
     limit: Option<u32>,
     offset: Option<u64>,
 }
@@ -285,6 +266,7 @@ async fn list_orders(
     let offset = params.offset.unwrap_or(0);
     let query = OrderQuery {
         status: params.status.filter(|s| !s.is_empty()),
+        waiting: params.waiting.unwrap_or(false),
         limit: limit + 1,
         offset,
     };
@@ -297,7 +279,10 @@ struct DetectionParams {
     open: Option<bool>,
     kind: Option<String>,
     service: Option<String>,
+    step: Option<String>,
     order_id: Option<String>,
+    /// `oldest` (the longest-standing first) or `newest` (the default).
+    sort: Option<String>,
     limit: Option<u32>,
     offset: Option<u64>,
 }
@@ -326,7 +311,18 @@ async fn detections_page(
         open: params.open,
         kind,
         service: params.service.filter(|s| !s.is_empty()),
+        step: params.step.filter(|s| !s.is_empty()),
         order_id: params.order_id.filter(|s| !s.is_empty()),
+        oldest_first: match params.sort.as_deref() {
+            None | Some("") | Some("newest") => false,
+            Some("oldest") => true,
+            Some(other) => {
+                return Err(ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!("sort {other:?}: use oldest or newest"),
+                ));
+            }
+        },
         limit: limit + 1,
         offset,
     };
@@ -392,25 +388,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_audited_order_comes_from_the_path_or_the_query() {
-        let uri: Uri = "/api/v1/orders/SO-1%2F2".parse().unwrap();
-        assert_eq!(
-            order_of("/api/v1/orders/{id}", &uri).as_deref(),
-            Some("SO-1/2")
-        );
-        let uri: Uri = "/api/v1/detections?open=true&order_id=SO-9"
-            .parse()
-            .unwrap();
-        assert_eq!(
-            order_of("/api/v1/detections", &uri).as_deref(),
-            Some("SO-9")
-        );
-        let uri: Uri = "/api/v1/detections?open=true".parse().unwrap();
-        assert_eq!(order_of("/api/v1/detections", &uri), None);
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
-    }
-
-    #[test]
     fn pages_know_whether_more_follow() {
         let p = page(vec![1, 2, 3], 2, 10);
         assert_eq!(p.items, vec![1, 2]);
@@ -430,7 +407,11 @@ mod tests {
                 span_id: "00".into(),
             });
         }
-        let view = order_view(&order, 5_000_000_000);
+        let view = order_view(&order, 5_000_000_000, Some("https://jaeger.example/"));
+        assert_eq!(
+            view.trace_url.as_deref(),
+            Some(format!("https://jaeger.example/trace/{}", view.trace_id).as_str())
+        );
         assert_eq!(view.history[0].dwell_secs, 2.0);
         assert_eq!(view.time_in_status["FILE_UPLOADED"], 3.0);
         assert_eq!(view.history[0].at, "1970-01-01T00:00:00Z");

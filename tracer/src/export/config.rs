@@ -1,4 +1,4 @@
-//! The `[export]` section, and the standard `OTEL_EXPORTER_OTLP_*` variables over it.
+//! The `[export]` section; the standard `OTEL_*` variables over it are in `env.rs`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,7 +25,23 @@ pub enum ExportKind {
     None,
 }
 
-/// The `[export]` section. Every field has a default; `OTEL_EXPORTER_OTLP_*` variables
+impl ExportKind {
+    pub fn is_otlp(self) -> bool {
+        matches!(self, ExportKind::OtlpGrpc | ExportKind::OtlpHttp)
+    }
+
+    /// The name `--export` and the config file use.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExportKind::OtlpGrpc => "otlp-grpc",
+            ExportKind::OtlpHttp => "otlp-http",
+            ExportKind::Stdout => "stdout",
+            ExportKind::None => "none",
+        }
+    }
+}
+
+/// The `[export]` section. Every field has a default; the standard `OTEL_*` variables
 /// override the file (see [`ExportConfig::apply_env`]).
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,6 +91,15 @@ pub struct ExportConfig {
     /// segments are exported as `{redacted}`. Defaults: e-mail addresses, runs of 9+ digits.
     #[serde(default = "default_redact")]
     pub redact_path_segments: Vec<String>,
+    /// Attributes added to the resource of every span exported (e.g. `deployment.environment`),
+    /// after `OTEL_RESOURCE_ATTRIBUTES`. The tracer's own per-process attributes
+    /// (`service.name`, `process.pid`, `host.name`) are never replaced.
+    #[serde(default)]
+    pub resource_attributes: BTreeMap<String, String>,
+    /// `service.name` of the spans the tracer makes as itself: the orders' root spans
+    /// (`OTEL_SERVICE_NAME` overrides it). Default: `order-tracer-monitor`.
+    #[serde(default)]
+    pub service_name: Option<String>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -119,6 +144,8 @@ impl Default for ExportConfig {
             max_retries: default_retries(),
             retry_backoff_ms: default_backoff_ms(),
             redact_path_segments: default_redact(),
+            resource_attributes: BTreeMap::new(),
+            service_name: None,
         }
     }
 }
@@ -143,6 +170,8 @@ impl fmt::Debug for ExportConfig {
             .field("max_retries", &self.max_retries)
             .field("retry_backoff_ms", &self.retry_backoff_ms)
             .field("redact_path_segments", &self.redact_path_segments)
+            .field("resource_attributes", &self.resource_attributes)
+            .field("service_name", &self.service_name)
             .finish()
     }
 }
@@ -181,7 +210,14 @@ impl ExportConfig {
                 ));
             }
         }
-        if matches!(self.kind, ExportKind::OtlpGrpc | ExportKind::OtlpHttp) {
+        if self
+            .service_name
+            .as_deref()
+            .is_some_and(|n| n.trim().is_empty())
+        {
+            return Err("export: service_name, when given, must not be empty".into());
+        }
+        if self.kind.is_otlp() {
             self.endpoint_url()?;
         }
         Ok(())
@@ -234,87 +270,6 @@ impl ExportConfig {
             return Err("export: ca_file is set but the endpoint is not https://".into());
         }
         Ok(url)
-    }
-
-    /// Applies the standard OpenTelemetry variables (the traces-specific ones win over the
-    /// general ones; both win over the file). `lookup` is `std::env::var` in production.
-    pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<(), String> {
-        let var = |name: &str| {
-            lookup(&format!("OTEL_EXPORTER_OTLP_TRACES_{name}"))
-                .or_else(|| lookup(&format!("OTEL_EXPORTER_OTLP_{name}")))
-                .filter(|v| !v.trim().is_empty())
-        };
-        if let Some(exporter) = lookup("OTEL_TRACES_EXPORTER") {
-            self.kind = match exporter.trim() {
-                "otlp" if matches!(self.kind, ExportKind::OtlpGrpc | ExportKind::OtlpHttp) => {
-                    self.kind
-                }
-                "otlp" => ExportKind::OtlpGrpc,
-                "console" => ExportKind::Stdout,
-                "none" => ExportKind::None,
-                other => {
-                    return Err(format!(
-                        "OTEL_TRACES_EXPORTER={other:?}: use otlp, console or none"
-                    ));
-                }
-            };
-        }
-        if !matches!(self.kind, ExportKind::OtlpGrpc | ExportKind::OtlpHttp) {
-            return Ok(());
-        }
-        if let Some(protocol) = var("PROTOCOL") {
-            self.kind = match protocol.trim() {
-                "grpc" => ExportKind::OtlpGrpc,
-                "http/protobuf" => ExportKind::OtlpHttp,
-                other => {
-                    return Err(format!(
-                        "OTEL_EXPORTER_OTLP_PROTOCOL={other:?} is not supported; use grpc or http/protobuf"
-                    ));
-                }
-            };
-        }
-        if let Some(endpoint) =
-            lookup("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").filter(|v| !v.trim().is_empty())
-        {
-            self.endpoint = Some(endpoint.trim().to_string());
-        } else if let Some(base) =
-            lookup("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|v| !v.trim().is_empty())
-        {
-            let base = base.trim().trim_end_matches('/');
-            self.endpoint = Some(match self.kind {
-                ExportKind::OtlpHttp => format!("{base}/v1/traces"),
-                _ => base.to_string(),
-            });
-        }
-        if let Some(headers) = var("HEADERS") {
-            for pair in headers.split(',').filter(|p| !p.trim().is_empty()) {
-                let (name, value) = pair.split_once('=').ok_or_else(|| {
-                    "OTEL_EXPORTER_OTLP_HEADERS: expected name=value pairs separated by commas"
-                        .to_string()
-                })?;
-                let value = crate::orders::percent_decode_lossy(value.trim()).into_owned();
-                self.headers.insert(name.trim().to_ascii_lowercase(), value);
-            }
-        }
-        if let Some(path) = var("CERTIFICATE") {
-            self.ca_file = Some(PathBuf::from(path));
-        }
-        if let Some(path) = var("CLIENT_CERTIFICATE") {
-            self.client_cert = Some(PathBuf::from(path));
-        }
-        if let Some(path) = var("CLIENT_KEY") {
-            self.client_key = Some(PathBuf::from(path));
-        }
-        if let Some(ms) = var("TIMEOUT") {
-            self.timeout_ms = ms
-                .trim()
-                .parse()
-                .map_err(|_| format!("OTEL_EXPORTER_OTLP_TIMEOUT={ms:?}: expected milliseconds"))?;
-        }
-        if let Some(insecure) = var("INSECURE") {
-            self.insecure = insecure.trim().eq_ignore_ascii_case("true");
-        }
-        self.validate()
     }
 }
 

@@ -131,11 +131,10 @@ impl ExportConfig {
         }
         self.apply_resource_env(env, usage, &mut warnings);
         if usage == ExportUse::Forwarding {
-            for name in env
-                .otlp_names()
-                .into_iter()
-                .chain(env.get("OTEL_TRACES_EXPORTER").map(|_| "OTEL_TRACES_EXPORTER".into()))
-            {
+            for name in env.otlp_names().into_iter().chain(
+                env.get("OTEL_TRACES_EXPORTER")
+                    .map(|_| "OTEL_TRACES_EXPORTER".into()),
+            ) {
                 warnings.push(format!(
                     "{name} is set but `tracer monitor` has no exporter of its own; it has no \
                      effect (spans go upstream with --forward-to)"

@@ -312,6 +312,8 @@ fn to_span(record: &SpanRecord) -> Span {
             SpanKind::Internal => span::SpanKind::Internal,
             SpanKind::Server => span::SpanKind::Server,
             SpanKind::Client => span::SpanKind::Client,
+            SpanKind::Producer => span::SpanKind::Producer,
+            SpanKind::Consumer => span::SpanKind::Consumer,
         } as i32,
         start_time_unix_nano: record.start_unix_nano,
         end_time_unix_nano: record.end_unix_nano,

@@ -1,14 +1,13 @@
-use std::collections::HashMap;
-
 use super::*;
 use crate::spans::{AttrValue, SpanKind, SpanStatus};
 
-fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-    let map: HashMap<String, String> = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    move |name| map.get(name).cloned()
+fn env(pairs: &[(&str, &str)]) -> OtelEnv {
+    OtelEnv::from_pairs(pairs.iter().copied())
+}
+
+/// The agent's reading of `pairs` over `config`: the warnings, or the error.
+fn agent_env(config: &mut ExportConfig, pairs: &[(&str, &str)]) -> Result<Vec<String>, String> {
+    config.apply_env(&env(pairs), None, ExportUse::Agent)
 }
 
 fn otlp(kind: ExportKind) -> ExportConfig {
@@ -80,8 +79,9 @@ fn plain_http_off_the_host_needs_insecure() {
 fn standard_variables_override_the_file() {
     let mut config = otlp(ExportKind::OtlpGrpc);
     config.headers.insert("x-file".into(), "1".into());
-    config
-        .apply_env(env(&[
+    agent_env(
+        &mut config,
+        &[
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
             (
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -93,8 +93,9 @@ fn standard_variables_override_the_file() {
             ),
             ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "2500"),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "1"),
-        ]))
-        .unwrap();
+        ],
+    )
+    .unwrap();
     assert_eq!(config.kind, ExportKind::OtlpHttp);
     assert_eq!(
         config.endpoint_url().unwrap(),
@@ -106,16 +107,18 @@ fn standard_variables_override_the_file() {
     assert_eq!(config.timeout_ms, 2500, "the traces-specific variable wins");
 
     let mut config = otlp(ExportKind::OtlpHttp);
-    config
-        .apply_env(env(&[
+    agent_env(
+        &mut config,
+        &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://ignored.example"),
             (
                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
                 "https://c.example/custom",
             ),
             ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/ca.pem"),
-        ]))
-        .unwrap();
+        ],
+    )
+    .unwrap();
     assert_eq!(config.endpoint_url().unwrap(), "https://c.example/custom");
     assert_eq!(
         config.ca_file.as_deref(),
@@ -124,24 +127,232 @@ fn standard_variables_override_the_file() {
 }
 
 #[test]
-fn exporter_selection_and_bad_variables() {
+fn an_endpoint_alone_switches_stdout_to_otlp_grpc() {
     let mut config = ExportConfig::default();
-    config
-        .apply_env(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x:1")]))
-        .unwrap();
+    assert_eq!(config.kind, ExportKind::Stdout);
+    let warnings = agent_env(
+        &mut config,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4317")],
+    )
+    .unwrap();
+    assert_eq!(config.kind, ExportKind::OtlpGrpc);
+    assert_eq!(config.endpoint_url().unwrap(), "http://localhost:4317");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    // The traces-specific endpoint does the same; the protocol variable picks HTTP.
+    let mut config = ExportConfig::default();
+    agent_env(
+        &mut config,
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://127.0.0.1:4318/v1/traces",
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.kind, ExportKind::OtlpHttp);
+    // A file that says HTTP keeps HTTP when only the endpoint is set.
+    let mut config = otlp(ExportKind::OtlpHttp);
+    agent_env(
+        &mut config,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318")],
+    )
+    .unwrap();
+    assert_eq!(
+        config.endpoint_url().unwrap(),
+        "http://localhost:4318/v1/traces"
+    );
+}
+
+#[test]
+fn traces_exporter_and_the_flag_win_over_the_endpoint_with_a_warning() {
+    let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4317");
+    let mut config = ExportConfig::default();
+    let warnings = agent_env(
+        &mut config,
+        &[endpoint, ("OTEL_TRACES_EXPORTER", "console")],
+    )
+    .unwrap();
+    assert_eq!(config.kind, ExportKind::Stdout);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("OTEL_EXPORTER_OTLP_ENDPOINT is set") && w.contains("stdout")),
+        "{warnings:?}"
+    );
+    let mut config = ExportConfig::default();
+    agent_env(&mut config, &[("OTEL_TRACES_EXPORTER", "otlp")]).unwrap();
     assert_eq!(
         config.kind,
-        ExportKind::Stdout,
-        "endpoint variables alone do not turn stdout into OTLP"
+        ExportKind::OtlpGrpc,
+        "otlp means gRPC by default"
     );
-    config
-        .apply_env(env(&[("OTEL_TRACES_EXPORTER", "otlp")]))
-        .unwrap();
-    assert_eq!(config.kind, ExportKind::OtlpGrpc);
-    config
-        .apply_env(env(&[("OTEL_TRACES_EXPORTER", "none")]))
+    let mut config = otlp(ExportKind::OtlpGrpc);
+    agent_env(&mut config, &[("OTEL_TRACES_EXPORTER", "none")]).unwrap();
+    assert_eq!(config.kind, ExportKind::None);
+    // --export beats both variables; each one it overrides is named.
+    let mut config = ExportConfig::default();
+    let warnings = config
+        .apply_env(
+            &env(&[endpoint, ("OTEL_TRACES_EXPORTER", "otlp")]),
+            Some(ExportKind::None),
+            ExportUse::Agent,
+        )
         .unwrap();
     assert_eq!(config.kind, ExportKind::None);
+    for name in ["OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT"] {
+        assert!(
+            warnings.iter().any(|w| w.starts_with(name)),
+            "{name}: {warnings:?}"
+        );
+    }
+    let mut config = ExportConfig::default();
+    let warnings = config
+        .apply_env(
+            &env(&[endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]),
+            Some(ExportKind::OtlpGrpc),
+            ExportUse::Agent,
+        )
+        .unwrap();
+    assert_eq!(config.kind, ExportKind::OtlpGrpc);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("OTEL_EXPORTER_OTLP_PROTOCOL")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn variables_without_effect_are_named() {
+    let mut config = otlp(ExportKind::OtlpGrpc);
+    let warnings = agent_env(
+        &mut config,
+        &[
+            ("OTEL_METRICS_EXPORTER", "prometheus"),
+            ("OTEL_TRACES_SAMPLER", "always_on"),
+            ("OTEL_SERVICE_NAME", "tracer"),
+            ("NOT_OTEL", "x"),
+        ],
+    )
+    .unwrap();
+    for name in [
+        "OTEL_METRICS_EXPORTER",
+        "OTEL_TRACES_SAMPLER",
+        "OTEL_SERVICE_NAME",
+    ] {
+        assert!(
+            warnings.iter().any(|w| w.starts_with(name)),
+            "{name}: {warnings:?}"
+        );
+    }
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    assert_eq!(
+        config.service_name, None,
+        "the agent has no spans of its own to name"
+    );
+    // The central monitor has no exporter: the OTLP variables do nothing there.
+    let mut config = ExportConfig::default();
+    let warnings = config
+        .apply_env(
+            &env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4317")]),
+            None,
+            ExportUse::Forwarding,
+        )
+        .unwrap();
+    assert!(warnings[0].contains("--forward-to"), "{warnings:?}");
+    assert_eq!(config.kind, ExportKind::Stdout);
+}
+
+#[test]
+fn service_name_and_resource_attributes_join_every_resource() {
+    let mut config = ExportConfig::default();
+    config
+        .resource_attributes
+        .insert("team".into(), "file".into());
+    let warnings = config
+        .apply_env(
+            &env(&[
+                ("OTEL_SERVICE_NAME", "shop-order-lifecycle"),
+                (
+                    "OTEL_RESOURCE_ATTRIBUTES",
+                    "deployment.environment=prod, team=ops%20east,service.name=ignored,host.name=h",
+                ),
+            ]),
+            None,
+            ExportUse::AllInOne,
+        )
+        .unwrap();
+    assert_eq!(
+        config.service_name.as_deref(),
+        Some("shop-order-lifecycle"),
+        "OTEL_SERVICE_NAME wins"
+    );
+    assert_eq!(config.resource_attributes["deployment.environment"], "prod");
+    assert_eq!(
+        config.resource_attributes["team"], "ops east",
+        "the variable wins over the file"
+    );
+    assert!(!config.resource_attributes.contains_key("host.name"));
+    assert!(
+        warnings.iter().any(|w| w.contains("sets host.name")),
+        "{warnings:?}"
+    );
+    // service.name from the attributes names the tracer's own spans when OTEL_SERVICE_NAME is absent.
+    let mut config = ExportConfig::default();
+    config
+        .apply_env(
+            &env(&[("OTEL_RESOURCE_ATTRIBUTES", "service.name=own")]),
+            None,
+            ExportUse::Forwarding,
+        )
+        .unwrap();
+    assert_eq!(config.service_name.as_deref(), Some("own"));
+    // A malformed value is dropped whole, with a warning.
+    let mut config = ExportConfig::default();
+    let warnings = agent_env(&mut config, &[("OTEL_RESOURCE_ATTRIBUTES", "a=1,broken")]).unwrap();
+    assert!(config.resource_attributes.is_empty());
+    assert!(
+        warnings[0].starts_with("OTEL_RESOURCE_ATTRIBUTES is not used"),
+        "{warnings:?}"
+    );
+}
+
+/// A writer the test keeps reading after the exporter took its clone.
+#[derive(Clone, Default)]
+struct SharedBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedBuf {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_exporter_adds_resource_attributes_without_replacing_the_spans_own() {
+    let out = SharedBuf::default();
+    let mut config = ExportConfig::default();
+    config
+        .resource_attributes
+        .insert("deployment.environment".into(), "prod".into());
+    config
+        .resource_attributes
+        .insert("service.name".into(), "never".into());
+    let exporter = Exporter::start_lines(&config, Box::new(out.clone()));
+    exporter.handle().submit(record("a", "1"));
+    exporter.shutdown(Duration::from_secs(5)).await;
+    let line: serde_json::Value = serde_json::from_slice(&out.0.lock().unwrap()).unwrap();
+    assert_eq!(line["resource"]["deployment.environment"], "prod");
+    assert_eq!(line["resource"]["service.name"], "a");
+}
+
+#[test]
+fn bad_variables_are_errors_that_name_them() {
     for (pairs, expected) in [
         (
             vec![("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")],
@@ -161,9 +372,7 @@ fn exporter_selection_and_bad_variables() {
             "insecure",
         ),
     ] {
-        let err = otlp(ExportKind::OtlpGrpc)
-            .apply_env(env(&pairs))
-            .unwrap_err();
+        let err = agent_env(&mut otlp(ExportKind::OtlpGrpc), &pairs).unwrap_err();
         assert!(err.contains(expected), "{expected:?} in {err}");
     }
 }

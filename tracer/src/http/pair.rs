@@ -320,9 +320,9 @@ mod tests {
     fn http(records: Vec<Record>) -> Vec<Exchange> {
         records
             .into_iter()
-            .map(|r| {
-                let Record::Http(e) = r;
-                e
+            .map(|r| match r {
+                Record::Http(e) => e,
+                other => panic!("not an HTTP record: {other:?}"),
             })
             .collect()
     }

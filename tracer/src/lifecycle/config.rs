@@ -17,13 +17,21 @@ pub struct StatusConfig {
     pub stuck_after_secs: Option<f64>,
 }
 
-/// A hand-over between two services through something the tracer cannot see (a queue): the
-/// sender's client span must be followed by the receiver's server span within `limit_secs`.
+/// A hand-over between two services through something the tracer cannot see (a broker): the
+/// sender's successful client or producer span (or the order reaching a status) must be
+/// followed by the receiver's span within `limit_secs`. A receiver's consumer span that was
+/// never acknowledged (the consumer took the message and never handled it) counts as lost.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TransitConfig {
-    /// `order.rule` of the sender's successful client span (e.g. `queue.publish_priced`).
-    pub from_rule: String,
+    /// `order.rule` of the sender's successful client or producer span (e.g.
+    /// `queue.publish_priced`).
+    #[serde(default)]
+    pub from_rule: Option<String>,
+    /// Or: the status whose reaching starts the hand-over (e.g. `SHIPPED`: the CRM must hear
+    /// of the shipment, whatever carries it). Exactly one of `from_rule` and `from_status`.
+    #[serde(default)]
+    pub from_status: Option<String>,
     /// `order.rule` of the receiver's span (e.g. `crm.receive_deal`).
     pub to_rule: String,
     /// The status the order cannot reach when the hand-over is lost.
@@ -85,14 +93,16 @@ impl Default for LifecycleConfig {
             ],
             transits: vec![
                 TransitConfig {
-                    from_rule: "queue.publish_priced".into(),
+                    from_rule: Some("queue.publish_priced".into()),
+                    from_status: None,
                     to_rule: "crm.receive_deal".into(),
                     step: "MANUFACTURING_APPROVED".into(),
                     service: "crm-api".into(),
                     limit_secs: 15.0 * 60.0,
                 },
                 TransitConfig {
-                    from_rule: "queue.publish_work_order".into(),
+                    from_rule: Some("queue.publish_work_order".into()),
+                    from_status: None,
                     to_rule: "mes.receive_work_order".into(),
                     step: "MANUFACTURING_STARTED".into(),
                     service: "mes-api".into(),
@@ -132,16 +142,33 @@ impl LifecycleConfig {
             }
         }
         for transit in &self.transits {
+            let from = match (&transit.from_rule, &transit.from_status) {
+                (Some(rule), None) => rule,
+                (None, Some(status)) => {
+                    if self.index_of(status).is_none() {
+                        return Err(format!(
+                            "[lifecycle] transit → {}: from_status {status} is not one of the statuses",
+                            transit.to_rule
+                        ));
+                    }
+                    status
+                }
+                _ => {
+                    return Err(format!(
+                        "[lifecycle] transit → {}: give exactly one of from_rule and from_status",
+                        transit.to_rule
+                    ));
+                }
+            };
             if self.index_of(&transit.step).is_none() {
                 return Err(format!(
-                    "[lifecycle] transit {} → {}: step {} is not one of the statuses",
-                    transit.from_rule, transit.to_rule, transit.step
+                    "[lifecycle] transit {from} → {}: step {} is not one of the statuses",
+                    transit.to_rule, transit.step
                 ));
             }
-            if transit.from_rule == transit.to_rule {
+            if transit.from_rule.as_ref() == Some(&transit.to_rule) {
                 return Err(format!(
-                    "[lifecycle] transit {}: from_rule and to_rule must differ",
-                    transit.from_rule
+                    "[lifecycle] transit {from}: from_rule and to_rule must differ"
                 ));
             }
             positive("transits.limit_secs", transit.limit_secs)?;
@@ -207,5 +234,12 @@ mod tests {
         let mut config = LifecycleConfig::default();
         config.statuses.push(config.statuses[0].clone());
         assert!(config.validate().unwrap_err().contains("twice"));
+        let mut config = LifecycleConfig::default();
+        config.transits[0].from_status = Some("SHIPPED".into());
+        assert!(config.validate().unwrap_err().contains("exactly one"));
+        config.transits[0].from_rule = None;
+        config.validate().unwrap();
+        config.transits[0].from_status = Some("NOPE".into());
+        assert!(config.validate().unwrap_err().contains("NOPE"));
     }
 }

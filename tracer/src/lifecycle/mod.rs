@@ -34,7 +34,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::spans::{AttrValue, SpanKind, SpanRecord, SpanStatus};
+use crate::spans::{AttrValue, Attributes, SpanKind, SpanRecord, SpanStatus};
 
 pub use changes::Changes;
 use config::secs_to_ns;
@@ -146,6 +146,61 @@ pub struct LifecycleCounters {
     pub orders_evicted: u64,
 }
 
+/// The span attributes the lifecycle reads ([`SpanView`]; keep the two in step); a span is cut to these (and the
+/// resource's `service.name`) as it comes in, so nothing else reaches the store's inbox.
+const READ_ATTRIBUTES: [&str; 11] = [
+    "messaging.system",
+    "order.id",
+    "order.owner",
+    "order.rule",
+    "order.status",
+    "order.step",
+    "order.observed_status",
+    "order.lookup",
+    "order.key",
+    "http.response.status_code",
+    "error.type",
+];
+/// Longest attribute value kept (statuses, rule and service names, hashes); longer ones are
+/// dropped, not cut, so that two values never become one.
+const MAX_VALUE_LEN: usize = 256;
+
+/// `span` as the lifecycle keeps it: ids, kind, times, status, the attributes it reads
+/// within the agent's limits (order ids as the agent would accept them); `None` when no
+/// usable order id is left.
+pub fn minimal(span: SpanRecord) -> Option<SpanRecord> {
+    let fits = |value: &AttrValue| !matches!(value, AttrValue::Str(s) if s.len() > MAX_VALUE_LEN);
+    let mut attributes: Attributes = span
+        .attributes
+        .into_iter()
+        .filter(|(key, value)| READ_ATTRIBUTES.contains(&key.as_ref()) && fits(value))
+        .collect();
+    let order_id = match attributes.get("order.id") {
+        Some(AttrValue::Str(raw)) => crate::orders::clean_order_id(raw)?,
+        _ => return None,
+    };
+    attributes.insert("order.id".into(), AttrValue::Str(order_id));
+    let resource = span
+        .resource
+        .into_iter()
+        .filter(|(key, value)| *key == "service.name" && fits(value))
+        .collect();
+    Some(SpanRecord {
+        trace_id: span.trace_id,
+        span_id: span.span_id,
+        parent_span_id: span.parent_span_id,
+        links: Vec::new(),
+        name: String::new(),
+        kind: span.kind,
+        start_unix_nano: span.start_unix_nano,
+        end_unix_nano: span.end_unix_nano,
+        status: span.status,
+        resource,
+        attributes,
+        events: Vec::new(),
+    })
+}
+
 /// The fields of an exchange span the lifecycle reads.
 struct SpanView<'a> {
     order_id: &'a str,
@@ -160,6 +215,8 @@ struct SpanView<'a> {
     failed: bool,
     succeeded: bool,
     gave_up: bool,
+    /// A consumer span of a message never acknowledged: delivered, never handled.
+    unsettled: bool,
     start: u64,
     end: u64,
     span_id: String,
@@ -188,6 +245,8 @@ impl<'a> SpanView<'a> {
         let failed = error_type.is_some()
             || span.status == SpanStatus::Error
             || code.is_some_and(|c| c >= 400);
+        // A message span has no status code: settled as wanted is success.
+        let message = str_attr(span, "messaging.system").is_some();
         Some(Self {
             order_id,
             owner: str_attr(span, "order.owner").unwrap_or(service),
@@ -199,8 +258,10 @@ impl<'a> SpanView<'a> {
             lookup_found: str_attr(span, "order.lookup").map(|l| l == "found"),
             key: str_attr(span, "order.key"),
             failed,
-            succeeded: !failed && code.is_some_and(|c| (200..400).contains(&c)),
+            succeeded: !failed && (message || code.is_some_and(|c| (200..400).contains(&c))),
             gave_up: matches!(error_type, Some("timeout" | "reset" | "no_response")),
+            unsettled: span.kind == SpanKind::Consumer
+                && matches!(error_type, Some("timeout" | "reset" | "channel_closed")),
             start: span.start_unix_nano,
             end: span.end_unix_nano.max(span.start_unix_nano),
             span_id: hex::encode(span.span_id),
@@ -307,9 +368,14 @@ impl Lifecycle {
         out
     }
 
-    /// Takes a span in; it is applied by a later `tick` once the reorder window has passed.
+    /// Takes a span in, cut to what the lifecycle reads ([`minimal`]); it is applied by a later
+    /// `tick` once the reorder window has passed.
     pub fn ingest(&mut self, span: SpanRecord, now: u64) -> Vec<Event> {
         let mut out = Vec::new();
+        let Some(span) = minimal(span) else {
+            self.counters.spans_without_order += 1;
+            return out;
+        };
         self.make_room(&mut out);
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -506,7 +572,7 @@ impl Lifecycle {
             if let Some(step) = view.step {
                 order.pending_failures.retain(|f| f.step != step);
             }
-        } else if view.failed {
+        } else if view.failed && !view.unsettled {
             note_failure(config, order, &view);
         }
         apply_transits(config, order, &view, out);
@@ -704,15 +770,29 @@ fn apply_transits(
             order
                 .pending_transits
                 .retain(|t| t.to_rule != transit.to_rule);
+            if view.unsettled {
+                // Delivered, never acknowledged: lost between the broker and the receiver.
+                let reached = order
+                    .status_index(config)
+                    .is_some_and(|c| config.index_of(&transit.step).is_some_and(|s| c >= s));
+                if !reached {
+                    order.raise(
+                        DetectionKind::LostInTransit,
+                        &transit.step,
+                        &transit.service,
+                        view.end,
+                        out,
+                    );
+                }
+                continue;
+            }
             order.resolve_where(view.end, out, |d| {
                 d.kind == DetectionKind::LostInTransit && d.step == transit.step
             });
             if !order.received_rules.contains(&transit.to_rule) {
                 order.received_rules.push(transit.to_rule.clone());
             }
-        } else if view.rule == transit.from_rule
-            && view.kind == SpanKind::Client
-            && view.succeeded
+        } else if starts(transit, view)
             && !order.received_rules.contains(&transit.to_rule)
             && !order
                 .pending_transits
@@ -729,5 +809,20 @@ fn apply_transits(
                 deadline: view.end.saturating_add(secs_to_ns(transit.limit_secs)),
             });
         }
+    }
+}
+
+/// Whether a span starts a hand-over: the sender's successful call or publish, or the status
+/// the hand-over follows.
+fn starts(transit: &TransitConfig, view: &SpanView<'_>) -> bool {
+    if !view.succeeded {
+        return false;
+    }
+    match (&transit.from_rule, &transit.from_status) {
+        (Some(rule), _) => {
+            view.rule == rule && matches!(view.kind, SpanKind::Client | SpanKind::Producer)
+        }
+        (None, Some(status)) => view.status == Some(status.as_str()),
+        (None, None) => false,
     }
 }

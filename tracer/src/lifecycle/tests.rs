@@ -342,3 +342,70 @@ fn spans_delivered_again_after_the_order_moved_on_change_nothing() {
         assert_eq!(lifecycle.order("SO-D").unwrap(), &before, "fault {fault:?}");
     }
 }
+
+#[test]
+fn spans_come_in_cut_to_what_the_lifecycle_reads() {
+    let mut span = Span::server("SO-1", "shop-api", "shop.create", T0)
+        .reached("INITIATED")
+        .attr("http.request.header.cookie", "secret")
+        .attr("order.rule", &"r".repeat(1000))
+        .at(0.0, 0.1);
+    span.name = "POST /orders?email=secret".into();
+    span.resource
+        .insert("host.name".into(), AttrValue::Str("secret".into()));
+    let cut = minimal(span.clone()).unwrap();
+    assert!(cut.name.is_empty() && cut.events.is_empty() && cut.links.is_empty());
+    assert_eq!(cut.resource.keys().collect::<Vec<_>>(), ["service.name"]);
+    assert!(!cut.attributes.contains_key("http.request.header.cookie"));
+    assert!(
+        !cut.attributes.contains_key("order.rule"),
+        "over-long values go"
+    );
+    assert_eq!(
+        cut.attributes["order.status"],
+        span.attributes["order.status"]
+    );
+    assert_eq!(minimal(cut.clone()), Some(cut), "idempotent");
+    for bad in ["", " ", &"X".repeat(20_000)] {
+        let mut span = span.clone();
+        span.attributes
+            .insert("order.id".into(), AttrValue::Str(bad.to_string()));
+        assert_eq!(minimal(span), None, "{bad:.20}");
+    }
+    let mut lifecycle = Lifecycle::new(test_config());
+    let mut without = span.clone();
+    without.attributes.remove("order.id");
+    lifecycle.ingest(without, T0);
+    assert_eq!(lifecycle.buffered_spans(), 0);
+    assert_eq!(lifecycle.counters().spans_without_order, 1);
+}
+
+#[test]
+fn a_transit_may_start_from_a_status_reached() {
+    let mut config = test_config();
+    config.transits.push(TransitConfig {
+        from_rule: None,
+        from_status: Some("SHIPPED".into()),
+        to_rule: "crm.carrier_webhook".into(),
+        step: "CLOSED".into(),
+        service: "crm-api".into(),
+        limit_secs: 3.0,
+    });
+    let mut lifecycle = Lifecycle::new(config);
+    let spans = walk("SO-9", Some("carrier_webhook_lost"), T0);
+    let mut now = T0;
+    let mut events = Vec::new();
+    for span in spans {
+        now = now.max(span.end_unix_nano);
+        events.extend(lifecycle.ingest(span, now));
+    }
+    // The hand-over's limit (3 s after SHIPPED at 7.5 s) passes before the stuck limit.
+    for _ in 0..30 {
+        now += S / 4;
+        events.extend(lifecycle.tick(now));
+    }
+    assert_eq!(
+        detections_of(&lifecycle, "SO-9"),
+        one("lost_in_transit", "CLOSED", "crm-api")
+    );
+}

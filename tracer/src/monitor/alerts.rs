@@ -68,11 +68,18 @@ pub trait AlertTarget: Send + Sync + 'static {
     fn deliver<'a>(&'a self, alerts: &'a [Detection]) -> Delivery<'a>;
 }
 
-/// The targets `[api]` configures, in a fixed order.
-pub fn targets(api: &crate::api::ApiConfig) -> Vec<Box<dyn AlertTarget>> {
+/// The targets `[api]` configures, in a fixed order. `open` are the detections open now.
+pub fn targets(api: &crate::api::ApiConfig, open: Vec<Detection>) -> Vec<Box<dyn AlertTarget>> {
     let mut targets: Vec<Box<dyn AlertTarget>> = Vec::new();
     if let Some(url) = &api.alert_webhook {
         targets.push(Box::new(Webhook::new(url)));
+    }
+    if let Some(url) = &api.alertmanager_url {
+        targets.push(Box::new(super::alertmanager::Alertmanager::new(
+            url,
+            api.jaeger_url.as_deref(),
+            open,
+        )));
     }
     targets
 }
@@ -299,7 +306,7 @@ fn jittered(backoff: Duration) -> Duration {
     backoff.mul_f64(rand::random_range(0.8..1.2))
 }
 
-fn alert_name(detection: &Detection) -> String {
+pub(super) fn alert_name(detection: &Detection) -> String {
     let mut name = String::from("Order");
     for word in detection.kind.as_str().split('_') {
         let mut chars = word.chars();
@@ -309,6 +316,17 @@ fn alert_name(detection: &Detection) -> String {
         }
     }
     name
+}
+
+/// What a person reads first about the detection.
+pub(super) fn summary(detection: &Detection) -> String {
+    format!(
+        "order {} {}: did not reach {} ({})",
+        detection.order_id,
+        detection.kind.as_str(),
+        detection.step,
+        detection.service
+    )
 }
 
 /// The webhook body, shaped as Alertmanager's so existing receivers take it.
@@ -323,15 +341,7 @@ pub fn payload(detection: &Detection) -> Value {
         "detection_id": detection.id,
         "severity": if detection.kind.blocks() { "warning" } else { "info" },
     });
-    let annotations = json!({
-        "summary": format!(
-            "order {} {}: did not reach {} ({})",
-            detection.order_id,
-            detection.kind.as_str(),
-            detection.step,
-            detection.service
-        ),
-    });
+    let annotations = json!({ "summary": summary(detection) });
     let rfc = crate::clock::rfc3339;
     json!({
         "version": "4",

@@ -7,6 +7,7 @@
 //! raises a detection twice nor loses its alert; a failed save is retried with everything it
 //! held.
 
+pub mod alertmanager;
 pub mod alerts;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -115,6 +116,7 @@ impl Monitor {
         }
         let path = &config.store.path;
         let writer = Store::open(path)?;
+        writer.set_audit_retention(config.store.audit_retention_ns())?;
         let reader = Store::open(path)?;
         let orders = writer.load_active()?;
         let resumed = orders.len();
@@ -123,9 +125,13 @@ impl Monitor {
         let requeued = inbox.len();
         let resumed_events = lifecycle.resume_inbox(inbox);
         let metrics = settings.metrics;
+        let open = lifecycle
+            .orders()
+            .flat_map(|o| o.open_detections().cloned())
+            .collect();
         let outbox = Outbox::start(
             Store::open(path)?,
-            alerts::targets(&config.api),
+            alerts::targets(&config.api, open),
             metrics.clone(),
         )?;
         tracing::info!(
@@ -134,6 +140,15 @@ impl Monitor {
             requeued,
             alert_targets = ?outbox.targets(),
             "lifecycle monitor started"
+        );
+        let lifecycle_config = lifecycle.config();
+        metrics.know_services(
+            lifecycle_config
+                .statuses
+                .iter()
+                .map(|s| s.service.as_str())
+                .chain(lifecycle_config.transits.iter().map(|t| t.service.as_str()))
+                .chain(config.services.iter().map(|s| s.name.as_str())),
         );
         metrics.refresh(&lifecycle);
         let (tx, rx) = std::sync::mpsc::sync_channel(SPAN_QUEUE);
@@ -148,6 +163,7 @@ impl Monitor {
             outbox,
             root_spans: settings.root_spans,
             retention_ns: config.store.retention_ns(),
+            audit_retention_ns: config.store.audit_retention_ns(),
             purge_every: Duration::from_secs_f64(config.store.purge_interval_secs),
         };
         let core_stop = stop.clone();
@@ -168,6 +184,7 @@ impl Monitor {
             audit,
             metrics: metrics.clone(),
             config: config.api.clone(),
+            statuses: config.lifecycle.statuses.clone(),
         });
         Ok(Self {
             sink: SpanSink {
@@ -244,6 +261,7 @@ struct Core {
     outbox: Outbox,
     root_spans: Option<RootSpanOut>,
     retention_ns: u64,
+    audit_retention_ns: u64,
     purge_every: Duration,
 }
 
@@ -353,8 +371,10 @@ impl Core {
     }
 
     fn purge(&mut self) {
-        let cutoff = crate::clock::unix_now().saturating_sub(self.retention_ns);
-        match self.store.purge(cutoff) {
+        let now = crate::clock::unix_now();
+        let cutoff = now.saturating_sub(self.retention_ns);
+        let audit_cutoff = now.saturating_sub(self.audit_retention_ns);
+        match self.store.purge(cutoff, audit_cutoff) {
             Ok(0) => {}
             Ok(rows) => tracing::info!(rows, "purged records older than the retention"),
             Err(err) => {

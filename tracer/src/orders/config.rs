@@ -1,5 +1,5 @@
-//! The `[[service]]` / `[[service.rule]]` sections: which exchange means which order and
-//! status. Deserialised as written, then compiled by [`super::RuleSet::compile`].
+//! The `[[service]]` / `[[service.rule]]` sections: which exchange or message means which
+//! order and status. Deserialised as written, then compiled by [`super::RuleSet::compile`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -34,24 +34,51 @@ pub enum Unmatched {
     Span,
 }
 
-/// One rule: a request shape and where its order id and status are.
+/// Which protocol a rule matches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Http,
+    /// AMQP 0-9-1 (RabbitMQ): publishes and deliveries.
+    Amqp,
+}
+
+/// One rule: a request (or message) shape and where its order id and status are.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     /// Unique across the whole config; the monitor refers to rules by it (`order.rule`).
     pub name: String,
-    /// HTTP method, upper case (`GET`, `POST`, …).
-    pub method: String,
-    /// Path template: `{name}` is one segment, a final `*` the rest of the path.
-    pub path: String,
-    /// Only requests whose `Host` header is this (`host` or `host:port`).
+    /// `http` (default) or `amqp`.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// HTTP: the method, upper case (`GET`, `POST`, …).
+    #[serde(default)]
+    pub method: Option<String>,
+    /// HTTP: path template: `{name}` is one segment, a final `*` the rest of the path.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// AMQP: exchange name template (`.`-separated segments, `{name}` one segment, a final
+    /// `*` the rest; `""` is the default exchange).
+    #[serde(default)]
+    pub exchange: Option<String>,
+    /// AMQP: routing key template, as `exchange`.
+    #[serde(default)]
+    pub routing_key: Option<String>,
+    /// AMQP: the queue a delivery came from, as `exchange` (known when the consume was seen).
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// HTTP: only requests whose `Host` header is this (`host` or `host:port`).
     #[serde(default)]
     pub host: Option<String>,
-    /// Only requests that carry this header (and value, when given).
+    /// Only requests (HTTP) or messages (AMQP `headers` table) that carry this header (and
+    /// value, when given).
     #[serde(default)]
     pub header: Option<HeaderMatch>,
-    /// Which side's exchanges the rule applies to: `server` (the owning service answered),
-    /// `client` (a traced process called the owning service), or `both` (default).
+    /// Which side's records the rule applies to: `server` (the owning service answered the
+    /// request, or consumed the message), `client` (a traced process called the owning
+    /// service, or published to it), or `both` (default).
     #[serde(default)]
     pub side: Side,
     #[serde(default)]
@@ -118,6 +145,12 @@ pub enum IdSource {
     RequestJson { path: String },
     #[serde(rename = "response.json")]
     ResponseJson { path: String },
+    /// AMQP: a message property (`message-id`, `correlation-id`, `type`, `app-id`, …).
+    #[serde(rename = "property")]
+    Property { name: String },
+    /// AMQP: a field of the message's JSON body.
+    #[serde(rename = "body.json")]
+    BodyJson { path: String },
 }
 
 /// Which JSON body a field is read from.
@@ -127,6 +160,9 @@ pub enum Body {
     Request,
     #[serde(rename = "response.json")]
     Response,
+    /// AMQP: the message body.
+    #[serde(rename = "body.json")]
+    Message,
 }
 
 /// A fixed canonical status (`"SUBMITTED"`), or a JSON field mapped to canonical names.
@@ -181,31 +217,12 @@ impl RuleConfig {
         if self.name.trim().is_empty() {
             return Err("empty rule name; give every rule a unique name = \"…\"".into());
         }
-        if self.method.is_empty() || !self.method.bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(format!(
-                "method {:?} must be an upper-case HTTP method such as \"POST\"",
-                self.method
-            ));
+        match self.protocol {
+            Protocol::Http => self.validate_http()?,
+            Protocol::Amqp => self.validate_amqp()?,
         }
-        let template = super::template::Template::parse(&self.path)?;
         if self.order_id.is_empty() {
             return Err("order_id needs at least one source".into());
-        }
-        for source in &self.order_id {
-            match source {
-                IdSource::Path { param } if template.param_index(param).is_none() => {
-                    return Err(format!(
-                        "order_id takes path parameter {{{param}}}, which the template {:?} lacks",
-                        self.path
-                    ));
-                }
-                IdSource::RequestJson { path } | IdSource::ResponseJson { path }
-                    if path.is_empty() =>
-                {
-                    return Err("order_id: empty JSON path".into());
-                }
-                _ => {}
-            }
         }
         for (what, source) in [("step", &self.step), ("status", &self.status)] {
             match source {
@@ -236,6 +253,102 @@ impl RuleConfig {
             return Err("key.fields must list non-empty JSON paths".into());
         }
         Ok(())
+    }
+
+    fn validate_http(&self) -> Result<(), String> {
+        let method = self.method.as_deref().unwrap_or_default();
+        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(format!(
+                "method {method:?} must be an upper-case HTTP method such as \"POST\""
+            ));
+        }
+        let path = self
+            .path
+            .as_deref()
+            .ok_or("an HTTP rule needs path = \"/…\" (or protocol = \"amqp\")")?;
+        let template = super::template::Template::parse(path)?;
+        if self.exchange.is_some() || self.routing_key.is_some() || self.queue.is_some() {
+            return Err("exchange, routing_key and queue are for protocol = \"amqp\" rules".into());
+        }
+        for source in &self.order_id {
+            match source {
+                IdSource::Path { param } if template.param_index(param).is_none() => {
+                    return Err(format!(
+                        "order_id takes path parameter {{{param}}}, which the template {path:?} lacks"
+                    ));
+                }
+                IdSource::RequestJson { path } | IdSource::ResponseJson { path }
+                    if path.is_empty() =>
+                {
+                    return Err("order_id: empty JSON path".into());
+                }
+                IdSource::Property { .. } | IdSource::BodyJson { .. } => {
+                    return Err("order_id from \"property\" or \"body.json\" is for protocol = \"amqp\" rules; use request.json or response.json".into());
+                }
+                _ => {}
+            }
+        }
+        if self.bodies_used().any(|b| b == Body::Message) {
+            return Err(
+                "\"body.json\" is for protocol = \"amqp\" rules; use request.json or response.json"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    fn validate_amqp(&self) -> Result<(), String> {
+        if self.method.is_some() || self.path.is_some() || self.host.is_some() {
+            return Err("method, path and host are for HTTP rules; an amqp rule matches exchange, routing_key or queue".into());
+        }
+        let templates = [&self.exchange, &self.routing_key, &self.queue];
+        if templates.iter().all(|t| t.is_none()) {
+            return Err("an amqp rule needs exchange, routing_key or queue".into());
+        }
+        for template in templates.into_iter().flatten() {
+            super::template::Template::parse_name(template)?;
+        }
+        if self.kind == RuleKind::Lookup {
+            return Err("kind = \"lookup\" is for HTTP rules (a message answers no lookup)".into());
+        }
+        for source in &self.order_id {
+            match source {
+                IdSource::Property { name } if !crate::amqp::method::is_text_property(name) => {
+                    return Err(format!(
+                        "order_id: {name:?} is not a text property of a message; use message-id, correlation-id, type, app-id, user-id or reply-to"
+                    ));
+                }
+                IdSource::BodyJson { path } if path.is_empty() => {
+                    return Err("order_id: empty JSON path".into());
+                }
+                IdSource::Path { .. }
+                | IdSource::Query { .. }
+                | IdSource::RequestJson { .. }
+                | IdSource::ResponseJson { .. } => {
+                    return Err("an amqp rule takes order_id from \"header\", \"property\" or \"body.json\"".into());
+                }
+                _ => {}
+            }
+        }
+        if self.bodies_used().any(|b| b != Body::Message) {
+            return Err("an amqp rule reads the message body: use from = \"body.json\"".into());
+        }
+        Ok(())
+    }
+
+    /// The bodies the rule's status, step and key read.
+    fn bodies_used(&self) -> impl Iterator<Item = Body> + '_ {
+        let field = |s: &Option<StatusSource>| match s {
+            Some(StatusSource::Field(f)) => Some(f.from),
+            _ => None,
+        };
+        [
+            field(&self.step),
+            field(&self.status),
+            self.key.as_ref().map(|k| k.from),
+        ]
+        .into_iter()
+        .flatten()
     }
 }
 

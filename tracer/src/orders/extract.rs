@@ -42,7 +42,7 @@ pub(super) fn percent_decode(text: &str) -> Option<Cow<'_, str>> {
 }
 
 /// An order id as found, if it looks like one: non-empty, bounded, printable, no spaces.
-pub(super) fn clean_order_id(raw: &str) -> Option<String> {
+pub fn clean_order_id(raw: &str) -> Option<String> {
     let id = raw.trim();
     let printable = |c: char| !c.is_control() && !c.is_whitespace();
     let plausible = !id.is_empty()

@@ -1,5 +1,6 @@
-//! Path templates (`/api/v1/orders/{order_id}/submit`, `/static/*`), compiled once at load so
-//! matching an exchange is a walk over pre-split segments with no allocation.
+//! Path templates (`/api/v1/orders/{order_id}/submit`, `/static/*`) and AMQP name templates
+//! (`priced.{region}`, `mes.work-orders.*`), compiled once at load so matching a record is a
+//! walk over pre-split segments with no allocation.
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Segment {
@@ -13,6 +14,8 @@ enum Segment {
 pub struct Template {
     segments: Vec<Segment>,
     tail: bool,
+    /// `/` for paths (which start with one), `.` for AMQP names.
+    separator: char,
 }
 
 /// The parameters one match captured, as (name index, raw segment) pairs.
@@ -82,12 +85,22 @@ impl Template {
         let rest = template.strip_prefix('/').ok_or_else(|| {
             format!("path template {template:?} must start with '/' (e.g. \"/api/v1/orders/{{order_id}}\")")
         })?;
+        Self::parse_segments(template, rest, '/')
+    }
+
+    /// An AMQP exchange, routing key or queue template: `.`-separated segments; `""` matches
+    /// only the empty name (the default exchange).
+    pub fn parse_name(template: &str) -> Result<Self, String> {
+        Self::parse_segments(template, template, '.')
+    }
+
+    fn parse_segments(template: &str, rest: &str, separator: char) -> Result<Self, String> {
         let mut segments = Vec::new();
         let mut tail = false;
         let parts: Vec<&str> = if rest.is_empty() {
             Vec::new()
         } else {
-            rest.split('/').collect()
+            rest.split(separator).collect()
         };
         for (i, part) in parts.iter().enumerate() {
             if *part == "*" {
@@ -117,15 +130,19 @@ impl Template {
                     "path template {template:?}: segment {part:?} mixes text with '{{', '}}', '*', '?' or '#'; \
                      a parameter must be a whole segment"
                 ));
-            } else if part.is_empty() && i + 1 != parts.len() {
+            } else if part.is_empty() && (i + 1 != parts.len() || separator == '.') {
                 return Err(format!(
-                    "path template {template:?} has an empty segment (\"//\")"
+                    "template {template:?} has an empty segment (\"{separator}{separator}\")"
                 ));
             } else {
                 segments.push(Segment::Literal((*part).to_string()));
             }
         }
-        Ok(Self { segments, tail })
+        Ok(Self {
+            segments,
+            tail,
+            separator,
+        })
     }
 
     /// The index of parameter `name`, to look captures up without string compares per match.
@@ -160,9 +177,13 @@ impl Template {
 
     /// Matches a path (no query); returns the captured parameters, by segment index.
     pub fn matches<'p>(&self, path: &'p str) -> Option<Captures<'p>> {
-        let rest = path.strip_prefix('/')?;
-        // "/" has no segments (split would yield one empty one).
-        let mut parts = rest.split('/').filter(|_| !rest.is_empty());
+        let rest = if self.separator == '/' {
+            path.strip_prefix('/')?
+        } else {
+            path
+        };
+        // "/" (or the empty name) has no segments (split would yield one empty one).
+        let mut parts = rest.split(self.separator).filter(|_| !rest.is_empty());
         let mut captures = Vec::new();
         for (index, segment) in self.segments.iter().enumerate() {
             let part = parts.next()?;
@@ -277,6 +298,26 @@ mod tests {
             let err = Template::parse(bad).unwrap_err();
             assert!(err.contains(bad), "{err}");
         }
+    }
+
+    #[test]
+    fn amqp_names_match_by_dotted_segments() {
+        let t = |template: &str, name: &str| {
+            Template::parse_name(template)
+                .unwrap()
+                .matches(name)
+                .is_some()
+        };
+        assert!(t("priced.{region}", "priced.eu"));
+        assert!(!t("priced.{region}", "priced"));
+        assert!(!t("priced.{region}", "priced.eu.x"));
+        assert!(t("mes.work-orders.*", "mes.work-orders"));
+        assert!(t("mes.work-orders.*", "mes.work-orders.rush"));
+        assert!(t("", ""));
+        assert!(!t("", "x"));
+        assert!(t("shop.priced-orders", "shop.priced-orders"));
+        assert!(Template::parse_name("a..b").is_err());
+        assert!(Template::parse_name("a.*.b").is_err());
     }
 
     #[test]

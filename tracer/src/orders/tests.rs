@@ -57,31 +57,6 @@ fn the_testbed_walk_gives_ids_steps_and_statuses() {
             None,
         ),
         (
-            exchange(
-                "mes-api",
-                Role::Client,
-                "POST",
-                "/queue/v1/topics/priced-orders/messages",
-            )
-            .request_body(r#"{"orderRef":"SO-1","price":{}}"#)
-            .respond(202, r#"{"messageId":"m"}"#),
-            "queue.publish_priced",
-            None,
-            None,
-        ),
-        (
-            server("crm-api", "POST", "/crm/v1/deals")
-                .request_header("X-Order-Id", "SO-1")
-                .request_body(r#"{"deal":{"source":"mes"}}"#)
-                .respond(
-                    201,
-                    r#"{"deal":{"order":{"id":"SO-1"},"stage":"AWAITING_APPROVAL"}}"#,
-                ),
-            "crm.receive_deal",
-            None,
-            None,
-        ),
-        (
             server("crm-api", "POST", "/crm/v1/deals/SO-1/approve").respond(
                 200,
                 r#"{"order":{"id":"SO-1","status":"MANUFACTURING_APPROVED"}}"#,
@@ -89,27 +64,6 @@ fn the_testbed_walk_gives_ids_steps_and_statuses() {
             "crm.approve",
             Some("MANUFACTURING_APPROVED"),
             Some("MANUFACTURING_APPROVED"),
-        ),
-        (
-            exchange(
-                "crm-api",
-                Role::Client,
-                "POST",
-                "/queue/v1/topics/work-orders/messages",
-            )
-            .request_body(r#"{"order":{"id":"SO-1"}}"#)
-            .respond(202, ""),
-            "queue.publish_work_order",
-            None,
-            None,
-        ),
-        (
-            server("mes-api", "POST", "/mes/api/work-orders")
-                .request_body(r#"{"workOrder":{"orderRef":"SO-1"}}"#)
-                .respond(201, r#"{"orderRef":"SO-1","state":"QUEUED"}"#),
-            "mes.receive_work_order",
-            None,
-            None,
         ),
         (
             server("mes-api", "POST", "/mes/api/work-orders/SO-1/transitions")
@@ -155,28 +109,104 @@ fn the_testbed_walk_gives_ids_steps_and_statuses() {
 #[test]
 fn client_exchanges_are_owned_by_the_callee() {
     let set = testbed();
-    let publish = |service, role| {
-        exchange(
-            service,
-            role,
-            "POST",
-            "/queue/v1/topics/priced-orders/messages",
-        )
-        .request_body(r#"{"orderRef":"SO-1"}"#)
+    let pricing = |service, role| {
+        exchange(service, role, "POST", "/mes/api/pricing-requests")
+            .request_body(r#"{"orderRef":"SO-1"}"#)
     };
-    let m = order(&set, &publish("mes-api", Role::Client));
-    assert_eq!(&*m.rule.owner, "order-queue");
+    let m = order(&set, &pricing("shop-api", Role::Client));
+    assert_eq!(&*m.rule.owner, "mes-api");
     assert_eq!(m.side, CallSide::Client);
-    // A queue rule is client-only: the broker is not traced, and a server exchange of another
-    // service must not be claimed by it.
+    // A server exchange is matched only against its own service's rules.
     assert!(matches!(
-        set.classify(&publish("crm-api", Role::Server)),
+        set.classify(&pricing("shop-api", Role::Server)),
         Classification::Unmatched
     ));
-    // A server exchange is matched only against its own service's rules.
     let ex =
         exchange("crm-api", Role::Server, "PUT", "/api/v1/orders/SO-1/model").respond(200, "{}");
     assert!(matches!(set.classify(&ex), Classification::Unmatched));
+}
+
+#[test]
+fn the_testbed_messages_give_their_order_ids() {
+    use crate::amqp::{Operation, Settlement};
+    use crate::spans::fixtures::{TransferFixture, message};
+    let set = testbed();
+    let priced = |service, operation, queue| {
+        message(service, operation, "shop.priced-orders", "priced.eu", queue)
+            .properties(
+                &[
+                    ("correlation-id", "SO-1"),
+                    ("message-id", "priced-orders-SO-1"),
+                ],
+                &[],
+            )
+            .body(r#"{"orderRef":"SO-1","price":{"amount":80.0}}"#)
+    };
+    let work = |service, operation, key, queue| {
+        message(service, operation, "shop.work-orders", key, queue)
+            .properties(&[("message-id", "SO-1")], &[("x-order-id", "SO-1")])
+            .body(r#"{"workOrder":{"plant":"plant-1"}}"#)
+    };
+    let cases = [
+        (
+            priced("mes-api", Operation::Publish, None),
+            "queue.publish_priced",
+            CallSide::Client,
+        ),
+        (
+            priced("crm-api", Operation::Deliver, Some("crm.priced-orders")),
+            "crm.receive_deal",
+            CallSide::Server,
+        ),
+        (
+            work("crm-api", Operation::Publish, "plant-1", None),
+            "queue.publish_work_order",
+            CallSide::Client,
+        ),
+        (
+            work(
+                "mes-api",
+                Operation::Deliver,
+                "rush",
+                Some("mes.work-orders.rush"),
+            ),
+            "mes.receive_work_order",
+            CallSide::Server,
+        ),
+    ];
+    for (transfer, rule, side) in cases {
+        let Classification::Order(m) = set.classify(&transfer) else {
+            panic!("{rule}: no order match");
+        };
+        assert_eq!(
+            (&*m.rule.name, m.side, m.order_id.as_str()),
+            (rule, side, "SO-1")
+        );
+        assert_eq!((m.step, m.status), (None, None));
+    }
+    // A delivery is matched only against the consuming service's own rules; a publish rule
+    // (client-only) never claims a delivery.
+    let elsewhere = priced("mes-api", Operation::Deliver, Some("crm.priced-orders"));
+    assert!(matches!(
+        set.classify(&elsewhere),
+        Classification::Unmatched
+    ));
+    let no_queue = priced("crm-api", Operation::Deliver, None);
+    assert!(matches!(set.classify(&no_queue), Classification::Unmatched));
+    // Without the id where the rule looks: the rule matched, no order.
+    let anonymous = message(
+        "mes-api",
+        Operation::Publish,
+        "shop.priced-orders",
+        "priced.eu",
+        None,
+    )
+    .body("not json")
+    .settled(Settlement::Nacked { requeue: false });
+    assert!(matches!(
+        set.classify(&anonymous),
+        Classification::NoOrderId { .. }
+    ));
 }
 
 #[test]

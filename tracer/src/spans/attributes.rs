@@ -59,6 +59,14 @@ impl Attributes {
         }
     }
 
+    /// Sets `key` to `value()` unless it is set already.
+    pub fn insert_missing(&mut self, key: &str, value: impl FnOnce() -> AttrValue) {
+        if let Err(i) = self.find(key) {
+            self.entries
+                .insert(i, (Cow::Owned(key.to_string()), value()));
+        }
+    }
+
     pub fn remove(&mut self, key: &str) -> Option<AttrValue> {
         self.find(key).ok().map(|i| self.entries.remove(i).1)
     }
@@ -110,6 +118,23 @@ impl<'a> IntoIterator for &'a Attributes {
     >;
     fn into_iter(self) -> Self::IntoIter {
         self.entries.iter().map(|(k, v)| (k.as_ref(), v))
+    }
+}
+
+impl IntoIterator for Attributes {
+    type Item = (AttrKey, AttrValue);
+    type IntoIter = std::vec::IntoIter<(AttrKey, AttrValue)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.into_iter()
+    }
+}
+
+impl std::ops::Index<&str> for Attributes {
+    type Output = AttrValue;
+    /// Panics when `key` is not set, as a map's index does.
+    fn index(&self, key: &str) -> &AttrValue {
+        self.get(key)
+            .unwrap_or_else(|| panic!("attribute {key:?} is not set"))
     }
 }
 

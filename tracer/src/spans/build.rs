@@ -6,6 +6,7 @@ use regex::RegexSet;
 
 use super::ids::{IdCache, OrderIds};
 use super::{AttrValue, Attributes, SpanKind, SpanLink, SpanRecord, SpanStatus};
+use crate::amqp::Transfer;
 use crate::capture::Role;
 use crate::http::{Exchange, Outcome};
 use crate::orders::{CallSide, Classification, RuleSet, Unmatched};
@@ -80,6 +81,26 @@ impl Redactor {
     }
 }
 
+impl Redactor {
+    /// A `.`-separated name (an AMQP routing key) with personal-looking segments replaced;
+    /// `keep` (the order id) is never redacted.
+    pub fn dotted(&self, name: &str, keep: Option<&str>) -> String {
+        if self.patterns.is_empty() {
+            return name.to_string();
+        }
+        name.split('.')
+            .map(|segment| {
+                if Some(segment) != keep && self.patterns.is_match(segment) {
+                    REDACTED
+                } else {
+                    segment
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+}
+
 impl Default for Redactor {
     fn default() -> Self {
         Self::new(&DEFAULT_REDACT_PATTERNS).expect("the default patterns compile")
@@ -140,20 +161,19 @@ impl SpanBuilder {
         &mut self,
         record: impl Into<RecordRef<'a>>,
     ) -> (MatchOutcome, Option<SpanRecord>) {
-        match record.into() {
-            RecordRef::Http(exchange) => self.build_http(exchange),
-        }
-    }
-
-    fn build_http(&mut self, exchange: &Exchange) -> (MatchOutcome, Option<SpanRecord>) {
-        let classification = self.rules.classify(exchange);
+        let record = record.into();
+        let classification = self.rules.classify(record);
         let outcome = match &classification {
             Classification::Order(_) => MatchOutcome::Order,
             Classification::NoOrderId { .. } => MatchOutcome::NoOrderId,
             Classification::Unmatched => MatchOutcome::Unmatched,
         };
+        let service = match record {
+            RecordRef::Http(exchange) => &exchange.service,
+            RecordRef::Amqp(transfer) => &transfer.meta.service,
+        };
         let wanted = outcome == MatchOutcome::Order
-            || self.rules.unmatched_policy(&exchange.service) == Unmatched::Span;
+            || self.rules.unmatched_policy(service) == Unmatched::Span;
         if !wanted {
             return (outcome, None);
         }
@@ -166,7 +186,11 @@ impl SpanBuilder {
             host_name: &self.host_name,
             monotonic_to_unix_ns: self.monotonic_to_unix_ns,
         };
-        (outcome, Some(context.span(exchange, &classification, ids)))
+        let span = match record {
+            RecordRef::Http(exchange) => context.span(exchange, &classification, ids),
+            RecordRef::Amqp(transfer) => context.message_span(transfer, &classification, ids),
+        };
+        (outcome, Some(span))
     }
 }
 
@@ -242,35 +266,7 @@ impl SpanContext<'_> {
         }
         let peer = ("network.peer.address", "network.peer.port");
         address(a, peer, exchange.peer);
-        if let Some(m) = order {
-            put(a, "order.id", m.order_id.as_str().into());
-            let optional = [
-                ("order.key", m.key.as_deref()),
-                ("order.lookup", m.lookup.map(|l| l.as_str())),
-                ("order.observed_status", m.observed_status),
-            ];
-            for (key, value) in optional {
-                if let Some(value) = value {
-                    put(a, key, value.into());
-                }
-            }
-        }
-        if let Some(rule) = rule {
-            put(a, "order.owner", rule.owner.as_ref().into());
-            put(a, "order.rule", rule.name.as_ref().into());
-        }
-        if let Some(m) = order {
-            for (key, value) in [("order.status", m.status), ("order.step", m.step)] {
-                if let Some(value) = value {
-                    put(a, key, value.into());
-                }
-            }
-        }
-        if let Some(rule) = rule
-            && kind == SpanKind::Client
-        {
-            put(a, "peer.service", rule.owner.as_ref().into());
-        }
+        order_attributes(a, classification, kind);
         address(a, ("server.address", "server.port"), server);
         put(
             a,
@@ -315,8 +311,54 @@ impl SpanContext<'_> {
         }
     }
 
-    fn to_unix(&self, monotonic_ns: u64) -> u64 {
+    pub(super) fn to_unix(&self, monotonic_ns: u64) -> u64 {
         (monotonic_ns as i128 + self.monotonic_to_unix_ns).clamp(0, u64::MAX as i128) as u64
+    }
+}
+
+/// `order.*` (and `peer.service` for calls out) from what the rules found, in key order so
+/// that a span filled in key order around them only appends.
+pub(super) fn order_attributes(
+    attributes: &mut Attributes,
+    classification: &Classification<'_>,
+    kind: SpanKind,
+) {
+    let mut put = |key: &'static str, value: AttrValue| {
+        attributes.insert(key.into(), value);
+    };
+    let (rule, order) = match classification {
+        Classification::Order(m) => (Some(m.rule), Some(m)),
+        Classification::NoOrderId { rule, .. } => (Some(*rule), None),
+        Classification::Unmatched => (None, None),
+    };
+    if let Some(m) = order {
+        put("order.id", m.order_id.as_str().into());
+        let optional = [
+            ("order.key", m.key.as_deref()),
+            ("order.lookup", m.lookup.map(|l| l.as_str())),
+            ("order.observed_status", m.observed_status),
+        ];
+        for (key, value) in optional {
+            if let Some(value) = value {
+                put(key, value.into());
+            }
+        }
+    }
+    if let Some(rule) = rule {
+        put("order.owner", rule.owner.as_ref().into());
+        put("order.rule", rule.name.as_ref().into());
+    }
+    if let Some(m) = order {
+        for (key, value) in [("order.status", m.status), ("order.step", m.step)] {
+            if let Some(value) = value {
+                put(key, value.into());
+            }
+        }
+    }
+    if let Some(rule) = rule
+        && matches!(kind, SpanKind::Client | SpanKind::Producer)
+    {
+        put("peer.service", rule.owner.as_ref().into());
     }
 }
 
@@ -324,13 +366,21 @@ impl SpanContext<'_> {
 #[derive(Clone, Copy, Debug)]
 pub enum RecordRef<'a> {
     Http(&'a Exchange),
+    Amqp(&'a Transfer),
 }
 
 impl<'a> From<&'a Record> for RecordRef<'a> {
     fn from(record: &'a Record) -> Self {
         match record {
             Record::Http(exchange) => RecordRef::Http(exchange),
+            Record::Amqp(transfer) => RecordRef::Amqp(transfer),
         }
+    }
+}
+
+impl<'a> From<&'a Transfer> for RecordRef<'a> {
+    fn from(transfer: &'a Transfer) -> Self {
+        RecordRef::Amqp(transfer)
     }
 }
 
@@ -392,7 +442,7 @@ fn ip_text(addr: SocketAddr) -> String {
 }
 
 /// A random, non-zero id (span ids, and trace ids of spans outside any order).
-fn random_id<const N: usize>() -> [u8; N] {
+pub(super) fn random_id<const N: usize>() -> [u8; N] {
     let mut id: [u8; N] = rand::random();
     if id.iter().all(|b| *b == 0) {
         id[N - 1] = 1;
@@ -425,5 +475,6 @@ fn traceparent_link(exchange: &Exchange) -> Option<SpanLink> {
     valid.then_some(link)
 }
 
+mod message;
 #[cfg(test)]
 mod tests;

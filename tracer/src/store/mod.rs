@@ -5,6 +5,7 @@
 //! payloads. Rows older than the retention are purged. The schema is versioned with
 //! `PRAGMA user_version`; migrations run at open, in order, each in a transaction.
 
+mod console;
 mod outbox;
 mod query;
 
@@ -16,6 +17,7 @@ use serde::Deserialize;
 use crate::lifecycle::{Changes, OrderState};
 use crate::spans::SpanRecord;
 
+pub use console::{Stay, Waiting};
 pub use outbox::PendingAlert;
 pub use query::{AuditEntry, DetectionQuery, OrderQuery, OrderSummary};
 
@@ -28,9 +30,11 @@ const MAX_PURGE_INTERVAL_SECS: f64 = 604_800.0;
 pub struct StoreConfig {
     /// SQLite database file (created when missing). `tracer run --store` overrides it.
     pub path: PathBuf,
-    /// Orders (and their detections) untouched for this long, and audit entries this old,
-    /// are purged.
+    /// Orders (and their detections) given up and untouched for this long are purged.
     pub retention_days: f64,
+    /// Audit records are kept this long, whatever happens to the orders they name, and
+    /// nothing else deletes them: the store refuses any DELETE of a younger record.
+    pub audit_retention_days: f64,
     /// How often the purge runs.
     pub purge_interval_secs: f64,
 }
@@ -40,6 +44,7 @@ impl Default for StoreConfig {
         Self {
             path: PathBuf::from("order-tracer.db"),
             retention_days: 90.0,
+            audit_retention_days: 365.0,
             purge_interval_secs: 3600.0,
         }
     }
@@ -50,8 +55,16 @@ impl StoreConfig {
         if self.path.as_os_str().is_empty() {
             return Err("[store] path: give the SQLite file to keep order state in".into());
         }
-        if !(self.retention_days.is_finite() && self.retention_days > 0.0) {
-            return Err("[store] retention_days: give a positive number of days".into());
+        for (key, days) in [
+            ("retention_days", self.retention_days),
+            ("audit_retention_days", self.audit_retention_days),
+        ] {
+            // Past 100 years the nanoseconds would not fit SQLite's integers.
+            if !(days.is_finite() && days > 0.0 && days <= 36_500.0) {
+                return Err(format!(
+                    "[store] {key}: give a positive number of days (at most 36500)"
+                ));
+            }
         }
         if !(self.purge_interval_secs.is_finite()
             && (1.0..=MAX_PURGE_INTERVAL_SECS).contains(&self.purge_interval_secs))
@@ -64,8 +77,16 @@ impl StoreConfig {
     }
 
     pub fn retention_ns(&self) -> u64 {
-        (self.retention_days * 86_400.0 * 1e9) as u64
+        days_to_ns(self.retention_days)
     }
+
+    pub fn audit_retention_ns(&self) -> u64 {
+        days_to_ns(self.audit_retention_days)
+    }
+}
+
+fn days_to_ns(days: f64) -> u64 {
+    (days * 86_400.0 * 1e9) as u64
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +166,16 @@ const MIGRATIONS: &[&str] = &[
         last_error TEXT
     );
     CREATE INDEX outbox_by_target ON outbox(target, seq);",
+    // 4: audit records leave only by the audit's own retention: a DELETE of a record younger
+    // than it is refused, whoever issues it (the monitor sets the policy at each start).
+    "CREATE TABLE audit_policy (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        retention_ns INTEGER NOT NULL
+    );
+    CREATE TRIGGER audit_is_kept BEFORE DELETE ON audit
+    WHEN OLD.at >= CAST((julianday('now') - 2440587.5) * 86400000000000.0 AS INTEGER)
+        - COALESCE((SELECT retention_ns FROM audit_policy), 9223372036854775807)
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: records leave only by its retention'); END;",
 ];
 
 pub struct Store {
@@ -310,8 +341,19 @@ impl Store {
         })
     }
 
+    /// How long audit records are kept (`[store] audit_retention_days`): younger ones cannot
+    /// be deleted.
+    pub fn set_audit_retention(&self, retention_ns: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO audit_policy (id, retention_ns) VALUES (1, ?1)
+             ON CONFLICT(id) DO UPDATE SET retention_ns = ?1",
+            [to_sql_time(retention_ns)],
+        )?;
+        Ok(())
+    }
+
     /// Appends to the audit log (the only way rows get into it; updates are refused by a
-    /// trigger).
+    /// trigger, deletes of records younger than the audit's retention by another).
     pub fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT INTO audit (at, who, action, order_id, result) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -327,9 +369,10 @@ impl Store {
     }
 
     /// Deletes orders (with their detections) inactive since before `cutoff`, and audit
-    /// entries older than it. Orders still followed are kept whatever their age.
-    pub fn purge(&mut self, cutoff: u64) -> Result<usize, StoreError> {
+    /// entries older than `audit_cutoff`. Orders still followed are kept whatever their age.
+    pub fn purge(&mut self, cutoff: u64, audit_cutoff: u64) -> Result<usize, StoreError> {
         let cutoff = to_sql_time(cutoff);
+        let audit_cutoff = to_sql_time(audit_cutoff);
         let tx = self.conn.transaction()?;
         tx.execute(
             "DELETE FROM detections WHERE order_id IN
@@ -340,7 +383,7 @@ impl Store {
             "DELETE FROM orders WHERE active = 0 AND last_activity < ?1",
             [cutoff],
         )?;
-        let audit = tx.execute("DELETE FROM audit WHERE at < ?1", [cutoff])?;
+        let audit = tx.execute("DELETE FROM audit WHERE at < ?1", [audit_cutoff])?;
         tx.commit()?;
         Ok(orders + audit)
     }

@@ -20,6 +20,9 @@ pub struct AuditEntry {
 #[derive(Clone, Debug, Default)]
 pub struct OrderQuery {
     pub status: Option<String>,
+    /// Only the orders the lifecycle still follows (not given up), longest in their status
+    /// first: the board's view of a status.
+    pub waiting: bool,
     pub limit: u32,
     pub offset: u64,
 }
@@ -31,6 +34,8 @@ pub struct OrderSummary {
     pub first_seen: u64,
     pub last_activity: u64,
     pub closed_at: Option<u64>,
+    /// Unix ns the order entered its current status.
+    pub status_since: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -39,7 +44,11 @@ pub struct DetectionQuery {
     pub open: Option<bool>,
     pub kind: Option<DetectionKind>,
     pub service: Option<String>,
+    /// The status not reached.
+    pub step: Option<String>,
     pub order_id: Option<String>,
+    /// Oldest first (the ones waiting longest), instead of newest first.
+    pub oldest_first: bool,
     pub limit: u32,
     pub offset: u64,
 }
@@ -48,14 +57,21 @@ impl Store {
     /// Orders, most recently active first.
     pub fn list_orders(&self, query: &OrderQuery) -> Result<Vec<OrderSummary>, StoreError> {
         let mut sql = String::from(
-            "SELECT order_id, status, first_seen, last_activity, closed_at FROM orders",
+            "SELECT order_id, status, first_seen, last_activity, closed_at,
+                    json_extract(state, '$.status_since') AS since
+             FROM orders WHERE 1 = 1",
         );
         let mut args: Vec<Value> = Vec::new();
         if let Some(status) = &query.status {
-            sql.push_str(" WHERE status = ?");
+            sql.push_str(" AND status = ?");
             args.push(Value::Text(status.clone()));
         }
-        sql.push_str(" ORDER BY last_activity DESC, order_id LIMIT ? OFFSET ?");
+        if query.waiting {
+            sql.push_str(" AND active = 1 ORDER BY since, order_id");
+        } else {
+            sql.push_str(" ORDER BY last_activity DESC, order_id");
+        }
+        sql.push_str(" LIMIT ? OFFSET ?");
         args.push(Value::Integer(query.limit.into()));
         args.push(Value::Integer(to_sql_time(query.offset)));
         let mut stmt = self.conn().prepare(&sql)?;
@@ -66,6 +82,7 @@ impl Store {
                 first_seen: from_sql_time(row.get(2)?),
                 last_activity: from_sql_time(row.get(3)?),
                 closed_at: row.get::<_, Option<i64>>(4)?.map(from_sql_time),
+                status_since: from_sql_time(row.get::<_, Option<i64>>(5)?.unwrap_or(0)),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -85,6 +102,7 @@ impl Store {
         for (column, value) in [
             ("kind", query.kind.map(|k| k.as_str().to_string())),
             ("service", query.service.clone()),
+            ("step", query.step.clone()),
             ("order_id", query.order_id.clone()),
         ] {
             if let Some(value) = value {
@@ -92,7 +110,11 @@ impl Store {
                 args.push(Value::Text(value));
             }
         }
-        sql.push_str(" ORDER BY at DESC, id LIMIT ? OFFSET ?");
+        sql.push_str(if query.oldest_first {
+            " ORDER BY at, id LIMIT ? OFFSET ?"
+        } else {
+            " ORDER BY at DESC, id LIMIT ? OFFSET ?"
+        });
         args.push(Value::Integer(query.limit.into()));
         args.push(Value::Integer(to_sql_time(query.offset)));
         let mut stmt = self.conn().prepare(&sql)?;

@@ -86,6 +86,7 @@ fn lists_filter_and_page_newest_first() {
             status: Some("INITIATED".into()),
             limit: 2,
             offset: 0,
+            ..Default::default()
         })
         .unwrap();
     assert_eq!(
@@ -97,6 +98,7 @@ fn lists_filter_and_page_newest_first() {
             status: Some("INITIATED".into()),
             limit: 2,
             offset: 2,
+            ..Default::default()
         })
         .unwrap();
     assert_eq!(next.len(), 1);
@@ -138,6 +140,16 @@ fn audit_is_append_only_and_retention_purges_old_rows() {
         .execute("UPDATE audit SET who = 'x'", [])
         .unwrap_err();
     assert!(err.to_string().contains("append-only"), "{err}");
+    // No policy yet: nothing may be deleted. With one, only what is older than it.
+    let err = store.conn().execute("DELETE FROM audit", []).unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+    let now = crate::clock::unix_now();
+    store.set_audit_retention(now - 50 * S).unwrap();
+    let err = store
+        .conn()
+        .execute("DELETE FROM audit WHERE who = 'new'", [])
+        .unwrap_err();
+    assert!(err.to_string().contains("retention"), "{err}");
 
     let mut changes = Changes::default();
     changes
@@ -147,7 +159,11 @@ fn audit_is_append_only_and_retention_purges_old_rows() {
         .orders
         .insert("SO-live".into(), order("SO-live", "INITIATED", S, true));
     store.save(&changes, &[]).unwrap();
-    store.purge(50 * S).unwrap();
+    // Orders and audit on their own clocks: the old order goes, the old audit record stays
+    // while the audit's cutoff is earlier.
+    store.purge(50 * S, 0).unwrap();
+    assert_eq!(store.audit_entries(10, 0).unwrap().len(), 2);
+    store.purge(50 * S, 50 * S).unwrap();
     assert!(store.order("SO-old").unwrap().is_none());
     assert!(
         store.order("SO-live").unwrap().is_some(),

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use crate::http::HeaderFilter;
 use crate::http::head::{Limits, MAX_HEADERS_CEILING};
 
-/// `[streams]`: bounds of per-connection reassembly and HTTP parsing. Every bound, when hit,
+/// `[streams]`: bounds of per-connection reassembly and of the protocols' parsing (HTTP, AMQP). Every bound, when hit,
 /// drops data and counts it (see `StreamCounters`); none blocks the traced process.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -32,8 +32,16 @@ pub struct StreamsConfig {
     /// `Timeout`.
     pub response_timeout_ms: u64,
     /// A connection with no traffic this long is forgotten (its close was missed). At least
-    /// `response_timeout_ms`, so unanswered requests time out first.
+    /// `response_timeout_ms` and `ack_timeout_ms`, so unanswered requests and unsettled
+    /// messages time out first.
     pub idle_timeout_ms: u64,
+    /// AMQP: a publish the broker has not confirmed, or a delivery the consumer has not
+    /// acknowledged, this long after it arrived is reported unsettled (`timeout`): the
+    /// consumer that never acks (an overloaded one) shows as such.
+    pub ack_timeout_ms: u64,
+    /// AMQP: messages waiting for a confirm or an ack on one connection; more are dropped
+    /// (`unsettled_overflow`). Set it above the consumers' prefetch.
+    pub max_unsettled_messages: usize,
 }
 
 impl Default for StreamsConfig {
@@ -47,6 +55,8 @@ impl Default for StreamsConfig {
             max_pending_requests: 64,
             response_timeout_ms: 30_000,
             idle_timeout_ms: 600_000,
+            ack_timeout_ms: 30_000,
+            max_unsettled_messages: 1024,
         }
     }
 }
@@ -61,6 +71,8 @@ impl StreamsConfig {
             ("max_pending_requests", self.max_pending_requests as u64),
             ("response_timeout_ms", self.response_timeout_ms),
             ("idle_timeout_ms", self.idle_timeout_ms),
+            ("ack_timeout_ms", self.ack_timeout_ms),
+            ("max_unsettled_messages", self.max_unsettled_messages as u64),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("[streams] {name} must be greater than 0"));
@@ -78,11 +90,12 @@ impl StreamsConfig {
                 self.max_buffered_bytes, self.max_header_bytes
             ));
         }
-        if self.idle_timeout_ms < self.response_timeout_ms {
+        if self.idle_timeout_ms < self.response_timeout_ms.max(self.ack_timeout_ms) {
             return Err(format!(
-                "[streams] idle_timeout_ms ({}) must be at least response_timeout_ms ({}), or \
-                 unanswered requests are forgotten before they time out",
-                self.idle_timeout_ms, self.response_timeout_ms
+                "[streams] idle_timeout_ms ({}) must be at least response_timeout_ms ({}) and \
+                 ack_timeout_ms ({}), or unanswered requests and unsettled messages are \
+                 forgotten before they time out",
+                self.idle_timeout_ms, self.response_timeout_ms, self.ack_timeout_ms
             ));
         }
         Ok(())

@@ -1,14 +1,15 @@
 //! One connection: each direction's bytes reassembled within a bound, and handed to the
 //! protocol that claims the connection. Until one does, HTTP parses (it is what most
-//! connections carry, and it judges for itself when bytes are no HTTP).
+//! connections carry, and it judges for itself when bytes are no HTTP), and each chunk is
+//! shown to AMQP's detection first: its protocol header, or two consecutive frames.
 
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::Env;
 use crate::capture::Direction;
 use crate::capture::event::DataChunk;
-use crate::http;
 use crate::protocol::{ConnMeta, Flow, Input};
+use crate::{amqp, http};
 
 /// A buffer emptied with more capacity than this is freed: idle connections stay small.
 const IDLE_CAPACITY: usize = 4096;
@@ -18,7 +19,16 @@ pub(super) struct Conn {
     send: Dir,
     recv: Dir,
     protocol: Protocol,
+    /// Per direction (send, recv), while unclaimed: the last chunk ended where a well-formed
+    /// AMQP frame ended.
+    amqp_boundary: [bool; 2],
     last_ns: u64,
+}
+
+/// How long records may wait for their end, per protocol.
+pub(super) struct Timeouts {
+    pub response_ns: u64,
+    pub ack_ns: u64,
 }
 
 /// The protocol a connection carries, as far as is known. Not boxed: a followed connection
@@ -26,6 +36,7 @@ pub(super) struct Conn {
 #[allow(clippy::large_enum_variant)]
 enum Protocol {
     Http(http::stream::Stream),
+    Amqp(amqp::stream::Stream),
     /// No protocol we parse (or no longer, after an upgrade): bytes are dropped unread.
     Ignored,
 }
@@ -43,6 +54,7 @@ impl Conn {
             meta,
             send: Dir::default(),
             recv: Dir::default(),
+            amqp_boundary: [false; 2],
             last_ns: ts_ns,
         }
     }
@@ -70,18 +82,30 @@ impl Conn {
     pub fn on_data(&mut self, chunk: DataChunk, env: &mut Env<'_>) {
         self.last_ns = self.last_ns.max(chunk.ts_ns);
         let d = chunk.direction;
+        let missing = chunk.len.saturating_sub(chunk.payload.len() as u64);
+        let mut payload = chunk.payload;
         if let Protocol::Http(stream) = &mut self.protocol
             && !stream.claimed()
-            && stream.first_look(d, &chunk.payload, &mut env.http()) == Flow::Done
         {
-            self.ignore();
+            let boundary = &mut self.amqp_boundary[usize::from(d == Direction::Recv)];
+            match amqp::detect(&payload, *boundary) {
+                amqp::Detect::Claim { at, preface } => {
+                    payload.advance(at);
+                    self.claim_amqp(d, preface, env);
+                }
+                amqp::Detect::No { boundary: ends } => {
+                    *boundary = ends;
+                    if stream.first_look(d, &payload, &mut env.http()) == Flow::Done {
+                        self.ignore();
+                    }
+                }
+            }
         }
         if matches!(self.protocol, Protocol::Ignored) {
             return;
         }
-        let missing = chunk.len.saturating_sub(chunk.payload.len() as u64);
-        if !chunk.payload.is_empty() {
-            self.feed(d, chunk.payload, chunk.ts_ns, env);
+        if !payload.is_empty() {
+            self.feed(d, payload, chunk.ts_ns, env);
         }
         if let Protocol::Http(stream) = &mut self.protocol
             && stream.after_chunk(&mut env.http()) == Flow::Done
@@ -125,6 +149,23 @@ impl Conn {
         self.dir_mut(d).buf = buf;
     }
 
+    /// AMQP claims the connection: what HTTP held is dropped, the frames start here.
+    fn claim_amqp(&mut self, d: Direction, preface: bool, env: &mut Env<'_>) {
+        self.send = Dir::default();
+        self.recv = Dir::default();
+        let preface_from = preface.then_some(d);
+        let mut stream = amqp::stream::Stream::new(&mut self.meta, preface_from, &mut env.amqp());
+        if !preface {
+            // Entered mid-way: the other direction's position is unknown.
+            let other = match d {
+                Direction::Send => Direction::Recv,
+                Direction::Recv => Direction::Send,
+            };
+            stream.lose_sync(other, &mut env.amqp());
+        }
+        self.protocol = Protocol::Amqp(stream);
+    }
+
     fn is_ignored(&self) -> bool {
         matches!(self.protocol, Protocol::Ignored)
     }
@@ -133,6 +174,10 @@ impl Conn {
     fn run<I: Input>(&mut self, d: Direction, input: &mut I, ts_ns: u64, env: &mut Env<'_>) {
         let flow = match &mut self.protocol {
             Protocol::Http(stream) => stream.run(&mut self.meta, d, input, ts_ns, &mut env.http()),
+            Protocol::Amqp(stream) => {
+                stream.run(&mut self.meta, d, input, ts_ns, &mut env.amqp());
+                Flow::NeedMore
+            }
             Protocol::Ignored => Flow::Done,
         };
         if flow == Flow::Done {
@@ -144,14 +189,26 @@ impl Conn {
 
     fn over_budget(&mut self, d: Direction, env: &mut Env<'_>) {
         env.counters.dropped_over_budget += 1;
-        if let Protocol::Http(stream) = &mut self.protocol {
-            stream.lose_sync(d, &mut env.http());
+        match &mut self.protocol {
+            Protocol::Http(stream) => stream.lose_sync(d, &mut env.http()),
+            Protocol::Amqp(stream) => stream.lose_sync(d, &mut env.amqp()),
+            Protocol::Ignored => {}
         }
     }
 
     fn gap(&mut self, d: Direction, n: u64, ts_ns: u64, env: &mut Env<'_>) {
         let after = match &mut self.protocol {
             Protocol::Http(stream) => stream.gap(&self.meta, d, n, ts_ns, &mut env.http()),
+            Protocol::Amqp(stream) => {
+                let dir = match d {
+                    Direction::Send => &mut self.send,
+                    Direction::Recv => &mut self.recv,
+                };
+                if stream.gap(&self.meta, d, n, &dir.buf, ts_ns, &mut env.amqp()) {
+                    dir.buf.clear();
+                }
+                return;
+            }
             Protocol::Ignored => return,
         };
         match after {
@@ -163,21 +220,29 @@ impl Conn {
 
     /// The connection closed: what is open ends as the protocol says.
     pub fn close(&mut self, ts_ns: u64, env: &mut Env<'_>) {
-        if let Protocol::Http(stream) = &mut self.protocol {
-            stream.close(&self.meta, ts_ns, &mut env.http());
+        match &mut self.protocol {
+            Protocol::Http(stream) => stream.close(&self.meta, ts_ns, &mut env.http()),
+            Protocol::Amqp(stream) => stream.close(&self.meta, ts_ns, &mut env.amqp()),
+            Protocol::Ignored => {}
         }
     }
 
-    pub fn expire(&mut self, now_ns: u64, timeout_ns: u64, env: &mut Env<'_>) {
-        if let Protocol::Http(stream) = &mut self.protocol {
-            let http = env.http();
-            stream.expire(
-                &self.meta,
-                now_ns,
-                timeout_ns,
-                http.out,
-                &mut http.counters.pairing,
-            );
+    pub fn expire(&mut self, now_ns: u64, timeouts: &Timeouts, env: &mut Env<'_>) {
+        match &mut self.protocol {
+            Protocol::Http(stream) => {
+                let http = env.http();
+                stream.expire(
+                    &self.meta,
+                    now_ns,
+                    timeouts.response_ns,
+                    http.out,
+                    &mut http.counters.pairing,
+                );
+            }
+            Protocol::Amqp(stream) => {
+                stream.expire(&self.meta, now_ns, timeouts.ack_ns, &mut env.amqp())
+            }
+            Protocol::Ignored => {}
         }
     }
 

@@ -20,10 +20,10 @@ use serde::Serialize;
 pub use config::StreamsConfig;
 
 use crate::capture::{CaptureEvent, ConnKey, Role};
-use crate::http;
 use crate::http::HeaderFilter;
 use crate::http::head::Limits;
 use crate::protocol::{ConnMeta, Record};
+use crate::{amqp, http};
 use conn::Conn;
 
 /// What the stage saw and dropped, for the agent's metrics. Monotonic.
@@ -45,6 +45,7 @@ pub struct StreamCounters {
     pub connections_expired: u64,
     #[serde(flatten)]
     pub http: http::Counters,
+    pub amqp: amqp::Counters,
 }
 
 /// The per-connection state machine of the stage. See the module documentation.
@@ -72,6 +73,18 @@ impl Env<'_> {
             max_pending_requests: self.config.max_pending_requests,
             max_buffered_bytes: self.config.max_buffered_bytes,
             counters: &mut self.counters.http,
+            out: self.out,
+        }
+    }
+
+    /// What the AMQP parser of a connection needs.
+    fn amqp(&mut self) -> amqp::Env<'_> {
+        amqp::Env {
+            max_frame_bytes: self.config.max_header_bytes,
+            max_body_bytes: self.config.max_body_bytes,
+            max_unsettled: self.config.max_unsettled_messages,
+            max_buffered_bytes: self.config.max_buffered_bytes,
+            counters: &mut self.counters.amqp,
             out: self.out,
         }
     }
@@ -173,7 +186,10 @@ impl Streams {
     /// Times out requests unanswered for `response_timeout_ms` and forgets connections idle
     /// for `idle_timeout_ms`, as of `now_ns` (CLOCK_MONOTONIC, like event timestamps).
     pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Record>) {
-        let timeout_ns = self.config.response_timeout_ms.saturating_mul(1_000_000);
+        let timeouts = conn::Timeouts {
+            response_ns: self.config.response_timeout_ms.saturating_mul(1_000_000),
+            ack_ns: self.config.ack_timeout_ms.saturating_mul(1_000_000),
+        };
         let mut env = Env {
             config: &self.config,
             limits: &self.limits,
@@ -181,7 +197,7 @@ impl Streams {
             out,
         };
         for conn in self.conns.values_mut() {
-            conn.expire(now_ns, timeout_ns, &mut env);
+            conn.expire(now_ns, &timeouts, &mut env);
         }
         let idle_ns = self.config.idle_timeout_ms.saturating_mul(1_000_000);
         while let Some((_, conn)) = self.conns.front() {

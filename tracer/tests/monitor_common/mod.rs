@@ -15,6 +15,8 @@ use tracer::spans::{
     AttrValue, Attributes, SpanKind, SpanRecord, SpanStatus, order_root_span_id, order_trace_id,
 };
 
+#[path = "idp.rs"]
+pub mod idp;
 #[path = "process.rs"]
 pub mod process;
 #[path = "walk.rs"]
@@ -408,6 +410,8 @@ pub fn sdk_span(record: &SpanRecord) -> opentelemetry_sdk::trace::SpanData {
             SpanKind::Server => opentelemetry::trace::SpanKind::Server,
             SpanKind::Client => opentelemetry::trace::SpanKind::Client,
             SpanKind::Internal => opentelemetry::trace::SpanKind::Internal,
+            SpanKind::Producer => opentelemetry::trace::SpanKind::Producer,
+            SpanKind::Consumer => opentelemetry::trace::SpanKind::Consumer,
         },
         name: record.name.clone().into(),
         start_time: at(record.start_unix_nano),

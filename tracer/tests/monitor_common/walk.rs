@@ -8,7 +8,7 @@ use super::*;
 
 /// Every fault kind of the table, with the detection it must yield (kind, step, service).
 /// `session_hung` and `duplicate_order` are a pair of orders: see [`hung_pair`].
-pub const FAULTS: [(&str, &str, &str, &str); 15] = [
+pub const FAULTS: [(&str, &str, &str, &str); 17] = [
     ("created_not_saved", "vanished", "FILE_UPLOADED", "shop-api"),
     (
         "upload_storage_full",
@@ -38,6 +38,18 @@ pub const FAULTS: [(&str, &str, &str, &str); 15] = [
     ),
     (
         "work_order_dropped",
+        "lost_in_transit",
+        "MANUFACTURING_STARTED",
+        "mes-api",
+    ),
+    (
+        "priced_order_returned",
+        "failed_step",
+        "MANUFACTURING_APPROVED",
+        "order-queue",
+    ),
+    (
+        "work_order_unacked",
         "lost_in_transit",
         "MANUFACTURING_STARTED",
         "mes-api",
@@ -121,6 +133,21 @@ impl Span {
     }
     pub fn client(order: &str, service: &str, rule: &str, owner: &str, base: u64) -> Self {
         Self::new(order, service, SpanKind::Client, rule, owner, base)
+    }
+    /// A message published to the broker (`owner`) and confirmed.
+    pub fn producer(order: &str, service: &str, rule: &str, owner: &str, base: u64) -> Self {
+        Self::new(order, service, SpanKind::Producer, rule, owner, base)
+            .attr("messaging.system", "rabbitmq")
+    }
+    /// A message consumed by `service` and acknowledged.
+    pub fn consumer(order: &str, service: &str, rule: &str, base: u64) -> Self {
+        Self::new(order, service, SpanKind::Consumer, rule, service, base)
+            .attr("messaging.system", "rabbitmq")
+    }
+    /// A message settled otherwise than wanted (`nack`, `returned`, `timeout`, …).
+    pub fn unsettled(mut self, error_type: &str) -> Self {
+        self.0.status = SpanStatus::Error;
+        self.attr("error.type", error_type)
     }
     pub fn attr(mut self, key: &str, value: &str) -> Self {
         self.0
@@ -254,49 +281,47 @@ pub fn walk(order: &str, fault: Option<&str>, base: u64) -> Vec<SpanRecord> {
             spans.push(pricing_server.reached("PRICE_CALCULATED").at(2.1, 0.19));
         }
     }
-    spans.push(
-        Span::client(
-            order,
-            "mes-api",
-            "queue.publish_priced",
-            "order-queue",
-            base,
-        )
-        .code(202)
-        .at(2.4, 0.01),
+    let publish_priced = Span::producer(
+        order,
+        "mes-api",
+        "queue.publish_priced",
+        "order-queue",
+        base,
     );
+    if f("priced_order_returned") {
+        spans.push(publish_priced.unsettled("returned").at(2.4, 0.01));
+        return spans;
+    }
+    spans.push(publish_priced.at(2.4, 0.01));
     if f("priced_order_dropped") {
         return spans;
     }
-    spans.push(
-        Span::server(order, "crm-api", "crm.receive_deal", base)
-            .code(201)
-            .at(2.6, 0.02),
-    );
+    spans.push(Span::consumer(order, "crm-api", "crm.receive_deal", base).at(2.6, 0.02));
     spans.push(
         Span::server(order, "crm-api", "crm.approve", base)
             .reached("MANUFACTURING_APPROVED")
             .at(3.5, 0.02),
     );
     spans.push(
-        Span::client(
+        Span::producer(
             order,
             "crm-api",
             "queue.publish_work_order",
             "order-queue",
             base,
         )
-        .code(202)
         .at(3.6, 0.01),
     );
     if f("work_order_dropped") {
         return spans;
     }
-    spans.push(
-        Span::server(order, "mes-api", "mes.receive_work_order", base)
-            .code(201)
-            .at(3.8, 0.02),
-    );
+    let receive_work_order = Span::consumer(order, "mes-api", "mes.receive_work_order", base);
+    if f("work_order_unacked") {
+        // Delivered at 3.8 s, never acknowledged: the agent gives up after its ack timeout.
+        spans.push(receive_work_order.unsettled("timeout").at(3.8, 3.0));
+        return spans;
+    }
+    spans.push(receive_work_order.at(3.8, 0.02));
     if f("operator_never_started") {
         return spans;
     }

@@ -17,15 +17,18 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
-/// Four consecutive free loopback ports for the testbed's services.
+/// Consecutive free loopback ports for the testbed's services and its broker.
 pub fn free_base_port() -> u16 {
-    let mut start = 30_000 + (std::process::id() % 1_000) as u16 * 8;
+    let n = testbed::service::PORTS_USED;
+    // Below the ephemeral range (32768 up), which outgoing connections draw from: the
+    // broker binds its ports only once it has started.
+    let mut start = 10_000 + (std::process::id() % 1_000) as u16 * 8;
     loop {
-        if (0..4).all(|i| TcpListener::bind(("127.0.0.1", start + i)).is_ok()) {
+        if (0..n).all(|i| TcpListener::bind(("127.0.0.1", start + i)).is_ok()) {
             return start;
         }
         start += 40;
-        assert!(start < 60_000, "no four free consecutive ports");
+        assert!(start < 20_000, "no {n} free consecutive ports");
     }
 }
 
@@ -56,6 +59,10 @@ impl Run<'_> {
         self.dir.join("requests.jsonl")
     }
 
+    pub fn message_log(&self) -> PathBuf {
+        self.dir.join("messages.jsonl")
+    }
+
     /// Runs the testbed to completion; panics with its output when it fails.
     pub fn run(&self) {
         let output = Command::new(bin_dir().join("testbed"))
@@ -76,6 +83,8 @@ impl Run<'_> {
             .arg(self.truth())
             .arg("--request-log")
             .arg(self.request_log())
+            .arg("--message-log")
+            .arg(self.message_log())
             .stdin(Stdio::null())
             .output()
             .expect("start testbed");

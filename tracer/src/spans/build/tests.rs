@@ -70,20 +70,100 @@ fn server_span_carries_the_contract_attributes() {
 #[test]
 fn client_span_names_the_callee() {
     let ex = exchange(
-        "mes-api",
+        "shop-api",
         Role::Client,
         "POST",
-        "/queue/v1/topics/priced-orders/messages",
+        "/mes/api/pricing-requests",
     )
     .request_body(r#"{"orderRef":"SO-1"}"#)
-    .respond(202, "{}");
+    .respond(200, r#"{"orderRef":"SO-1","state":"PRICED"}"#);
     let span = builder().build(&ex).1.unwrap();
     assert_eq!(span.kind, SpanKind::Client);
     assert_eq!(attr(&span, "server.port"), Some(&AttrValue::Int(18081)));
     assert_eq!(attr(&span, "client.port"), Some(&AttrValue::Int(40000)));
-    assert_eq!(attr(&span, "peer.service").cloned(), s("order-queue"));
-    assert_eq!(attr(&span, "order.owner").cloned(), s("order-queue"));
-    assert_eq!(span.resource.get("service.name").cloned(), s("mes-api"));
+    assert_eq!(attr(&span, "peer.service").cloned(), s("mes-api"));
+    assert_eq!(attr(&span, "order.owner").cloned(), s("mes-api"));
+    assert_eq!(span.resource.get("service.name").cloned(), s("shop-api"));
+}
+
+#[test]
+fn message_spans_follow_the_messaging_conventions_and_link_consumer_to_producer() {
+    use crate::amqp::{Operation, Settlement};
+    use crate::spans::fixtures::{TransferFixture, message};
+    let mut b = builder();
+    let priced = |service, operation, queue| {
+        message(service, operation, "shop.priced-orders", "priced.eu", queue)
+            .properties(&[("correlation-id", "SO-1"), ("message-id", "m-1")], &[])
+            .body(r#"{"orderRef":"SO-1"}"#)
+    };
+    let producer = b
+        .build(&priced("mes-api", Operation::Publish, None))
+        .1
+        .unwrap();
+    assert_eq!(
+        (producer.kind, producer.name.as_str()),
+        (SpanKind::Producer, "send shop.priced-orders")
+    );
+    assert_eq!(producer.trace_id, order_trace_id("SO-1"));
+    let expected = [
+        ("messaging.system", s("rabbitmq")),
+        ("messaging.operation.type", s("send")),
+        ("messaging.destination.name", s("shop.priced-orders")),
+        ("messaging.rabbitmq.destination.routing_key", s("priced.eu")),
+        ("messaging.message.id", s("m-1")),
+        ("messaging.message.conversation_id", s("SO-1")),
+        ("messaging.message.body.size", Some(AttrValue::Int(19))),
+        ("server.port", Some(AttrValue::Int(5672))),
+        ("order.id", s("SO-1")),
+        ("order.rule", s("queue.publish_priced")),
+        ("peer.service", s("order-queue")),
+        ("error.type", None),
+    ];
+    for (key, value) in expected {
+        assert_eq!(attr(&producer, key).cloned(), value, "{key}");
+    }
+    let consumer = b
+        .build(&priced(
+            "crm-api",
+            Operation::Deliver,
+            Some("crm.priced-orders"),
+        ))
+        .1
+        .unwrap();
+    assert_eq!(
+        (consumer.kind, consumer.name.as_str()),
+        (SpanKind::Consumer, "process crm.priced-orders")
+    );
+    assert_eq!(
+        attr(&consumer, "messaging.destination.subscription.name").cloned(),
+        s("crm.priced-orders")
+    );
+    assert_eq!(
+        attr(&consumer, "messaging.rabbitmq.message.delivery_tag"),
+        Some(&AttrValue::Int(1))
+    );
+    assert_eq!(
+        consumer.links,
+        vec![SpanLink {
+            trace_id: producer.trace_id,
+            span_id: producer.span_id
+        }]
+    );
+    assert_eq!(consumer.parent_span_id, Some(order_root_span_id("SO-1")));
+    // Settled otherwise than wanted: error.type and status.
+    for (settlement, error) in [
+        (Settlement::Nacked { requeue: false }, "nack"),
+        (Settlement::Returned { reply_code: 312 }, "returned"),
+        (Settlement::Rejected { requeue: false }, "reject"),
+        (Settlement::Timeout, "timeout"),
+    ] {
+        let span = b
+            .build(&priced("mes-api", Operation::Publish, None).settled(settlement))
+            .1
+            .unwrap();
+        assert_eq!(attr(&span, "error.type").cloned(), s(error));
+        assert_eq!(span.status, SpanStatus::Error);
+    }
 }
 
 #[test]

@@ -15,6 +15,7 @@ use crate::protocol::Record;
 mod conversations;
 mod damage;
 mod property;
+mod protocols;
 
 pub(super) const STEP_NS: u64 = 10;
 
@@ -114,9 +115,9 @@ pub(super) fn seen(e: &Exchange) -> Seen {
 pub(super) fn http(records: &[Record]) -> Vec<&Exchange> {
     records
         .iter()
-        .map(|r| {
-            let Record::Http(e) = r;
-            e
+        .filter_map(|r| match r {
+            Record::Http(e) => Some(e),
+            _ => None,
         })
         .collect()
 }

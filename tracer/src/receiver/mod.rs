@@ -3,6 +3,16 @@
 //! lifecycle and forwarded, unchanged, to the upstream collector (Jaeger) when one is set.
 //! With `[api] tls_cert`/`tls_key` both listeners speak TLS only; with `otlp_client_ca` they
 //! also require a client certificate (mutual TLS: how the Collector authenticates).
+//!
+//! Bounded and honest: a request is refused before it is decoded when its decoded size would
+//! pass [`MAX_DECODED_BYTES`] (413 / `RESOURCE_EXHAUSTED`, counted on the wire by [`budget`]);
+//! at most [`MAX_CONCURRENT`] requests and [`MAX_IN_FLIGHT_BYTES`] of them (wire and decoded)
+//! are handled at once, over which the answer is 503 + `Retry-After` / `UNAVAILABLE`; spans
+//! the monitor could not take are named in the answer's partial success (`rejected_spans`),
+//! never a silent success.
+
+pub mod budget;
+mod grpc;
 
 use crate::spans::Attributes;
 use std::net::SocketAddr;
@@ -11,28 +21,104 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1 as otlp;
 use prost::Message;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api::ApiConfig;
 use crate::monitor::SpanSink;
 use crate::otlp_out::Forwarder;
 use crate::spans::{AttrValue, SpanEvent, SpanKind, SpanLink, SpanRecord, SpanStatus};
 
-/// Largest request accepted (both transports): what a Collector's batch sends by default,
-/// with room to spare.
+/// Largest request accepted (both transports, after gzip): what a Collector's batch sends by
+/// default, with room to spare.
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+/// Largest estimated decoded size of one request.
+pub const MAX_DECODED_BYTES: usize = 64 * 1024 * 1024;
+/// Requests handled at once, both transports together.
+pub const MAX_CONCURRENT: usize = 8;
+/// Bytes of all requests being handled (their wire bytes, then their decoded estimate).
+pub const MAX_IN_FLIGHT_BYTES: usize = 160 * 1024 * 1024;
+/// The budget counts in units of this many bytes (a semaphore's permits are u32).
+const UNIT: usize = 1024;
+/// What a refused client is told to wait before trying again, in seconds.
+const RETRY_AFTER_SECS: u64 = 1;
+
+/// Why a request was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("the monitor is at its limit of requests in flight; retry in {RETRY_AFTER_SECS} s")]
+    Busy,
+}
+
+impl Refused {
+    fn grpc_status(&self) -> tonic::Status {
+        match self {
+            Self::Invalid(m) => tonic::Status::invalid_argument(m.clone()),
+            Self::TooLarge(m) => tonic::Status::resource_exhausted(m.clone()),
+            // UNAVAILABLE is what OTLP clients retry with backoff.
+            Self::Busy => tonic::Status::unavailable(self.to_string()),
+        }
+    }
+
+    fn http_response(&self) -> Response {
+        let (status, retry) = match self {
+            Self::Invalid(_) => (StatusCode::BAD_REQUEST, false),
+            Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, false),
+            Self::Busy => (StatusCode::SERVICE_UNAVAILABLE, true),
+        };
+        let mut response = (status, self.to_string()).into_response();
+        if retry {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, RETRY_AFTER_SECS.into());
+        }
+        response
+    }
+}
+
+/// What both receivers share: how many requests, and how many bytes, are in flight.
+#[derive(Clone)]
+struct Limits {
+    requests: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+}
+
+impl Limits {
+    fn new() -> Self {
+        Self {
+            requests: Arc::new(Semaphore::new(MAX_CONCURRENT)),
+            bytes: Arc::new(Semaphore::new(MAX_IN_FLIGHT_BYTES / UNIT)),
+        }
+    }
+
+    fn request(&self) -> Result<OwnedSemaphorePermit, Refused> {
+        self.requests
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refused::Busy)
+    }
+
+    fn reserve(&self, bytes: usize) -> Result<OwnedSemaphorePermit, Refused> {
+        let units = u32::try_from(bytes.div_ceil(UNIT)).map_err(|_| Refused::Busy)?;
+        self.bytes
+            .clone()
+            .try_acquire_many_owned(units)
+            .map_err(|_| Refused::Busy)
+    }
+}
 
 /// The listeners' TLS: the identity of `[api] tls_cert`/`tls_key` and, for mutual TLS, the
 /// CA of `otlp_client_ca`. Built at start, so bad files stop the monitor, not a client.
@@ -119,28 +205,84 @@ pub struct Receiver {
     sink: SpanSink,
     forward: Option<Forwarder>,
     tls: Option<ReceiverTls>,
+    limits: Limits,
 }
 
 impl Receiver {
     pub fn new(sink: SpanSink, forward: Option<Forwarder>, tls: Option<ReceiverTls>) -> Self {
-        Self { sink, forward, tls }
+        Self {
+            sink,
+            forward,
+            tls,
+            limits: Limits::new(),
+        }
     }
 
-    fn accept(&self, request: &ExportTraceServiceRequest, raw: Option<Bytes>) {
-        if let Some(forward) = &self.forward {
-            forward.send(raw.unwrap_or_else(|| Bytes::from(request.encode_to_vec())));
+    /// One request's bytes, as received: counted, decoded within the budget, handed on.
+    /// `_wire` is the reservation of the bytes themselves, held until they are decoded.
+    async fn export_raw(&self, raw: Bytes) -> Result<ExportTraceServiceResponse, Refused> {
+        let _request = self.limits.request()?;
+        let _wire = self.limits.reserve(raw.len())?;
+        self.decode_and_accept(raw)
+    }
+
+    fn decode_and_accept(&self, raw: Bytes) -> Result<ExportTraceServiceResponse, Refused> {
+        let cost = budget::cost(&raw, MAX_DECODED_BYTES).map_err(|refusal| {
+            self.sink.count_parse_error();
+            match refusal {
+                budget::Refusal::OverBudget { .. } => Refused::TooLarge(refusal.to_string()),
+                budget::Refusal::Malformed(_) => Refused::Invalid(refusal.to_string()),
+            }
+        })?;
+        let _decoded = self.limits.reserve(cost.bytes)?;
+        let request = ExportTraceServiceRequest::decode(raw.clone()).map_err(|e| {
+            self.sink.count_parse_error();
+            Refused::Invalid(format!("not an OTLP ExportTraceServiceRequest: {e}"))
+        })?;
+        Ok(self.accept(&request, raw, cost.spans))
+    }
+
+    /// Forwards the request and hands its spans to the monitor; the answer says what was not
+    /// taken.
+    fn accept(
+        &self,
+        request: &ExportTraceServiceRequest,
+        raw: Bytes,
+        spans: usize,
+    ) -> ExportTraceServiceResponse {
+        let mut warnings = Vec::new();
+        if let Some(forward) = &self.forward
+            && !forward.send(raw)
+        {
+            warnings.push("not forwarded upstream: the forward queue is full");
         }
-        for span in spans_from_otlp(request) {
-            self.sink.send(span);
+        let decoded = spans_from_otlp(request);
+        let mut rejected = spans - decoded.len();
+        if rejected > 0 {
+            warnings.push("spans without a valid trace id and span id were rejected");
+        }
+        let mut queue_full = false;
+        for span in decoded {
+            if !self.sink.send(span) {
+                rejected += 1;
+                queue_full = true;
+            }
+        }
+        if queue_full {
+            warnings.push("the monitor's queue is full: spans rejected, send them again later");
+        }
+        ExportTraceServiceResponse {
+            partial_success: (!warnings.is_empty()).then(|| ExportTracePartialSuccess {
+                rejected_spans: rejected as i64,
+                error_message: warnings.join("; "),
+            }),
         }
     }
 
     /// Serves OTLP/gRPC on a bound listener until the process ends.
     pub async fn serve_grpc(self, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
         let tls = self.tls.as_ref().map(|tls| tls.grpc.clone());
-        let service = TraceServiceServer::new(self)
-            .max_decoding_message_size(MAX_REQUEST_BYTES)
-            .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+        let service = grpc::TraceServer(self);
         let mut server = tonic::transport::Server::builder();
         if let Some(tls) = tls {
             server = server
@@ -158,7 +300,6 @@ impl Receiver {
     pub fn http_router(self) -> Router {
         Router::new()
             .route("/v1/traces", axum::routing::post(http_export))
-            .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
             .with_state(self)
     }
 
@@ -180,24 +321,10 @@ impl Receiver {
     }
 }
 
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.accept(request.get_ref(), None);
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
-async fn http_export(
-    State(receiver): State<Receiver>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+/// `POST /v1/traces`: the request slot and the body's bytes are reserved before the body is
+/// read, so concurrent large bodies cannot pile up in memory.
+async fn http_export(State(receiver): State<Receiver>, request: Request) -> Response {
+    let headers = request.headers();
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -216,26 +343,30 @@ async fn http_export(
         )
             .into_response();
     }
-    match ExportTraceServiceRequest::decode(body.clone()) {
-        Ok(request) => {
-            receiver.accept(&request, Some(body));
-            let answer = ExportTraceServiceResponse {
-                partial_success: None,
-            };
-            (
-                [(header::CONTENT_TYPE, "application/x-protobuf")],
-                answer.encode_to_vec(),
-            )
-                .into_response()
-        }
-        Err(err) => {
-            receiver.sink.count_parse_error();
-            (
-                StatusCode::BAD_REQUEST,
-                format!("not an OTLP ExportTraceServiceRequest: {err}"),
-            )
-                .into_response()
-        }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_REQUEST_BYTES) {
+        return Refused::TooLarge(format!("the body is over {MAX_REQUEST_BYTES} bytes"))
+            .http_response();
+    }
+    let answered = async {
+        let _slot = receiver.limits.request()?;
+        let _wire = receiver
+            .limits
+            .reserve(declared.unwrap_or(MAX_REQUEST_BYTES))?;
+        let body = axum::body::to_bytes(request.into_body(), MAX_REQUEST_BYTES)
+            .await
+            .map_err(|e| Refused::TooLarge(format!("reading the body: {e}")))?;
+        receiver.decode_and_accept(body)
+    };
+    match answered.await {
+        Ok(answer) => (
+            [(header::CONTENT_TYPE, "application/x-protobuf")],
+            answer.encode_to_vec(),
+        )
+            .into_response(),
+        Err(refused) => refused.http_response(),
     }
 }
 
@@ -293,6 +424,8 @@ pub fn spans_from_otlp(request: &ExportTraceServiceRequest) -> Vec<SpanRecord> {
                     kind: match otlp::span::SpanKind::try_from(span.kind) {
                         Ok(otlp::span::SpanKind::Server) => SpanKind::Server,
                         Ok(otlp::span::SpanKind::Client) => SpanKind::Client,
+                        Ok(otlp::span::SpanKind::Producer) => SpanKind::Producer,
+                        Ok(otlp::span::SpanKind::Consumer) => SpanKind::Consumer,
                         _ => SpanKind::Internal,
                     },
                     start_unix_nano: span.start_time_unix_nano,
@@ -354,6 +487,8 @@ pub fn otlp_from_spans(spans: &[SpanRecord]) -> ExportTraceServiceRequest {
             kind: match span.kind {
                 SpanKind::Server => otlp::span::SpanKind::Server,
                 SpanKind::Client => otlp::span::SpanKind::Client,
+                SpanKind::Producer => otlp::span::SpanKind::Producer,
+                SpanKind::Consumer => otlp::span::SpanKind::Consumer,
                 SpanKind::Internal => otlp::span::SpanKind::Internal,
             } as i32,
             start_time_unix_nano: span.start_unix_nano,
@@ -424,10 +559,10 @@ pub async fn bind(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn span() -> SpanRecord {
+    pub(crate) fn span() -> SpanRecord {
         SpanRecord {
             trace_id: crate::spans::order_trace_id("SO-1"),
             span_id: [1, 2, 3, 4, 5, 6, 7, 8],
