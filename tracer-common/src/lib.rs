@@ -9,13 +9,13 @@
 /// small reservation instead of a full one.
 pub const PAYLOAD_SMALL: usize = 512;
 pub const PAYLOAD_MEDIUM: usize = 4096;
-/// Upper bound of one captured chunk. The configurable cap (`config::PAYLOAD_CAP`) may be
-/// lower, never higher.
+/// Upper bound of one captured chunk. The per-service caps (`Target`) may be lower, never
+/// higher.
 pub const PAYLOAD_MAX: usize = 16384;
 
-/// How many iovec entries of one `readv`/`writev`/`sendmsg`/`recvmsg` are captured; each
-/// becomes its own data event so every copy starts at offset 0 (verifier-friendly). The last
-/// one also accounts (in `len`) for the bytes of the iovecs after it.
+/// How many iovec entries of one `readv`/`writev`/`sendmsg`/`recvmsg` are copied, one after
+/// the other into the call's one data event; bytes in later entries are counted in `len`,
+/// not copied.
 pub const MAX_IOVECS: usize = 8;
 
 /// How often the agent reads the ring buffer without being woken: the latency bound of
@@ -26,12 +26,14 @@ pub const POLL_INTERVAL_MS: u64 = 10;
 pub const MAX_SOCKETS: u32 = 65536;
 /// Capacity of the kernel's target table (processes traced at once).
 pub const MAX_TARGETS: u32 = 1024;
+/// Words of the kernel's target bitmap: one bit per possible tgid (Linux's `PID_MAX_LIMIT`
+/// on 64-bit, 2^22), 512 KiB. The bitmap answers "is this a target?" for every hooked call of
+/// every process with one array load; the target table is only read for set bits.
+pub const TARGET_BIT_WORDS: u32 = (1 << 22) / 64;
 /// Capacity of the table of command names the kernel itself starts tracing at `exec`.
 pub const MAX_EXEC_NAMES: u32 = 64;
 /// Length of a kernel command name (`comm`), NUL padding included.
 pub const COMM_LEN: usize = 16;
-/// Capacity of the in-flight syscall table (threads inside a traced syscall at once).
-pub const MAX_PENDING: u32 = 16384;
 
 /// Address families as the kernel numbers them.
 pub const AF_INET: u16 = 2;
@@ -70,6 +72,12 @@ pub mod sock_flag {
     pub const ANNOUNCED: u8 = 1;
 }
 
+/// `EventHeader::flags`.
+pub mod event_flag {
+    /// The payload is TLS plaintext, read from the TLS library rather than the socket.
+    pub const TLS: u8 = 1;
+}
+
 /// Indexes into the per-CPU `COUNTERS` array. The agent sums the CPUs.
 pub mod counter {
     /// Events the kernel could not reserve ring-buffer space for (ring full).
@@ -85,19 +93,18 @@ pub mod counter {
     pub const READ_FAILED: u32 = 4;
     /// Socket table full: a new connection could not be tracked.
     pub const SOCKETS_FULL: u32 = 5;
-    /// In-flight syscall table full: one call was not captured.
-    pub const PENDING_FULL: u32 = 6;
-    /// Vectored calls with more iovecs than `MAX_IOVECS`: the later buffers' bytes are
-    /// counted in `len` but not copied.
-    pub const IOVECS_CUT: u32 = 7;
+    /// Calls whose bytes within the cap were not all copied: more iovecs than `MAX_IOVECS`,
+    /// or a buffer the kernel could not read. The rest is counted in `len`, not copied.
+    pub const IOVECS_CUT: u32 = 6;
+    /// Reads and writes of traced sockets captured (one per call, however many data events
+    /// its buffers make): what the kernel's cost per captured call is measured against.
+    pub const CALLS: u32 = 7;
     pub const COUNT: u32 = 8;
 }
 
 /// Indexes into the `CONFIG` array the agent writes before attaching.
 pub mod config {
-    /// Bytes of each syscall's payload to copy (≤ `PAYLOAD_MAX`).
-    pub const PAYLOAD_CAP: u32 = 0;
-    /// Non-zero: emit aya-log diagnostics on the per-event path.
+    /// Non-zero: emit aya-log diagnostics when connections open and close.
     pub const VERBOSE: u32 = 1;
     /// Unread ring-buffer bytes at which a data event wakes the agent; below it the agent
     /// finds the event on its next poll (`POLL_INTERVAL_MS`). Open/close always wake it.
@@ -127,7 +134,8 @@ pub struct EventHeader {
     pub direction: u8,
     /// One of `role::*`.
     pub role: u8,
-    pub _pad0: u8,
+    /// `event_flag::*` bits.
+    pub flags: u8,
     /// Bytes of payload that follow the header (data events; ≤ the entry's class size).
     pub captured: u32,
     pub tgid: u32,
@@ -135,10 +143,8 @@ pub struct EventHeader {
     pub fd: i32,
     /// The target's `Target::service`, so the agent needs no pid lookup per event.
     pub service: u32,
-    /// Which iovec of a vectored call this chunk is (0 for plain calls).
-    pub iov_index: u32,
-    pub _pad1: u32,
-    /// Bytes the syscall moved for this chunk (data) — may exceed `captured`.
+    pub _pad1: u64,
+    /// Bytes the call moved (data) — may exceed `captured`, the copied prefix.
     pub len: u64,
     /// Unique for the socket's life in this process: a reused fd number gets a new id.
     pub conn_id: u64,
@@ -171,11 +177,24 @@ pub struct SockInfo {
 }
 
 /// Per-process target entry, keyed by tgid. `service` indexes the agent's service table.
+/// The caps are the bytes of each read/write copied, by the socket's role: the agent derives
+/// them from what the service's rules read (heads only, or heads and the start of bodies).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Target {
     pub service: u32,
-    pub _pad: u32,
+    /// On connections this process accepted (≤ `PAYLOAD_MAX`).
+    pub server_cap: u16,
+    /// On connections this process made (≤ `PAYLOAD_MAX`); connections of unknown role get
+    /// the larger of the two.
+    pub client_cap: u16,
+}
+
+/// Where a tgid's bit is in the target bitmap: (word index, bit mask). Tgids past the bitmap
+/// fold onto it, which only costs a target-table lookup.
+#[inline(always)]
+pub const fn target_bit(tgid: u32) -> (u32, u64) {
+    ((tgid / 64) % TARGET_BIT_WORDS, 1 << (tgid % 64))
 }
 
 /// Key of the socket table: one u64 so the kernel does one lookup per syscall.
@@ -190,6 +209,7 @@ const _: () = assert!(core::mem::size_of::<DataEvent<PAYLOAD_MAX>>() == 80 + PAY
 const _: () = assert!(core::mem::size_of::<SockInfo>() == 16);
 const _: () = assert!(core::mem::size_of::<Target>() == 8);
 const _: () = assert!(PAYLOAD_SMALL < PAYLOAD_MEDIUM && PAYLOAD_MEDIUM < PAYLOAD_MAX);
+const _: () = assert!(PAYLOAD_MAX <= u16::MAX as usize);
 
 #[cfg(feature = "user")]
 mod pod {

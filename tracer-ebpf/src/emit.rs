@@ -3,138 +3,167 @@
 
 use aya_ebpf::helpers::generated::{bpf_ktime_get_ns, bpf_probe_read_user};
 use tracer_common::{
-    DataEvent, EventHeader, PAYLOAD_MAX, PAYLOAD_MEDIUM, PAYLOAD_SMALL, SockAddr, SockInfo, config,
-    counter, kind,
+    DataEvent, EventHeader, MAX_IOVECS, PAYLOAD_MAX, PAYLOAD_MEDIUM, PAYLOAD_SMALL, SockAddr,
+    SockInfo, config, counter, kind,
 };
 
-use crate::maps::{EVENTS, Pending, count, setting};
+use crate::maps::{EVENTS, count, setting};
 
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
-/// Who a chunk belongs to: the fields every event of one syscall shares.
+/// Who a chunk belongs to: the fields every event of one call shares.
 pub struct Origin {
-    pub tgid: u32,
-    pub tid: u32,
+    pub pid_tgid: u64,
     pub fd: i32,
     pub service: u32,
     pub sock: SockInfo,
     pub ts_ns: u64,
+    /// `tracer_common::event_flag` bits.
+    pub flags: u8,
+    /// Most bytes to copy per chunk (the target's cap for this socket's role).
+    pub cap: u64,
 }
 
 impl Origin {
-    pub fn of_call(pid_tgid: u64, p: &Pending) -> Self {
-        Origin {
-            tgid: (pid_tgid >> 32) as u32,
-            tid: pid_tgid as u32,
-            fd: p.fd,
-            service: p.service,
-            sock: p.sock,
-            ts_ns: p.ts_ns,
-        }
-    }
-
-    fn header(&self, event_kind: u8) -> EventHeader {
-        EventHeader {
-            kind: event_kind,
-            role: self.sock.role,
-            tgid: self.tgid,
-            tid: self.tid,
-            fd: self.fd,
-            service: self.service,
-            conn_id: self.sock.conn_id,
-            ts_ns: self.ts_ns,
-            ..EventHeader::default()
+    /// Writes the fields every event has into a reserved entry's header; the caller sets the
+    /// rest. Field by field: building the header on the stack and copying it costs a memset
+    /// call and a second copy per event.
+    #[inline(always)]
+    fn write_header(&self, header: *mut EventHeader, event_kind: u8) {
+        // SAFETY: `header` points into a reserved ring-buffer entry large enough for it.
+        unsafe {
+            (*header).kind = event_kind;
+            (*header).direction = 0;
+            (*header).role = self.sock.role;
+            (*header).flags = self.flags;
+            (*header).captured = 0;
+            (*header).tgid = (self.pid_tgid >> 32) as u32;
+            (*header).tid = self.pid_tgid as u32;
+            (*header).fd = self.fd;
+            (*header).service = self.service;
+            (*header)._pad1 = 0;
+            (*header).len = 0;
+            (*header).conn_id = self.sock.conn_id;
+            (*header).ts_ns = self.ts_ns;
+            let peer = core::ptr::addr_of_mut!((*header).peer).cast::<u64>();
+            for i in 0..3 {
+                core::ptr::write_volatile(peer.add(i), 0);
+            }
         }
     }
 }
 
+#[inline(always)]
 pub fn now_ns() -> u64 {
-    // SAFETY: no arguments, always available to tracepoint programs.
+    // SAFETY: no arguments, always available to tracing programs.
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// An open or close event.
+/// An open, close or exit event.
 pub fn conn_event(origin: &Origin, event_kind: u8, peer: SockAddr) {
     let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
         count(counter::RING_FULL);
         return;
     };
-    let mut header = origin.header(event_kind);
-    header.peer = peer;
-    entry.write(header);
+    let header = entry.as_mut_ptr();
+    origin.write_header(header, event_kind);
+    // SAFETY: as in `write_header`.
+    unsafe { (*header).peer = peer };
     // The agent reads /proc for the local address while the socket still exists.
     entry.submit(BPF_RB_FORCE_WAKEUP);
     count(counter::CONN_EVENTS);
 }
 
-/// One chunk of a syscall's bytes. (A struct: BPF functions take at most five arguments.)
-pub struct Chunk {
+/// The buffers of one call, as the app passed them (a plain buffer is one; a vectored call
+/// up to `MAX_IOVECS`), and how many bytes the call moved through them.
+pub struct Buffers {
     pub direction: u8,
-    pub iov_index: u32,
-    /// User address of the chunk's first byte.
-    pub src: u64,
-    /// Bytes the syscall moved for this chunk.
-    pub len: u64,
-    /// How many of them are contiguous at `src` (≤ `len`).
-    pub avail: u64,
+    /// `[base, len]` pairs, as in `struct iovec`; only the first `count` are read.
+    pub iov: [[u64; 2]; MAX_IOVECS],
+    pub count: usize,
+    /// The call's return value: the first `total` bytes of the buffers, in order.
+    pub total: u64,
 }
 
-/// One data event; copies at most the configured cap of the chunk's contiguous bytes.
-pub fn data_event(origin: &Origin, chunk: &Chunk) {
-    let cap = setting(config::PAYLOAD_CAP);
-    let want = if chunk.avail > cap {
+/// One data event for the whole call: the start of its bytes, copied buffer after buffer, up
+/// to `origin.cap`; `len` says how many the call moved. (One event per call rather than per
+/// buffer: the ring operations, not the copies, are most of an event's cost.)
+#[inline(always)]
+pub fn data_event(origin: &Origin, bufs: &Buffers) {
+    let want = if bufs.total > origin.cap {
         count(counter::TRUNCATED);
-        cap
+        origin.cap
     } else {
-        chunk.avail
+        bufs.total
     };
     if want <= PAYLOAD_SMALL as u64 {
-        sized::<PAYLOAD_SMALL>(origin, chunk, want);
+        sized::<PAYLOAD_SMALL, { 2 * PAYLOAD_SMALL }>(origin, bufs, want);
     } else if want <= PAYLOAD_MEDIUM as u64 {
-        sized::<PAYLOAD_MEDIUM>(origin, chunk, want);
+        sized::<PAYLOAD_MEDIUM, { 2 * PAYLOAD_MEDIUM }>(origin, bufs, want);
     } else {
-        sized::<PAYLOAD_MAX>(origin, chunk, want);
+        sized::<PAYLOAD_MAX, { 2 * PAYLOAD_MAX }>(origin, bufs, want);
     }
 }
 
+/// Copies into an entry of class `N` whose payload area is `SLACK = 2N` bytes: each copy
+/// starts below `N` and is at most `N` long, bounds the verifier can check one by one (it
+/// cannot see that the copies together stay within `want ≤ N`).
 #[inline(always)]
-fn sized<const N: usize>(origin: &Origin, chunk: &Chunk, want: u64) {
-    let Some(mut entry) = EVENTS.reserve::<DataEvent<N>>(0) else {
+fn sized<const N: usize, const SLACK: usize>(origin: &Origin, bufs: &Buffers, want: u64) {
+    let Some(mut entry) = EVENTS.reserve::<DataEvent<SLACK>>(0) else {
         count(counter::RING_FULL);
         return;
     };
     let event = entry.as_mut_ptr();
-    // The verifier needs an unsigned bound right before the copy.
-    let size = if want > N as u64 {
-        N as u32
-    } else {
-        want as u32
-    };
-    // SAFETY: `event` points at a reserved entry of `size_of::<DataEvent<N>>()` bytes and
-    // `size ≤ N` bytes are written into its payload; a bad user pointer makes the helper fail,
-    // it never faults.
-    let copied = unsafe {
-        bpf_probe_read_user(
-            (*event).payload.as_mut_ptr().cast(),
-            size,
-            chunk.src as *const core::ffi::c_void,
-        )
-    };
-    let captured = if copied == 0 {
-        size
-    } else {
-        count(counter::READ_FAILED);
-        0
-    };
-    let mut header = origin.header(kind::DATA);
-    header.direction = chunk.direction;
-    header.iov_index = chunk.iov_index;
-    header.len = chunk.len;
-    header.captured = captured;
+    let mut copied: u64 = 0;
+    for i in 0..MAX_IOVECS {
+        if i >= bufs.count || copied >= want || copied >= N as u64 {
+            break;
+        }
+        let [base, len] = bufs.iov[i];
+        let left = want - copied;
+        let size = if len < left { len } else { left };
+        // The verifier needs an unsigned bound right before the copy; it cannot see the one
+        // above, and LLVM would drop a second one it can prove redundant unless the value
+        // comes back through memory.
+        // SAFETY: a read of a local.
+        let size = unsafe { core::ptr::read_volatile(&size) };
+        let size = if size > N as u64 {
+            N as u32
+        } else {
+            size as u32
+        };
+        // SAFETY: `event` points at a reserved entry whose payload holds `SLACK` bytes;
+        // `copied < N` and `size ≤ N` keep the copy inside it. A bad user pointer makes the
+        // helper fail, it never faults.
+        let failed = unsafe {
+            bpf_probe_read_user(
+                (*event).payload.as_mut_ptr().add(copied as usize).cast(),
+                size,
+                base as *const core::ffi::c_void,
+            )
+        } != 0;
+        if failed {
+            count(counter::READ_FAILED);
+            break;
+        }
+        copied += u64::from(size);
+    }
+    if copied < want {
+        // Bytes past the last buffer copied (more buffers than `MAX_IOVECS`, or a failed
+        // read) are counted in `len`, not copied.
+        count(counter::IOVECS_CUT);
+    }
     // SAFETY: as above; the header is the entry's first field.
-    unsafe { (*event).header = header };
+    unsafe {
+        let header = core::ptr::addr_of_mut!((*event).header);
+        origin.write_header(header, kind::DATA);
+        (*header).direction = bufs.direction;
+        (*header).len = bufs.total;
+        (*header).captured = copied as u32;
+    }
     let pending = EVENTS.query(BPF_RB_AVAIL_DATA);
     entry.submit(if pending >= setting(config::WAKEUP_BYTES) {
         BPF_RB_FORCE_WAKEUP

@@ -1,12 +1,12 @@
-//! The maps shared with the agent, and the per-thread record of a syscall in flight.
+//! The maps shared with the agent.
 
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    COMM_LEN, MAX_EXEC_NAMES, MAX_PENDING, MAX_SOCKETS, MAX_TARGETS, SockInfo, Target, config,
-    counter,
+    COMM_LEN, MAX_EXEC_NAMES, MAX_SOCKETS, MAX_TARGETS, SockInfo, TARGET_BIT_WORDS, Target, config,
+    counter, target_bit,
 };
 
 /// Events to the agent. The agent sets the real size at load (`ring_buffer_bytes`).
@@ -16,6 +16,12 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
 /// Processes to trace, by tgid; filled by the agent's target discovery.
 #[map]
 pub static TARGETS: HashMap<u32, Target> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// One bit per tgid in `TARGETS` (`tracer_common::target_bit`), set by the agent and at exec,
+/// cleared by the agent: the first filter of every hooked call of every process. A bit left set
+/// for a process gone only costs that process a `TARGETS` lookup per call.
+#[map]
+pub static TARGET_BITS: Array<u64> = Array::with_max_entries(TARGET_BIT_WORDS, 0);
 
 /// Command names that make a process a target the moment it execs, before its first
 /// syscall: a short-lived client (curl) would be gone before the agent's next /proc scan.
@@ -28,11 +34,6 @@ pub static EXEC_NAMES: HashMap<[u8; COMM_LEN], Target> =
 #[map]
 pub static SOCKETS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
 
-/// Arguments of a syscall between its enter and exit, by pid_tgid (one per thread). LRU:
-/// a thread killed inside a blocking call never reaches the exit that would remove its entry.
-#[map]
-pub static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(MAX_PENDING, 0);
-
 /// Loss and activity counters; the agent sums the CPUs.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -41,51 +42,29 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 #[map]
 pub static CONFIG: Array<u64> = Array::with_max_entries(config::COUNT, 0);
 
-/// What the exit handler must do with the syscall's return value.
-pub mod call {
-    /// `read`/`write`/`recvfrom`/`sendto`: `ptr` is the buffer.
-    pub const BUF: u8 = 1;
-    /// `readv`/`writev`: `ptr` is the iovec array, `count` its length.
-    pub const IOV: u8 = 2;
-    /// `recvmsg`/`sendmsg`: `ptr` is the `user_msghdr`.
-    pub const MSG: u8 = 3;
-    /// `socket(AF_INET/AF_INET6, SOCK_STREAM)`: the return value is a new TCP socket.
-    pub const SOCKET: u8 = 4;
-    /// `accept`/`accept4`: `ptr` is the peer sockaddr the app passed (may be null).
-    pub const ACCEPT: u8 = 5;
-    /// `connect`: `ptr` is the peer sockaddr.
-    pub const CONNECT: u8 = 6;
+/// Whether `tgid` may be a target: its bit is set.
+#[inline(always)]
+pub fn maybe_target(tgid: u32) -> bool {
+    let (word, mask) = target_bit(tgid);
+    TARGET_BITS.get(word).is_some_and(|bits| bits & mask != 0)
 }
 
-/// A traced syscall between enter and exit. Kernel-only: the agent never sees it.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Pending {
-    /// CLOCK_MONOTONIC at entry.
-    pub ts_ns: u64,
-    pub ptr: u64,
-    pub count: u64,
-    /// The socket's state at entry (data calls) — a close racing on another thread cannot
-    /// change which connection the bytes belong to.
-    pub sock: SockInfo,
-    pub fd: i32,
-    pub service: u32,
-    /// The syscall number at entry; the exit must match it, so an entry whose exit was
-    /// missed (programs attached in between) is never paired with another call's result.
-    pub nr: i32,
-    /// One of `call::*`.
-    pub call: u8,
-    /// One of `tracer_common::direction::*`.
-    pub direction: u8,
-    /// For `ACCEPT`: the listening socket is a known TCP socket.
-    pub listener_known: u8,
-    pub _pad: u8,
+/// Sets `tgid`'s bit. Not atomic: a concurrent update by the agent of the same word can undo
+/// it, which the agent's next scan repairs (it sets the bit of every `TARGETS` entry).
+#[inline(always)]
+pub fn mark_target(tgid: u32) {
+    let (word, mask) = target_bit(tgid);
+    if let Some(bits) = TARGET_BITS.get_ptr_mut(word) {
+        // SAFETY: a valid element of the array.
+        unsafe { *bits |= mask };
+    }
 }
 
 #[inline(always)]
 pub fn count(index: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot; a tracepoint program is not preempted on its CPU.
+        // SAFETY: this CPU's slot of a valid map value; a racing increment on the same CPU
+        // can at worst lose one count.
         unsafe { *slot += 1 };
     }
 }

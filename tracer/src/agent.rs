@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::capture::{Capture, CaptureCounters, CaptureEvent};
+use crate::capture::{Capture, CaptureCounters, CaptureEvent, PayloadCaps, Role};
 use crate::clock::{monotonic_now_ns, monotonic_to_unix_offset_ns};
 use crate::config::Config;
 use crate::export::{
@@ -143,7 +143,6 @@ pub fn publish_totals(metrics: &PipelineMetrics, counters: &AgentCounters) {
         ("ring_full", capture.ring_full),
         ("capture_queue_full", capture.queue_full),
         ("sockets_full", capture.sockets_full),
-        ("syscalls_in_flight_full", capture.pending_full),
         ("user_read_failed", capture.read_failed),
         ("iovecs_beyond_capture", capture.iovecs_cut),
         ("undecodable_events", capture.decode_errors),
@@ -236,6 +235,17 @@ impl Agent {
     pub fn start(config: &Config, monitor: Option<Box<dyn SpanConsumer>>) -> anyhow::Result<Self> {
         let rules =
             RuleSet::compile(&config.services).map_err(|e| anyhow::anyhow!("config rules: {e}"))?;
+        // The kernel copies of each call what the rules can use: heads, and the start of
+        // bodies only where a rule reads a JSON field.
+        let capture_caps = |service: &str| PayloadCaps {
+            server: config
+                .capture
+                .cap_for(rules.reads_body(service, Role::Server)),
+            client: config
+                .capture
+                .cap_for(rules.reads_body(service, Role::Client)),
+        };
+        let mut capture = Capture::start_with_caps(&config.capture, &capture_caps)?;
         let redactor = Redactor::new(&config.export.redact_path_segments)
             .map_err(|e| anyhow::anyhow!("config [export] redact_path_segments: {e}"))?;
         let builder = SpanBuilder::new(
@@ -250,7 +260,6 @@ impl Agent {
             fanout = fanout.with_consumer(monitor);
         }
 
-        let mut capture = Capture::start(&config.capture)?;
         let events = capture
             .take_events()
             .context("the capture's event queue was already taken")?;

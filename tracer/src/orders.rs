@@ -286,6 +286,27 @@ impl RuleSet {
         names
     }
 
+    /// Whether any rule that can match an exchange of `service`'s process on that side of the
+    /// connection reads a body (a JSON id, status or key field): the capture then copies the
+    /// start of bodies as well as heads. `Role::Unknown` asks about either side.
+    pub fn reads_body(&self, service: &str, role: Role) -> bool {
+        let server = || {
+            self.services
+                .get(service)
+                .is_some_and(|s| s.server_rules.iter().any(|i| self.rules[*i].reads_body()))
+        };
+        let client = || {
+            self.client_rules
+                .iter()
+                .any(|i| self.rules[*i].reads_body())
+        };
+        match role {
+            Role::Server => server(),
+            Role::Client => client(),
+            Role::Unknown => server() || client(),
+        }
+    }
+
     /// What to do with a service's exchanges no rule claims.
     pub fn unmatched_policy(&self, service: &str) -> Unmatched {
         self.services
@@ -382,6 +403,18 @@ impl RuleSet {
 }
 
 impl Rule {
+    fn reads_body(&self) -> bool {
+        let from_body =
+            |status: &Option<CompiledStatus>| matches!(status, Some(CompiledStatus::Field { .. }));
+        self.key.is_some()
+            || from_body(&self.step)
+            || from_body(&self.status)
+            || self
+                .order_id
+                .iter()
+                .any(|source| matches!(source, CompiledIdSource::Json(..)))
+    }
+
     fn compile(
         config: &RuleConfig,
         owner: &Arc<str>,

@@ -65,11 +65,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     crate::prereqs::ensure(crate::prereqs::Needs::demo())?;
     crate::prereqs::require_root("the agent loads eBPF programs")?;
     crate::build(true)?;
-    // Where cargo put the release build: CARGO_TARGET_DIR when set, else the workspace's.
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let bin = target.join("release");
+    let bin = crate::process::target_dir().join("release");
     let work = workspace_root().join("target/demo");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;

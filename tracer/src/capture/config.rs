@@ -14,9 +14,18 @@ pub struct CaptureConfig {
     /// Processes to trace, each mapped to a service name (`[[capture.target]]`).
     #[serde(rename = "target")]
     pub targets: Vec<TargetSpec>,
-    /// Bytes copied from each syscall's buffer (each iovec of a vectored call), at most
-    /// 16384. Longer writes/reads keep this prefix; the true length is still reported.
+    /// Most bytes copied from each read/write (each iovec of a vectored call), at most
+    /// 16384. Longer calls keep this prefix; the true length is still reported, and the
+    /// bytes not copied are stepped over by the message framing. `tracer capture` copies
+    /// this much; the agent copies less where the rules need less (`head_bytes`,
+    /// `body_bytes`).
     pub payload_cap: u32,
+    /// Bytes of each read/write the agent copies for message heads. A head longer than this
+    /// within one call is lost (counted as a resync).
+    pub head_bytes: u32,
+    /// Bytes added to `head_bytes` on the sockets of services whose rules read a JSON field
+    /// of a body, so the start of each body is seen. Capped by `payload_cap`.
+    pub body_bytes: u32,
     /// Kernel→agent ring buffer size in bytes: a power of two, 64 KiB … 1 GiB. When the
     /// agent falls behind, events that do not fit are dropped and counted (`ring_full`).
     pub ring_buffer_bytes: u32,
@@ -59,6 +68,8 @@ impl Default for CaptureConfig {
                 .map(|name| TargetSpec::exe(name, name))
                 .collect(),
             payload_cap: PAYLOAD_MAX as u32,
+            head_bytes: 4096,
+            body_bytes: 1024,
             ring_buffer_bytes: 16 << 20,
             scan_interval_ms: 1000,
             queue_batches: 256,
@@ -137,12 +148,52 @@ impl TargetSpec {
     }
 }
 
+/// Bytes copied per read/write on one service's sockets, by the process's side of the
+/// connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PayloadCaps {
+    /// Connections the process accepted.
+    pub server: u32,
+    /// Connections the process made.
+    pub client: u32,
+}
+
+impl PayloadCaps {
+    pub fn uniform(cap: u32) -> Self {
+        PayloadCaps {
+            server: cap,
+            client: cap,
+        }
+    }
+}
+
 impl CaptureConfig {
+    /// What the agent copies of each call on a socket whose exchanges the rules read bodies
+    /// of, or only heads of.
+    pub fn cap_for(&self, reads_body: bool) -> u32 {
+        let wanted = if reads_body {
+            self.head_bytes.saturating_add(self.body_bytes)
+        } else {
+            self.head_bytes
+        };
+        wanted.min(self.payload_cap)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
-        if self.payload_cap == 0 || self.payload_cap as usize > PAYLOAD_MAX {
+        for (name, value) in [
+            ("payload_cap", self.payload_cap),
+            ("head_bytes", self.head_bytes),
+        ] {
+            if value == 0 || value as usize > PAYLOAD_MAX {
+                return Err(format!(
+                    "capture.{name} = {value}: must be between 1 and {PAYLOAD_MAX}"
+                ));
+            }
+        }
+        if self.body_bytes as usize > PAYLOAD_MAX {
             return Err(format!(
-                "capture.payload_cap = {}: must be between 1 and {PAYLOAD_MAX}",
-                self.payload_cap
+                "capture.body_bytes = {}: must be at most {PAYLOAD_MAX}",
+                self.body_bytes
             ));
         }
         let ring = self.ring_buffer_bytes;
@@ -184,6 +235,16 @@ mod tests {
     }
 
     #[test]
+    fn caps_follow_what_the_rules_read_and_never_pass_the_ceiling() {
+        let config = parse("head_bytes = 2048\nbody_bytes = 1024").unwrap();
+        assert_eq!(config.cap_for(false), 2048);
+        assert_eq!(config.cap_for(true), 3072);
+        let low = parse("payload_cap = 2500\nhead_bytes = 2048\nbody_bytes = 1024").unwrap();
+        assert_eq!(low.cap_for(true), 2500);
+        assert_eq!(low.cap_for(false), 2048);
+    }
+
+    #[test]
     fn targets_parse_with_every_matcher() {
         let config = parse(
             "[[target]]\nservice = \"x\"\nexe = \"python3\"\ncmdline = \"shop\\\\.py\"\n\
@@ -202,6 +263,8 @@ mod tests {
         for (text, needle) in [
             ("payload_cap = 0", "payload_cap"),
             ("payload_cap = 16385", "payload_cap"),
+            ("head_bytes = 0", "head_bytes"),
+            ("body_bytes = 20000", "body_bytes"),
             ("ring_buffer_bytes = 100000", "power of two"),
             ("ring_buffer_bytes = 4096", "ring_buffer_bytes"),
             ("scan_interval_ms = 5000", "2 s"),

@@ -23,12 +23,12 @@ pub struct CaptureCounters {
     pub read_failed: u64,
     /// Sockets not tracked because the kernel's socket table was full.
     pub sockets_full: u64,
-    /// Syscalls not captured because the in-flight table was full.
-    pub pending_full: u64,
     /// Ring-buffer entries the agent could not decode.
     pub decode_errors: u64,
     pub data_events: u64,
     pub conn_events: u64,
+    /// Reads and writes captured (a vectored call is one call, and one event per buffer).
+    pub captured_calls: u64,
     /// Processes traced right now.
     pub targets: u64,
 }
@@ -64,10 +64,10 @@ pub fn snapshot(kernel: &PerCpuArray<MapData, u64>, user: &UserCounters) -> Capt
         iovecs_cut: sum(counter::IOVECS_CUT),
         read_failed: sum(counter::READ_FAILED),
         sockets_full: sum(counter::SOCKETS_FULL),
-        pending_full: sum(counter::PENDING_FULL),
         decode_errors: user.decode_errors.load(Ordering::Relaxed),
         data_events: sum(counter::DATA_EVENTS),
         conn_events: sum(counter::CONN_EVENTS),
+        captured_calls: sum(counter::CALLS),
         targets: user.targets.load(Ordering::Relaxed),
     }
 }

@@ -1,5 +1,5 @@
 //! Loading the eBPF object into the kernel: privilege and kernel checks with errors that say
-//! what to do, tracefs mounted when missing, settings written, every tracepoint attached.
+//! what to do, tracefs mounted when missing, settings written, every hook attached.
 
 use std::path::Path;
 
@@ -18,47 +18,29 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 const TRACEFS_LEGACY: &str = "/sys/kernel/debug/tracing";
 const BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// Which program handles which tracepoints. Syscall exits come first: an entry recorded
-/// while its exit is not attached yet could never be completed.
+/// Which program handles which tracepoints. The syscall hooks come last, once the lifecycle
+/// ones keep the target table right.
 const ATTACH: &[(&str, &str, &[&str])] = &[
     ("sched_exit", "sched", &["sched_process_exit"]),
     ("sched_exec", "sched", &["sched_process_exec"]),
+    ("exit_recv_buf", "syscalls", &["sys_exit_read"]),
+    ("exit_recvfrom", "syscalls", &["sys_exit_recvfrom"]),
     (
-        "sys_exit",
+        "exit_send_buf",
         "syscalls",
-        &[
-            "sys_exit_read",
-            "sys_exit_write",
-            "sys_exit_readv",
-            "sys_exit_writev",
-            "sys_exit_recvfrom",
-            "sys_exit_sendto",
-            "sys_exit_recvmsg",
-            "sys_exit_sendmsg",
-            "sys_exit_socket",
-            "sys_exit_accept",
-            "sys_exit_accept4",
-            "sys_exit_connect",
-        ],
+        &["sys_exit_write", "sys_exit_sendto"],
     ),
-    ("enter_read", "syscalls", &["sys_enter_read"]),
-    ("enter_recvfrom", "syscalls", &["sys_enter_recvfrom"]),
+    ("exit_recv_iov", "syscalls", &["sys_exit_readv"]),
+    ("exit_send_iov", "syscalls", &["sys_exit_writev"]),
+    ("exit_recvmsg", "syscalls", &["sys_exit_recvmsg"]),
+    ("exit_sendmsg", "syscalls", &["sys_exit_sendmsg"]),
+    ("exit_socket", "syscalls", &["sys_exit_socket"]),
     (
-        "enter_send_buf",
+        "exit_accept",
         "syscalls",
-        &["sys_enter_write", "sys_enter_sendto"],
+        &["sys_exit_accept", "sys_exit_accept4"],
     ),
-    ("enter_recv_iov", "syscalls", &["sys_enter_readv"]),
-    ("enter_send_iov", "syscalls", &["sys_enter_writev"]),
-    ("enter_recv_msg", "syscalls", &["sys_enter_recvmsg"]),
-    ("enter_send_msg", "syscalls", &["sys_enter_sendmsg"]),
-    ("enter_socket", "syscalls", &["sys_enter_socket"]),
-    (
-        "enter_accept",
-        "syscalls",
-        &["sys_enter_accept", "sys_enter_accept4"],
-    ),
-    ("enter_connect", "syscalls", &["sys_enter_connect"]),
+    ("exit_connect", "syscalls", &["sys_exit_connect"]),
     ("enter_close", "syscalls", &["sys_enter_close"]),
 ];
 
@@ -68,15 +50,16 @@ pub struct Loaded {
     pub ebpf: Ebpf,
     pub ring: RingBuf<MapData>,
     pub targets: HashMap<MapData, u32, Target>,
+    pub target_bits: Array<MapData, u64>,
     pub sockets: HashMap<MapData, u64, SockInfo>,
     pub counters: PerCpuArray<MapData, u64>,
 }
 
 /// `exec_names`: command names the kernel starts tracing by itself at `exec`, with their
-/// service index.
+/// target entry.
 pub fn load(
     settings: &CaptureConfig,
-    exec_names: &[([u8; COMM_LEN], u32)],
+    exec_names: &[([u8; COMM_LEN], Target)],
 ) -> Result<Loaded, CaptureError> {
     check_privileges()?;
     if !Path::new(BTF).exists() {
@@ -93,7 +76,6 @@ pub fn load(
             source,
         })?;
     for (index, value) in [
-        (config::PAYLOAD_CAP, u64::from(settings.payload_cap)),
         (config::VERBOSE, u64::from(settings.kernel_debug)),
         // A quarter full: early enough that the ring never fills between polls.
         (
@@ -113,11 +95,7 @@ pub fn load(
             name: "EXEC_NAMES",
             source,
         })?;
-    for (comm, service) in exec_names {
-        let target = Target {
-            service: *service,
-            _pad: 0,
-        };
+    for (comm, target) in exec_names {
         names
             .insert(comm, target, 0)
             .map_err(|source| CaptureError::Map {
@@ -133,6 +111,11 @@ pub fn load(
     let targets =
         HashMap::try_from(take(&mut ebpf, "TARGETS")?).map_err(|source| CaptureError::Map {
             name: "TARGETS",
+            source,
+        })?;
+    let target_bits =
+        Array::try_from(take(&mut ebpf, "TARGET_BITS")?).map_err(|source| CaptureError::Map {
+            name: "TARGET_BITS",
             source,
         })?;
     let sockets =
@@ -151,6 +134,7 @@ pub fn load(
         ebpf,
         ring,
         targets,
+        target_bits,
         sockets,
         counters,
     })

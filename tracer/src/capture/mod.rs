@@ -29,7 +29,7 @@ use tokio::io::{Interest, unix::AsyncFd};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-pub use config::{CaptureConfig, TargetSpec};
+pub use config::{CaptureConfig, PayloadCaps, TargetSpec};
 pub use counters::CaptureCounters;
 pub use event::{CaptureEvent, ConnKey, Direction, Role};
 
@@ -100,11 +100,20 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// Loads and attaches the kernel side and starts following the configured targets.
-    /// Call inside a tokio runtime. Targets not running yet are waited for (and logged).
+    /// Loads and attaches the kernel side and starts following the configured targets,
+    /// copying up to `payload_cap` of every call. Call inside a tokio runtime. Targets not
+    /// running yet are waited for (and logged).
     pub fn start(config: &CaptureConfig) -> Result<Capture, CaptureError> {
+        Self::start_with_caps(config, &|_| PayloadCaps::uniform(config.payload_cap))
+    }
+
+    /// As [`Capture::start`], copying of each service's calls what `caps` says.
+    pub fn start_with_caps(
+        config: &CaptureConfig,
+        caps: &dyn Fn(&str) -> PayloadCaps,
+    ) -> Result<Capture, CaptureError> {
         config.validate().map_err(CaptureError::Config)?;
-        let targets = targets::Targets::new(&config.targets)
+        let targets = targets::Targets::new(&config.targets, caps)
             .map_err(|e| CaptureError::Config(e.to_string()))?;
         let mut loaded = loader::load(config, &targets.exec_names())?;
         let logger = start_kernel_logger(&mut loaded.ebpf);
@@ -119,6 +128,7 @@ impl Capture {
             sink: reader::Sink {
                 tables: tables::KernelTables {
                     targets: loaded.targets,
+                    target_bits: loaded.target_bits,
                     sockets: loaded.sockets,
                 },
                 targets,

@@ -111,6 +111,7 @@ impl Sink {
             }
         }
         let changes = self.targets.update(&procs);
+        self.tables.reassert_bits(&kernel_pids);
         let mut batch = Vec::new();
         for pid in kernel_pids {
             // Added by the kernel at exec, but the full matchers say no (or it is gone).
@@ -127,7 +128,10 @@ impl Sink {
         }
         for (pid, service) in changes.added {
             let name = self.service_name(service);
-            match self.tables.add(pid, service, &name, &mut batch) {
+            match self
+                .tables
+                .add(pid, self.targets.entry(service), &name, &mut batch)
+            {
                 Ok(()) => tracing::info!("tracing pid {pid} as {name}"),
                 Err(e) => tracing::warn!("cannot trace pid {pid} ({name}): {e}"),
             }

@@ -1,12 +1,13 @@
 //! The kernel's target and socket tables, kept in step with the target scan: a new target
-//! goes into `TARGETS` and its already-open TCP sockets (from /proc) into `SOCKETS`; a gone
-//! one is removed with its sockets, whose connections are reported closed.
+//! goes into `TARGETS` (and its bit into `TARGET_BITS`) and its already-open TCP sockets (from
+//! /proc) into `SOCKETS`; a gone one is removed with its sockets, whose connections are
+//! reported closed.
 
 use std::collections::{HashMap as StdHashMap, HashSet};
 use std::sync::Arc;
 
-use aya::maps::{HashMap, MapData, MapError};
-use tracer_common::{SockInfo, Target, role, sock_flag, sock_key};
+use aya::maps::{Array, HashMap, MapData, MapError};
+use tracer_common::{SockInfo, Target, role, sock_flag, sock_key, target_bit};
 
 use super::decode::role_of;
 use super::event::{CaptureEvent, ConnClose, ConnKey, ConnOpen};
@@ -17,6 +18,7 @@ const BPF_NOEXIST: u64 = 1;
 
 pub struct KernelTables {
     pub targets: HashMap<MapData, u32, Target>,
+    pub target_bits: Array<MapData, u64>,
     pub sockets: HashMap<MapData, u64, SockInfo>,
 }
 
@@ -26,14 +28,36 @@ impl KernelTables {
     pub fn add(
         &mut self,
         pid: u32,
-        service: u32,
+        target: Target,
         name: &Arc<str>,
         out: &mut Vec<CaptureEvent>,
     ) -> Result<(), MapError> {
-        let target = Target { service, _pad: 0 };
         self.targets.insert(pid, target, 0)?;
+        self.set_bit(pid, true)?;
         self.seed(pid, name, out);
         Ok(())
+    }
+
+    /// Sets (or clears) a tgid's bit in the kernel's target bitmap. The kernel sets bits at
+    /// exec too, without synchronising with this read-modify-write: a bit lost that way is
+    /// set again by [`KernelTables::reassert_bits`].
+    fn set_bit(&mut self, pid: u32, on: bool) -> Result<(), MapError> {
+        let (word, mask) = target_bit(pid);
+        let bits = self.target_bits.get(&word, 0)?;
+        let new = if on { bits | mask } else { bits & !mask };
+        if new != bits {
+            self.target_bits.set(word, new, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the bit of every process in the kernel's target table.
+    pub fn reassert_bits(&mut self, pids: &[u32]) {
+        for pid in pids {
+            if let Err(e) = self.set_bit(*pid, true) {
+                tracing::warn!("cannot mark pid {pid} in the kernel's target bitmap: {e}");
+            }
+        }
     }
 
     fn seed(&mut self, pid: u32, name: &Arc<str>, out: &mut Vec<CaptureEvent>) {
@@ -95,6 +119,8 @@ impl KernelTables {
     /// closed without `close` calls the kernel could see: report them closed here.
     pub fn remove(&mut self, pid: u32, name: &Arc<str>, out: &mut Vec<CaptureEvent>) {
         let _ = self.targets.remove(&pid);
+        // A bit left set only costs that pid a table lookup per hooked call.
+        let _ = self.set_bit(pid, false);
         let keys: Vec<u64> = self
             .sockets
             .keys()

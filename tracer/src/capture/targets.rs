@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use regex::Regex;
-use tracer_common::COMM_LEN;
+use tracer_common::{COMM_LEN, Target};
 
-use super::config::TargetSpec;
+use super::config::{PayloadCaps, TargetSpec};
 use super::procfs::ProcInfo;
 
 struct Matcher {
@@ -45,6 +45,11 @@ fn exe_matches(exe: &str, p: &ProcInfo) -> bool {
             == Some(exe)
 }
 
+/// Caps are validated to at most `PAYLOAD_MAX`, which fits the kernel's u16.
+fn kernel_cap(cap: u32) -> u16 {
+    cap.min(tracer_common::PAYLOAD_MAX as u32) as u16
+}
+
 fn comm_key(name: &str) -> [u8; COMM_LEN] {
     let mut key = [0u8; COMM_LEN];
     let bytes = name.as_bytes();
@@ -71,14 +76,20 @@ struct Tracked {
 pub struct Targets {
     matchers: Vec<Matcher>,
     services: Vec<Arc<str>>,
+    /// The kernel's entry for each service (by index): the index and the service's caps.
+    entries: Vec<Target>,
     tracked: HashMap<u32, Tracked>,
     /// The agent never traces itself: its own output would feed its capture forever.
     own_pid: u32,
 }
 
 impl Targets {
-    /// `specs` must be validated (`CaptureConfig::validate`).
-    pub fn new(specs: &[TargetSpec]) -> Result<Self, regex::Error> {
+    /// `specs` must be validated (`CaptureConfig::validate`); `caps` says how much of each
+    /// service's calls the kernel copies.
+    pub fn new(
+        specs: &[TargetSpec],
+        caps: &dyn Fn(&str) -> PayloadCaps,
+    ) -> Result<Self, regex::Error> {
         let mut services: Vec<Arc<str>> = Vec::new();
         let mut matchers = Vec::new();
         for spec in specs {
@@ -99,9 +110,22 @@ impl Targets {
                 waiting_said: false,
             });
         }
+        let entries = services
+            .iter()
+            .enumerate()
+            .map(|(index, name)| {
+                let caps = caps(name);
+                Target {
+                    service: index as u32,
+                    server_cap: kernel_cap(caps.server),
+                    client_cap: kernel_cap(caps.client),
+                }
+            })
+            .collect();
         Ok(Targets {
             matchers,
             services,
+            entries,
             tracked: HashMap::new(),
             own_pid: std::process::id(),
         })
@@ -110,6 +134,14 @@ impl Targets {
     /// Service names; a kernel event's `service` field indexes this table.
     pub fn services(&self) -> &[Arc<str>] {
         &self.services
+    }
+
+    /// The kernel's target entry for a service index.
+    pub fn entry(&self, service: u32) -> Target {
+        self.entries
+            .get(service as usize)
+            .copied()
+            .unwrap_or_default()
     }
 
     pub fn tracked(&self) -> usize {
@@ -125,16 +157,18 @@ impl Targets {
         self.tracked.contains_key(&pid)
     }
 
-    /// `(comm, service)` for targets chosen by name alone, which the kernel can start
-    /// tracing at `exec`: a comm is the program's basename cut to 15 bytes.
-    pub fn exec_names(&self) -> Vec<([u8; COMM_LEN], u32)> {
+    /// `(comm, entry)` for targets chosen by name alone, which the kernel can start tracing
+    /// at `exec`: a comm is the program's basename cut to 15 bytes.
+    pub fn exec_names(&self) -> Vec<([u8; COMM_LEN], Target)> {
         self.matchers
             .iter()
             .filter(|m| m.cmdline.is_none() && m.pid.is_none())
             .filter_map(|m| match (&m.exe, &m.comm) {
-                (Some(name), None) | (None, Some(name)) => Some((comm_key(name), m.service)),
+                (Some(name), None) | (None, Some(name)) => {
+                    Some((comm_key(name), self.entry(m.service)))
+                }
                 (Some(exe), Some(comm)) if comm_key(exe) == comm_key(comm) => {
-                    Some((comm_key(comm), m.service))
+                    Some((comm_key(comm), self.entry(m.service)))
                 }
                 _ => None,
             })
@@ -225,6 +259,26 @@ mod tests {
         }
     }
 
+    fn uniform(_: &str) -> PayloadCaps {
+        PayloadCaps::uniform(100)
+    }
+
+    #[test]
+    fn each_service_gets_its_own_caps() {
+        let caps = |service: &str| PayloadCaps {
+            server: if service == "a" { 10 } else { 20 },
+            client: 30,
+        };
+        let targets = Targets::new(
+            &[TargetSpec::exe("a", "a"), TargetSpec::exe("b", "b")],
+            &caps,
+        )
+        .unwrap();
+        let entry = |i| targets.entry(i);
+        assert_eq!((entry(0).server_cap, entry(0).client_cap), (10, 30));
+        assert_eq!((entry(1).service, entry(1).server_cap), (1, 20));
+    }
+
     fn spec(service: &str) -> TargetSpec {
         TargetSpec {
             service: service.to_string(),
@@ -237,7 +291,8 @@ mod tests {
 
     #[test]
     fn new_restarted_and_exited_processes() {
-        let mut targets = Targets::new(&[TargetSpec::exe("shop-api", "shop-api")]).unwrap();
+        let mut targets =
+            Targets::new(&[TargetSpec::exe("shop-api", "shop-api")], &uniform).unwrap();
         let first = targets.update(&[
             proc(10, "shop-api", "shop-api", 1),
             proc(11, "bash", "bash", 1),
@@ -269,7 +324,7 @@ mod tests {
         by_pid.pid = Some(77);
         let mut by_comm = spec("mes-api");
         by_comm.comm = Some("mesd".into());
-        let mut targets = Targets::new(&[by_script, by_pid, by_comm]).unwrap();
+        let mut targets = Targets::new(&[by_script, by_pid, by_comm], &uniform).unwrap();
         assert_eq!(targets.services().len(), 2);
         let changes = targets.update(&[
             proc(1, "python3.13", "/usr/bin/python3 mes.py --port 1", 1),
@@ -285,17 +340,17 @@ mod tests {
         let mut scripted = TargetSpec::exe("a", "python3");
         scripted.cmdline = Some("x".into());
         let long = TargetSpec::exe("b", "a-very-long-program-name");
-        let targets = Targets::new(&[scripted, long, TargetSpec::pid("c", 5)]).unwrap();
+        let targets = Targets::new(&[scripted, long, TargetSpec::pid("c", 5)], &uniform).unwrap();
         let names = targets.exec_names();
         assert_eq!(names.len(), 1);
         assert_eq!(&names[0].0, b"a-very-long-pro\0");
-        assert_eq!(names[0].1, 1);
+        assert_eq!(names[0].1.service, 1);
     }
 
     #[test]
     fn the_agent_never_targets_itself() {
         let me = std::process::id();
-        let mut targets = Targets::new(&[TargetSpec::pid("x", me)]).unwrap();
+        let mut targets = Targets::new(&[TargetSpec::pid("x", me)], &uniform).unwrap();
         assert!(
             targets
                 .update(&[proc(me, "tracer", "tracer", 1)])

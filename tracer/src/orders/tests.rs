@@ -455,3 +455,44 @@ fn close_notices_after_the_crm_closed() {
         ("mes.transition", Some("CLOSED"), Some("CLOSED"))
     );
 }
+
+#[test]
+fn bodies_are_read_only_where_a_rule_reads_a_json_field() {
+    let parse = |text: &str| {
+        let config = crate::config::Config::parse(text, "test").unwrap();
+        RuleSet::compile(&config.services).unwrap()
+    };
+    let set = parse(
+        r#"
+[[service]]
+name = "paths-only"
+[[service.rule]]
+name = "a.submit"
+method = "POST"
+path = "/orders/{id}/submit"
+order_id = { from = "path", param = "id" }
+status = "SUBMITTED"
+
+[[service]]
+name = "json-server"
+[[service.rule]]
+name = "b.create"
+method = "POST"
+path = "/orders"
+side = "server"
+order_id = { from = "response.json", path = "id" }
+status = "INITIATED"
+"#,
+    );
+    assert!(!set.reads_body("paths-only", Role::Server));
+    assert!(set.reads_body("json-server", Role::Server));
+    // Its rule is server-side only: nobody's client calls need bodies.
+    assert!(!set.reads_body("json-server", Role::Client));
+    assert!(!set.reads_body("paths-only", Role::Client));
+    assert!(set.reads_body("json-server", Role::Unknown));
+    assert!(!set.reads_body("not-configured", Role::Server));
+    // The testbed reads bodies on both sides (a client rule reads the queue's JSON).
+    let testbed = testbed();
+    assert!(testbed.reads_body("mes-api", Role::Server));
+    assert!(testbed.reads_body("shop-api", Role::Client));
+}
