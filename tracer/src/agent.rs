@@ -149,6 +149,7 @@ pub fn publish_totals(metrics: &PipelineMetrics, counters: &AgentCounters) {
         ("streams_over_budget", streams.dropped_over_budget),
         ("oversized_heads", streams.http.oversized_heads),
         ("connections_evicted", streams.connections_evicted),
+        ("requests_shed_over_memory", streams.shed_requests),
         (
             "pending_requests_overflow",
             streams.http.pairing.pending_overflow,

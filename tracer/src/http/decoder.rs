@@ -76,6 +76,11 @@ impl<H: Head> Decoder<H> {
         }
     }
 
+    /// Between messages or in a head: what is buffered, if anything, is a head's start.
+    pub fn reading_head(&self) -> bool {
+        matches!(self.state, State::Head)
+    }
+
     /// Drops any open message: the next bytes are a message start.
     pub fn reset(&mut self) {
         self.state = State::Head;

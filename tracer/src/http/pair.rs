@@ -64,6 +64,36 @@ struct Assembling<H> {
     end_ns: Option<u64>,
 }
 
+/// What a parsed head holds beyond its headers.
+pub(crate) trait HeadBytes {
+    fn head_bytes(&self) -> usize;
+}
+
+impl HeadBytes for RequestHead {
+    fn head_bytes(&self) -> usize {
+        self.method.len() + self.target.len()
+    }
+}
+
+impl HeadBytes for ResponseHead {
+    fn head_bytes(&self) -> usize {
+        0
+    }
+}
+
+impl<H: HeadBytes> Assembling<H> {
+    /// The bytes the message holds: its head as kept and its body prefix so far.
+    fn held_bytes(&self) -> usize {
+        let headers: usize = self
+            .msg
+            .headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len())
+            .sum();
+        self.msg.head.head_bytes() + headers + self.body.len()
+    }
+}
+
 impl<H> Assembling<H> {
     fn new(msg: Message<H>, info: HeadInfo, start_ns: u64) -> Self {
         Assembling {
@@ -118,6 +148,24 @@ impl Pairing {
     /// Nothing waits and nothing is being read.
     pub fn is_idle(&self) -> bool {
         self.pending.is_empty() && self.response.is_none()
+    }
+
+    /// Bytes the waiting requests and the response being read hold.
+    pub fn held_bytes(&self) -> usize {
+        let pending: usize = self.pending.iter().map(Assembling::held_bytes).sum();
+        pending + self.response.as_ref().map_or(0, Assembling::held_bytes)
+    }
+
+    /// Drops every waiting request and the response being read (the agent is over its
+    /// memory budget); returns how many requests were dropped. A response that answers one
+    /// of them is then unpaired, as after lost requests.
+    pub fn shed(&mut self) -> usize {
+        let dropped = self.pending.len();
+        self.pending.clear();
+        self.response = None;
+        self.request_open = false;
+        self.requests_lost = dropped > 0 || self.requests_lost;
+        dropped
     }
 
     /// What the next response's framing depends on.

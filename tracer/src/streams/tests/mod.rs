@@ -12,6 +12,7 @@ use crate::http::fixtures::Write;
 use crate::http::{Exchange, Kind, Outcome};
 use crate::protocol::Record;
 
+mod budget;
 mod conversations;
 mod damage;
 mod property;
