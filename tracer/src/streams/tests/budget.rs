@@ -75,20 +75,20 @@ fn a_shed_connection_goes_on_with_its_next_message() {
         ..budget_config()
     };
     let mut run = Run::new(config);
-    // Ten connections hold 5 KiB of a head each, still incomplete.
+    // Fourteen connections hold 5 KiB of a head each, still incomplete.
     let partial = b"GET /slow HTTP/1.1\r\nx-pad: "
         .iter()
         .copied()
         .chain([b'p'; 5000])
         .collect::<Vec<_>>();
-    for i in 2..12 {
+    for i in 2..16 {
         run.feed(open(key(i), Role::Server, 1));
         run.feed(data(key(i), Direction::Recv, 2, &partial, partial.len()));
     }
     // One upload's body prefix grows until the total passes the budget.
     let big = key(1);
     run.feed(open(big, Role::Server, 3));
-    let head = upload_head(1, 200 * 1024);
+    let head = upload_head(1, 60 * 1024);
     run.feed(data(big, Direction::Recv, 4, &head, head.len()));
     let piece = vec![b'b'; 4 * 1024];
     let mut n = 0;
