@@ -268,7 +268,7 @@ fn shed(conns: &mut LinkedHashMap<ConnKey, Conn>, held: &mut usize, env: &mut En
         .filter(|(_, conn)| conn.accounted > 0)
         .map(|(key, conn)| (conn.accounted, *key))
         .collect();
-    holders.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    holders.sort_unstable_by_key(|(held, _)| std::cmp::Reverse(*held));
     for (_, key) in holders {
         if *held <= goal {
             break;
