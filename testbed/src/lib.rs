@@ -1,4 +1,4 @@
-//! Shop, MES and CRM stand-ins as real HTTP services on loopback, a RabbitMQ broker between
+//! Shop, MES and CRM stand-ins as real HTTP (or, with `--tls`, HTTPS) services on loopback, a RabbitMQ broker between
 //! the MES and the CRM, the load driver that walks orders through them with injected faults, and the
 //! truth file and request log that tests of the tracer are judged against.
 //!
@@ -20,6 +20,7 @@ pub mod service;
 pub mod shop;
 pub mod status;
 pub mod timings;
+pub mod tls;
 pub mod truth;
 
 pub use faults::{Detection, FaultKind, FaultSpec};
@@ -46,6 +47,6 @@ pub fn service_main(service: Service) -> anyhow::Result<()> {
             Service::Crm => crm::router(ctx.clone()),
             Service::Queue => return queue::run(ctx).await,
         };
-        net::serve(ctx, routes).await.map_err(anyhow::Error::from)
+        Ok(net::serve(ctx, routes).await?)
     })
 }

@@ -1,5 +1,6 @@
 //! What every testbed service shares: its arguments, JSON errors, the request log on the
-//! server and client side, pooled clients, and serving on loopback.
+//! server and client side, pooled clients, and serving on loopback (HTTP, or HTTPS with
+//! `--tls-dir`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -17,8 +18,9 @@ use time::OffsetDateTime;
 
 use crate::faults::{FAULT_HEADER, FaultKind};
 use crate::requestlog::{RequestLog, RequestLogRecord, Side};
-use crate::service::{DEFAULT_BASE_PORT, Service};
+use crate::service::{DEFAULT_BASE_PORT, Endpoints, Scheme, Service};
 use crate::timings::Timings;
+use crate::tls::{Pki, TlsError, TlsListener};
 
 /// Most orders a service keeps; past it, new orders get `503` instead of growing memory.
 pub const MAX_ORDERS: usize = 500_000;
@@ -66,6 +68,21 @@ pub struct ServiceArgs {
     /// Scales every delay (fault timeouts); 1.0 is the documented default.
     #[arg(long, default_value_t = 1.0)]
     pub time_factor: f64,
+    /// Serve HTTPS with this directory's `server.pem`/`server.key`, and call the other
+    /// services over HTTPS trusting its `ca.pem` alone (`testbed serve --tls` makes it).
+    #[arg(long)]
+    pub tls_dir: Option<PathBuf>,
+}
+
+/// Why a service cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Log(#[from] crate::jsonl::JsonLinesError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }
 
 /// A `4xx`/`5xx` answer with a JSON `{"error": …}` body.
@@ -146,6 +163,8 @@ impl OrderSlot {
 pub struct Ctx {
     pub service: Service,
     pub base_port: u16,
+    /// The certificates it serves HTTPS with (and whose CA it trusts), in TLS mode.
+    pub tls: Option<Pki>,
     pub timings: Timings,
     pub log: RequestLog,
     pub message_log: RequestLog,
@@ -154,28 +173,38 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(
-        service: Service,
-        args: &ServiceArgs,
-    ) -> Result<Arc<Self>, crate::jsonl::JsonLinesError> {
+    pub fn new(service: Service, args: &ServiceArgs) -> Result<Arc<Self>, StartError> {
         let open = |path: &Option<PathBuf>| match path {
             Some(path) => RequestLog::open(path),
             None => Ok(RequestLog::disabled()),
         };
         let (log, message_log) = (open(&args.request_log)?, open(&args.message_log)?);
+        let tls = args.tls_dir.as_ref().map(Pki::at);
         Ok(Arc::new(Ctx {
             service,
             base_port: args.base_port,
             timings: Timings::new(args.time_factor),
             log,
             message_log,
-            client: pooled_client(),
+            client: pooled_client(tls.as_ref())?,
+            tls,
         }))
     }
 
-    /// The base URL of another testbed service.
+    /// Where this testbed's services answer.
+    pub fn endpoints(&self) -> Endpoints {
+        Endpoints {
+            base_port: self.base_port,
+            scheme: match self.tls {
+                Some(_) => Scheme::Https,
+                None => Scheme::Http,
+            },
+        }
+    }
+
+    /// The URL of a route of another testbed service.
     pub fn url(&self, of: Service, path: &str) -> String {
-        format!("{}{path}", of.base_url(self.base_port))
+        self.endpoints().url(of, path)
     }
 
     /// POSTs `body` as JSON to the route `route` of another service for one order, passing
@@ -231,17 +260,19 @@ impl Ctx {
 }
 
 /// A keep-alive client with a connection pool, HTTP/1.1 only, as the services' SDKs use.
-pub fn pooled_client() -> reqwest::Client {
-    // reqwest builds its TLS config even for plain HTTP, so it needs a provider; an Err
-    // only means one is installed already.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
+/// With `tls`, it trusts that testbed's CA and nothing else (OpenSSL, through native-tls).
+pub fn pooled_client(tls: Option<&Pki>) -> Result<reqwest::Client, TlsError> {
+    let mut builder = reqwest::Client::builder()
         .http1_only()
         .pool_max_idle_per_host(64)
         .pool_idle_timeout(std::time::Duration::from_secs(90))
-        .tcp_nodelay(true)
-        .build()
-        .expect("a client with a crypto provider and no custom TLS always builds")
+        .tcp_nodelay(true);
+    if let Some(pki) = tls {
+        builder = builder
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(pki.ca_certificate()?);
+    }
+    Ok(builder.build()?)
 }
 
 /// Logs the server side of one exchange, also when the exchange is cut off (the client
@@ -319,7 +350,7 @@ async fn log_server_side(
 
 /// Serves `routes` (plus `GET /healthz`) for `service` on 127.0.0.1 until the process is
 /// killed. Traced services log each exchange's server side.
-pub async fn serve(ctx: Arc<Ctx>, routes: Router) -> std::io::Result<()> {
+pub async fn serve(ctx: Arc<Ctx>, routes: Router) -> Result<(), StartError> {
     let listener = bind(&ctx).await?;
     serve_on(listener, ctx, routes).await
 }
@@ -335,15 +366,19 @@ pub async fn bind(ctx: &Ctx) -> std::io::Result<tokio::net::TcpListener> {
     })
 }
 
-/// Serves `routes` (plus `GET /healthz`) on a port [`bind`] took.
+/// Serves `routes` (plus `GET /healthz`) on a port [`bind`] took, over HTTPS in TLS mode.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     ctx: Arc<Ctx>,
     routes: Router,
-) -> std::io::Result<()> {
+) -> Result<(), StartError> {
     let mut app = routes.route("/healthz", get(|| async { "ok" }));
     if ctx.service != Service::Queue {
         app = app.layer(middleware::from_fn_with_state(ctx.clone(), log_server_side));
     }
-    axum::serve(listener, app).await
+    match &ctx.tls {
+        Some(pki) => axum::serve(TlsListener::new(listener, pki.acceptor()?)?, app).await?,
+        None => axum::serve(listener, app).await?,
+    }
+    Ok(())
 }

@@ -1,4 +1,4 @@
-//! The four testbed processes: names, executables and ports.
+//! The four testbed processes: names, executables, ports and URLs.
 
 use std::fmt;
 
@@ -51,10 +51,53 @@ impl Service {
     pub const fn amqp_port(base: u16) -> u16 {
         base + 4
     }
+}
 
-    /// `http://127.0.0.1:<port>`, the loopback address every testbed client uses.
-    pub fn base_url(self, base: u16) -> String {
-        format!("http://127.0.0.1:{}", self.port(base))
+/// Plain HTTP (the default) or HTTPS, for every service of one testbed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scheme {
+    #[default]
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// Where the services of one testbed answer: their ports and how they speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoints {
+    pub base_port: u16,
+    pub scheme: Scheme,
+}
+
+impl Endpoints {
+    pub const fn plain(base_port: u16) -> Self {
+        Endpoints {
+            base_port,
+            scheme: Scheme::Http,
+        }
+    }
+
+    /// `http(s)://127.0.0.1:<port>`, the loopback address every testbed client uses (the
+    /// services' certificate names it).
+    pub fn base_url(&self, service: Service) -> String {
+        format!(
+            "{}://127.0.0.1:{}",
+            self.scheme.as_str(),
+            service.port(self.base_port)
+        )
+    }
+
+    /// The URL of `path` on `service`.
+    pub fn url(&self, service: Service, path: &str) -> String {
+        format!("{}{path}", self.base_url(service))
     }
 }
 

@@ -10,7 +10,8 @@ use testbed::driver::{ServiceStates, expected_states, observe};
 use testbed::mes::MesState;
 use testbed::messagelog::{MessageOutcome, MessageSide, read_message_log};
 use testbed::requestlog::{RequestLogRecord, Side};
-use testbed::{FaultKind, Service, Status, read_request_log, read_truth};
+use testbed::service::Scheme;
+use testbed::{FaultKind, Service, Status, TruthRecord, read_request_log, read_truth};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_faults_every_order_is_closed_in_every_service() {
@@ -20,12 +21,12 @@ async fn without_faults_every_order_is_closed_in_every_service() {
     assert!(out.status.success());
     let records = read_truth(&truth).unwrap();
     assert_eq!(records.len(), 300);
-    let client = testbed::net::pooled_client();
+    let client = bed.client();
     for record in &records {
         assert_eq!(record.final_status, Some(Status::Closed), "{record:?}");
         assert!(record.faults.is_empty());
         // The CRM's close reached the shop and the MES too.
-        let seen = observe(&client, bed.base_port, &record.order_id)
+        let seen = observe(&client, bed.endpoints(), &record.order_id)
             .await
             .unwrap();
         let closed = ServiceStates {
@@ -129,9 +130,24 @@ async fn every_faulted_order_stops_where_the_truth_says() {
     let out = bed.run(&args, &truth);
     assert!(out.status.success());
     let records = read_truth(&truth).unwrap();
-    let client = testbed::net::pooled_client();
+    let kinds = assert_faults_played(&bed, &records).await;
+    for kind in FaultKind::ALL {
+        assert!(kinds.contains_key(&kind), "no order with {kind}");
+    }
+    let hung = records
+        .iter()
+        .filter(|r| r.faults[0].kind == FaultKind::SessionHung)
+        .count();
+    assert_eq!(hung, kinds[&FaultKind::DuplicateOrder]);
+}
+
+/// Every order of a run with one fault each stops where the fault table says, in every
+/// service's own state, and the request log has each call from both sides (pricing calls
+/// cut off by the shop's timeout included). Returns the orders per fault kind.
+async fn assert_faults_played(bed: &Testbed, records: &[TruthRecord]) -> HashMap<FaultKind, usize> {
+    let client = bed.client();
     let mut kinds = HashMap::new();
-    for record in &records {
+    for record in records {
         assert_eq!(record.faults.len(), 1, "{record:?}");
         let fault = &record.faults[0];
         *kinds.entry(fault.kind).or_insert(0) += 1;
@@ -144,20 +160,11 @@ async fn every_faulted_order_stops_where_the_truth_says() {
             (fault.detection, fault.step, fault.service),
             fault.kind.table_row()
         );
-        let seen = observe(&client, bed.base_port, &record.order_id)
+        let seen = observe(&client, bed.endpoints(), &record.order_id)
             .await
             .unwrap();
         assert_eq!(seen, expected_states(record), "{record:?}");
     }
-    for kind in FaultKind::ALL {
-        assert!(kinds.contains_key(&kind), "no order with {kind}");
-    }
-    let hung = records
-        .iter()
-        .filter(|r| r.faults[0].kind == FaultKind::SessionHung)
-        .count();
-    assert_eq!(hung, kinds[&FaultKind::DuplicateOrder]);
-
     let log = read_request_log(bed.path("requests.jsonl")).unwrap();
     let pricing = |side| {
         let mut calls: Vec<_> = log
@@ -171,12 +178,13 @@ async fn every_faulted_order_stops_where_the_truth_says() {
     assert_eq!(pricing(Side::Client), pricing(Side::Server));
     assert!(pricing(Side::Client).iter().any(|(_, code)| code.is_none()));
     assert_calls_logged_on_both_sides(&log);
+    kinds
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_json_is_400_and_unknown_orders_are_404() {
     let bed = Testbed::serve("api");
-    let client = testbed::net::pooled_client();
+    let client = bed.client();
     let post = |service, path: &str, body: &'static str| {
         client
             .post(bed.url(service, path))
@@ -338,4 +346,75 @@ fn run_starts_checks_and_stops_its_own_services() {
         std::net::TcpListener::bind(("127.0.0.1", service.port(base_port))).unwrap();
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `--tls`: the services serve HTTPS and call each other over HTTPS through the system's
+/// OpenSSL, with a CA made at start. A third-party client (curl, OpenSSL) trusting that CA
+/// walks an order's first step; one that does not, or that speaks plain HTTP, gets nothing.
+/// A whole run over HTTPS, every fault kind injected, ends where the truth says.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_mode_serves_and_calls_over_https_with_the_system_openssl() {
+    let bed = Testbed::serve_with("tls", Scheme::Https);
+    let ca = bed.pki().unwrap().ca();
+    let curl = |args: &[&str]| {
+        std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let orders = bed.url(Service::Shop, "/api/v1/orders");
+    assert!(orders.starts_with("https://"), "{orders}");
+    let created = curl(&[
+        "--cacert",
+        ca.to_str().unwrap(),
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"customer_id":"C-1","items":[{"sku":"RING-BAND","quantity":1}],"cart_id":"CART-1"}"#,
+        &orders,
+    ]);
+    assert!(created.status.success(), "{created:?}");
+    let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    assert_eq!(created["status"], "INITIATED");
+    let id = created["order_id"].as_str().unwrap();
+    let lookup = curl(&["--cacert", ca.to_str().unwrap(), &format!("{orders}/{id}")]);
+    let lookup: serde_json::Value = serde_json::from_slice(&lookup.stdout).unwrap();
+    assert_eq!(lookup["order_id"], id);
+    // curl 60: the peer's certificate is not signed by a CA the client knows.
+    let untrusted = curl(&[&orders]);
+    assert_eq!(untrusted.status.code(), Some(60), "{untrusted:?}");
+    let plain = curl(&[&orders.replacen("https", "http", 1)]);
+    assert!(!plain.status.success(), "plain HTTP answered: {plain:?}");
+    // Each process maps the system's libssl: the library the tracer's uprobes read.
+    let pids = bed.service_pids();
+    assert_eq!(pids.len(), Service::ALL.len(), "{pids:?}");
+    for pid in pids {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        assert!(maps.contains("/libssl.so"), "pid {pid} maps no libssl");
+    }
+
+    let truth = bed.path("truth.jsonl");
+    // 18 kinds at 1/18 each: this seed gives every kind in 54 orders.
+    let args = [
+        "--orders",
+        "54",
+        "--rate",
+        "40",
+        "--seed",
+        "3",
+        "--faults",
+        "all=0.05555555556",
+        "--check",
+    ];
+    let out = bed.run(&args, &truth);
+    assert!(out.status.success());
+    let records = read_truth(&truth).unwrap();
+    let kinds = assert_faults_played(&bed, &records).await;
+    assert_eq!(kinds.len(), FaultKind::ALL.len(), "{kinds:?}");
+    let log = read_request_log(bed.path("requests.jsonl")).unwrap();
+    assert!(
+        log.iter()
+            .any(|r| r.service == Service::Crm && r.side == Side::Client)
+    );
 }

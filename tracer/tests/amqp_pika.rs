@@ -4,8 +4,6 @@
 //! right exchange, routing key, queue, message id and order id (taken from the correlation
 //! id, a header and the JSON body), the consumer span linked to the producer's.
 
-// Only the binary directory and a scratch directory are needed from it.
-#[allow(dead_code)]
 #[path = "support/testbed_run.rs"]
 mod testbed_run;
 

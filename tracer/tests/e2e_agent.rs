@@ -8,6 +8,8 @@
 
 #[path = "support/otlp_receiver.rs"]
 mod otlp_receiver;
+#[path = "support/spans_vs_logs.rs"]
+mod spans_vs_logs;
 #[path = "support/testbed_run.rs"]
 mod testbed_run;
 
@@ -16,17 +18,13 @@ use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use otlp_receiver::{OtlpReceiver, ReceivedSpan};
-use testbed::messagelog::{MessageLogRecord, MessageOutcome, MessageSide, read_message_log};
-use testbed::requestlog::{RequestLogRecord, Side, read_request_log};
+use otlp_receiver::OtlpReceiver;
+use spans_vs_logs::SPAN_KIND_SERVER;
+use testbed::messagelog::{MessageSide, read_message_log};
+use testbed::requestlog::read_request_log;
 use testbed::truth::read_truth;
 use testbed::{FaultKind, Service, Status};
 use testbed_run::{Run, bin_dir, free_base_port, scratch};
-
-const SPAN_KIND_SERVER: i32 = 2;
-const SPAN_KIND_CLIENT: i32 = 3;
-const SPAN_KIND_PRODUCER: i32 = 4;
-const SPAN_KIND_CONSUMER: i32 = 5;
 
 /// `tracer agent`, exporting to the receiver, its stderr in a file.
 struct Agent {
@@ -88,109 +86,12 @@ impl Agent {
     }
 }
 
-/// What one side of one exchange (or message) looks like, from the request (or message)
-/// log or from a span. For a message: `method` is the exchange, `path` the routing key,
-/// `outcome` how it was settled.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Seen {
-    service: String,
-    side: &'static str,
-    method: String,
-    path: String,
-    status_code: Option<u16>,
-    order_id: Option<String>,
-    outcome: Option<&'static str>,
-}
-
-fn from_log(record: &RequestLogRecord) -> Seen {
-    Seen {
-        service: record.service.as_str().to_string(),
-        side: match record.side {
-            Side::Server => "server",
-            Side::Client => "client",
-        },
-        method: record.method.clone(),
-        path: record.path.clone(),
-        status_code: record.status_code,
-        order_id: record.order_id.clone(),
-        outcome: None,
-    }
-}
-
-fn from_message_log(record: &MessageLogRecord) -> Seen {
-    Seen {
-        service: record.service.as_str().to_string(),
-        side: match record.side {
-            MessageSide::Publish => "producer",
-            MessageSide::Consume => "consumer",
-        },
-        method: record.exchange.clone(),
-        path: record.routing_key.clone(),
-        status_code: None,
-        order_id: Some(record.order_id.clone()),
-        outcome: Some(match record.outcome {
-            MessageOutcome::Acked => "acked",
-            MessageOutcome::Returned => "returned",
-            MessageOutcome::Nacked => "nack",
-            // The agent gives a delivery never acknowledged up after its ack timeout.
-            MessageOutcome::Unacked => "timeout",
-        }),
-    }
-}
-
-fn from_span(span: &ReceivedSpan) -> Seen {
-    let message = span.attr("messaging.system").is_some();
-    let (method, path) = if message {
-        (
-            span.attr("messaging.destination.name").unwrap_or_default(),
-            span.attr("messaging.rabbitmq.destination.routing_key")
-                .unwrap_or_default(),
-        )
-    } else {
-        (
-            span.attr("http.request.method").unwrap_or_default(),
-            span.attr("url.path").unwrap_or_default(),
-        )
-    };
-    Seen {
-        service: span.resource_attr("service.name").unwrap_or_default(),
-        side: match span.span.kind {
-            SPAN_KIND_SERVER => "server",
-            SPAN_KIND_CLIENT => "client",
-            SPAN_KIND_PRODUCER => "producer",
-            SPAN_KIND_CONSUMER => "consumer",
-            _ => "other",
-        },
-        method,
-        path,
-        status_code: span
-            .attr("http.response.status_code")
-            .and_then(|s| s.parse().ok()),
-        order_id: span.attr("order.id"),
-        outcome: message.then(|| match span.attr("error.type").as_deref() {
-            None => "acked",
-            Some("returned") => "returned",
-            Some("nack") => "nack",
-            Some("timeout") => "timeout",
-            Some(_) => "other",
-        }),
-    }
-}
-
 fn owner(status: Status) -> Service {
     match status {
         Status::Initiated | Status::FileUploaded | Status::Submitted => Service::Shop,
         Status::ManufacturingApproved | Status::Closed => Service::Crm,
         _ => Service::Mes,
     }
-}
-
-fn multiset(items: impl Iterator<Item = Seen>) -> BTreeMap<Seen, usize> {
-    let mut counts = BTreeMap::new();
-    for item in items {
-        *counts.entry(item).or_insert(0) += 1;
-    }
-    counts
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,17 +107,13 @@ async fn every_testbed_exchange_becomes_an_order_span() {
         seed: 42,
         base_port: free_base_port(),
         dir: &dir,
+        tls: false,
     };
     tokio::task::block_in_place(|| run.run());
 
-    let log: Vec<RequestLogRecord> = read_request_log(run.request_log()).unwrap();
+    let log = read_request_log(run.request_log()).unwrap();
     let messages = read_message_log(run.message_log()).unwrap();
-    let expected: Vec<Seen> = log
-        .iter()
-        .filter(|r| r.service != Service::Queue)
-        .map(from_log)
-        .chain(messages.iter().map(from_message_log))
-        .collect();
+    let expected = spans_vs_logs::expected(&log, &messages);
     assert!(
         messages.iter().any(|m| m.side == MessageSide::Consume),
         "no message went through the broker"
@@ -230,16 +127,7 @@ async fn every_testbed_exchange_becomes_an_order_span() {
     // runs (other tests, other sessions) may be traced too. This run's orders are its own.
     let truth = read_truth(run.truth()).unwrap();
     let ours: BTreeSet<&str> = truth.iter().map(|o| o.order_id.as_str()).collect();
-    let our_spans = || -> Vec<ReceivedSpan> {
-        receiver
-            .spans()
-            .into_iter()
-            .filter(|s| {
-                s.attr("order.id")
-                    .is_some_and(|id| ours.contains(id.as_str()))
-            })
-            .collect()
-    };
+    let our_spans = || spans_vs_logs::of_orders(receiver.spans(), &ours);
     // Deliveries never acknowledged are given up by the agent after its ack timeout.
     let deadline = Instant::now() + Duration::from_secs(30);
     while our_spans().len() < expected.len() && Instant::now() < deadline {
@@ -251,24 +139,9 @@ async fn every_testbed_exchange_becomes_an_order_span() {
     let counters = agent.stop();
 
     // Every exchange is exactly one span, and nothing else is.
-    let want = multiset(expected.iter().cloned());
-    let got = multiset(spans.iter().map(from_span));
-    let missing: Vec<_> = want
-        .iter()
-        .filter(|(k, n)| got.get(*k).copied().unwrap_or(0) < **n)
-        .take(10)
-        .collect();
-    let extra: Vec<_> = got
-        .iter()
-        .filter(|(k, n)| want.get(*k).copied().unwrap_or(0) < **n)
-        .take(10)
-        .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "spans differ from the request log ({} expected, {} spans)\nmissing: {missing:#?}\nextra: {extra:#?}\ncounters: {counters}",
-        expected.len(),
-        spans.len()
-    );
+    if let Some(differences) = spans_vs_logs::differences(&expected, &spans) {
+        panic!("{differences}\ncounters: {counters}");
+    }
 
     // One trace per order, with the documented id and the root span as parent.
     for span in &spans {

@@ -2,23 +2,51 @@
 //! testbed from the kernel while it injects every kind of fault. The monitor's detections
 //! must equal the truth file — every fault found with the right kind, step and service within
 //! its limit + 5 s, nothing on a healthy order — and `/metrics` and the alert webhook agree.
+//! In the testbed's TLS mode (HTTPS through OpenSSL) the same holds, the exported spans are
+//! the request and message logs one for one, and no ciphertext is taken for bad HTTP.
 
 mod monitor_common;
+#[path = "support/otlp_receiver.rs"]
+mod otlp_receiver;
+#[path = "support/spans_vs_logs.rs"]
+mod spans_vs_logs;
 #[path = "support/testbed_run.rs"]
 mod testbed_run;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use monitor_common::{Capture, compare_with_truth, get_json, get_metrics};
+use otlp_receiver::OtlpReceiver;
+use testbed::messagelog::read_message_log;
+use testbed::requestlog::read_request_log;
+use testbed::truth::read_truth;
 use testbed_run::{Run, bin_dir, free_base_port, scratch};
 
 const TESTBED_CONFIG: &str = include_str!("../../deploy/config/testbed.toml");
 
-/// The testbed config with this test's store, webhook and no exporter.
-fn config(dir: &std::path::Path, webhook: &str) -> (String, tracer::config::Config) {
+/// One traced run at a time: two brokers and two agents side by side starve two cores.
+static ONE_RUN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The testbed config with this test's store, webhook, and the spans exported to `otlp` over
+/// gRPC (none without it), tracing only the services on `base_port`: other testbeds on the
+/// machine would add their orders to the counts compared here.
+fn config(
+    dir: &std::path::Path,
+    base_port: u16,
+    webhook: &str,
+    otlp: Option<&str>,
+) -> (String, tracer::config::Config) {
     let mut value: toml::Table = toml::from_str(TESTBED_CONFIG).unwrap();
+    let targets = value["capture"]["target"].as_array_mut().unwrap();
+    for target in targets {
+        let cmdline = format!("--base-port {base_port} ");
+        target
+            .as_table_mut()
+            .unwrap()
+            .insert("cmdline".into(), cmdline.into());
+    }
     let set = |value: &mut toml::Table, table: &str, key: &str, v: toml::Value| {
         value
             .entry(table)
@@ -34,7 +62,13 @@ fn config(dir: &std::path::Path, webhook: &str) -> (String, tracer::config::Conf
         dir.join("orders.db").display().to_string().into(),
     );
     set(&mut value, "api", "alert_webhook", webhook.into());
-    set(&mut value, "export", "kind", "none".into());
+    match otlp {
+        Some(endpoint) => {
+            set(&mut value, "export", "kind", "otlp-grpc".into());
+            set(&mut value, "export", "endpoint", endpoint.into());
+        }
+        None => set(&mut value, "export", "kind", "none".into()),
+    }
     let text = toml::to_string(&value).unwrap();
     let parsed = tracer::config::Config::parse(&text, "test").unwrap();
     (text, parsed)
@@ -101,9 +135,35 @@ fn samples(page: &str) -> BTreeMap<String, f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn detections_equal_the_truth_and_metrics_and_alerts_agree() {
-    let dir = scratch("e2e-run");
+    detections_equal_the_truth(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "waiting for the kernel side of issue 13 (OpenSSL uprobes): until then the agent \
+            sees only ciphertext on the testbed's HTTPS hops"]
+async fn over_https_detections_and_spans_equal_the_truth_and_the_logs() {
+    detections_equal_the_truth(true).await;
+}
+
+/// One traced testbed run with faults; `tls`: in the testbed's TLS mode, with the spans
+/// exported and compared with the testbed's logs.
+async fn detections_equal_the_truth(tls: bool) {
+    let _one_run = ONE_RUN.lock().await;
+    let dir = scratch(if tls { "e2e-run-tls" } else { "e2e-run" });
     let (webhook, webhook_addr) = Capture::start().await;
-    let (text, config) = config(&dir, &format!("http://{webhook_addr}/alerts"));
+    let receiver = if tls {
+        Some(OtlpReceiver::start().await)
+    } else {
+        None
+    };
+    let endpoint = receiver.as_ref().map(OtlpReceiver::grpc_endpoint);
+    let base_port = free_base_port();
+    let (text, config) = config(
+        &dir,
+        base_port,
+        &format!("http://{webhook_addr}/alerts"),
+        endpoint.as_deref(),
+    );
     let config_path = dir.join("config.toml");
     std::fs::write(&config_path, text).unwrap();
     let api_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -119,8 +179,9 @@ async fn detections_equal_the_truth_and_metrics_and_alerts_agree() {
         rate: 20.0,
         faults: "all=0.05",
         seed: 7,
-        base_port: free_base_port(),
+        base_port,
         dir: &dir,
+        tls,
     };
     tokio::task::block_in_place(|| run.run());
 
@@ -193,6 +254,23 @@ async fn detections_equal_the_truth_and_metrics_and_alerts_agree() {
         firing.values().all(|n| (0..=1).contains(n)),
         "an alert was sent twice: {firing:?}"
     );
+    if let Some(receiver) = &receiver {
+        // Ciphertext on the syscall path is neither parsed nor counted as bad HTTP.
+        assert_eq!(
+            metrics.get("order_tracer_pipeline_parse_errors_total"),
+            Some(&0.0),
+            "{page}"
+        );
+        let log = read_request_log(run.request_log()).unwrap();
+        let messages = read_message_log(run.message_log()).unwrap();
+        let expected = spans_vs_logs::expected(&log, &messages);
+        let truth = read_truth(run.truth()).unwrap();
+        let ours: BTreeSet<&str> = truth.iter().map(|o| o.order_id.as_str()).collect();
+        let spans = spans_vs_logs::of_orders(receiver.spans(), &ours);
+        if let Some(differences) = spans_vs_logs::differences(&expected, &spans) {
+            panic!("{differences}");
+        }
+    }
     drop(tracer);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -7,7 +7,6 @@
 // This test drives the testbed's services itself, not a whole `testbed run`.
 #[path = "support/alertmanager.rs"]
 mod alertmanager;
-#[allow(dead_code)]
 #[path = "support/testbed_run.rs"]
 mod testbed_run;
 
@@ -17,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use alertmanager::{free_port, spawn};
 use serde_json::{Value, json};
-use testbed_run::{bin_dir, free_base_port, scratch};
+use testbed_run::{bin_dir, config_for_base_port, free_base_port, scratch};
 
 fn alerts_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/alerts")
@@ -105,7 +104,10 @@ async fn a_stuck_order_pages_through_prometheus_and_alertmanager_and_resolves() 
     let (_alertmanager, am_url) = alertmanager::start(&dir);
     let am_port = am_url.rsplit(':').next().unwrap().to_string();
 
-    // tracer run on the embedded default (the testbed's config: INITIATED is stuck after 8 s).
+    // tracer run on the testbed's config (INITIATED is stuck after 8 s), tracing only the
+    // services this test starts: the alert counts every stuck order the tracer sees.
+    let base_port = free_base_port();
+    let config = config_for_base_port(base_port, &dir);
     let api_port = free_port();
     let api = format!("http://127.0.0.1:{api_port}");
     let tracer_log = dir.join("tracer.log");
@@ -113,6 +115,8 @@ async fn a_stuck_order_pages_through_prometheus_and_alertmanager_and_resolves() 
         &bin_dir().join("tracer"),
         &[
             "run".into(),
+            "--config".into(),
+            config.display().to_string(),
             "--allow-anonymous-loopback".into(),
             "--listen".into(),
             format!("127.0.0.1:{api_port}"),
@@ -171,7 +175,6 @@ async fn a_stuck_order_pages_through_prometheus_and_alertmanager_and_resolves() 
     .await;
 
     // The testbed's services; one order created and left waiting in INITIATED.
-    let base_port = free_base_port();
     let testbed_log = dir.join("testbed.log");
     let _testbed = spawn(
         &bin_dir().join("testbed"),

@@ -47,6 +47,11 @@ pub struct DemoArgs {
     /// Stop after this many seconds of showing the result (default: run until Ctrl-C).
     #[arg(long)]
     duration: Option<u64>,
+    /// The testbed's Shop, MES and CRM serve HTTPS and call each other over HTTPS (the
+    /// system's OpenSSL, a throwaway CA), and the driver speaks HTTPS: the agent reads the
+    /// plaintext at OpenSSL's calls. The RabbitMQ hop stays plain AMQP.
+    #[arg(long)]
+    tls: bool,
 }
 
 /// Jaeger's UI: `--jaeger-url`, or port 16686 of the `--otlp-endpoint` host.
@@ -96,9 +101,15 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let tracer = Guard::spawn(tracer, &work.join("tracer.log"))?;
     wait_for_log(&tracer, "waiting for target", 3)?;
 
-    step("starting the testbed's Shop, MES, CRM and RabbitMQ broker (10–30 s)");
+    let over = if args.tls { "HTTPS" } else { "HTTP" };
+    step(&format!(
+        "starting the testbed's Shop, MES, CRM ({over}) and RabbitMQ broker (10–30 s)"
+    ));
     let mut serve = Command::new(bin.join("testbed"));
     serve.args(["serve", "--base-port", &args.base_port.to_string()]);
+    if args.tls {
+        serve.arg("--tls");
+    }
     let _serve = Guard::spawn(serve, &work.join("testbed-serve.log"))?;
     wait_for_log(&tracer, "tracing pid", 3)?;
 
@@ -121,6 +132,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
         .args(["--seed", &args.seed.to_string()])
         .arg("--truth")
         .arg(&truth);
+    if args.tls {
+        drive.arg("--tls");
+    }
     let mut driver = Guard::spawn(drive, &work.join("testbed-run.log"))?;
     while driver.child.try_wait()?.is_none() {
         progress(&api, "orders running");

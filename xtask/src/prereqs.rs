@@ -24,6 +24,12 @@ const PIKA: (&str, &str) = (
     "python3-pika",
     "/usr/lib/python3/dist-packages/pika/__init__.py",
 );
+/// The testbed's services link the system's OpenSSL (its TLS mode); openssl-sys finds it
+/// with pkg-config. Every command that builds needs them.
+const BUILD_PACKAGES: &[(&str, &str)] = &[
+    ("libssl-dev", "/usr/include/openssl/ssl.h"),
+    ("pkg-config", "pkg-config"),
+];
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("python3", "python3"),
     ("curl", "curl"),
@@ -98,6 +104,7 @@ pub fn ensure(needs: Needs) -> Result<()> {
         ensure_rust_src()?;
         ensure_bpf_linker()?;
     }
+    ensure_debian(BUILD_PACKAGES)?;
     ensure_debian(needs.debian)
 }
 

@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use crate::faults::FaultKind;
 use crate::mes::MesState;
-use crate::service::Service;
+use crate::service::{Endpoints, Service};
 use crate::status::Status;
 use crate::truth::TruthRecord;
 
@@ -110,25 +110,22 @@ async fn lookup<T: serde::de::DeserializeOwned>(
 /// Asks the three services about one order.
 pub async fn observe(
     client: &reqwest::Client,
-    base_port: u16,
+    endpoints: Endpoints,
     id: &str,
 ) -> Result<ServiceStates, String> {
     let shop: Option<ShopAnswer> = lookup(
         client,
-        format!("{}/api/v1/orders/{id}", Service::Shop.base_url(base_port)),
+        endpoints.url(Service::Shop, &format!("/api/v1/orders/{id}")),
     )
     .await?;
     let mes: Option<MesAnswer> = lookup(
         client,
-        format!(
-            "{}/mes/api/work-orders/{id}",
-            Service::Mes.base_url(base_port)
-        ),
+        endpoints.url(Service::Mes, &format!("/mes/api/work-orders/{id}")),
     )
     .await?;
     let crm: Option<CrmAnswer> = lookup(
         client,
-        format!("{}/crm/v1/deals/{id}", Service::Crm.base_url(base_port)),
+        endpoints.url(Service::Crm, &format!("/crm/v1/deals/{id}")),
     )
     .await?;
     Ok(ServiceStates {
@@ -141,13 +138,13 @@ pub async fn observe(
 /// Compares every order's truth with the services' answers; returns one line per mismatch.
 pub async fn check(
     client: &reqwest::Client,
-    base_port: u16,
+    endpoints: Endpoints,
     records: &[TruthRecord],
 ) -> Vec<String> {
     let mut mismatches = Vec::new();
     for record in records {
         let want = expected_states(record);
-        match observe(client, base_port, &record.order_id).await {
+        match observe(client, endpoints, &record.order_id).await {
             Ok(seen) if seen == want => {}
             Ok(seen) => mismatches.push(format!(
                 "{}: truth {:?} (fault {:?}) wants {want:?}, services say {seen:?}",

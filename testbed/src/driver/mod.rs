@@ -20,8 +20,9 @@ pub use walk::{WalkOutcome, Walker};
 
 use crate::faults::FaultSpec;
 use crate::net::pooled_client;
-use crate::service::DEFAULT_BASE_PORT;
+use crate::service::{DEFAULT_BASE_PORT, Endpoints, Scheme};
 use crate::timings::Timings;
+use crate::tls::Pki;
 use crate::truth::{TruthRecord, write_truth};
 use procs::{Launch, Services, wait_ready};
 
@@ -62,6 +63,11 @@ struct Common {
     /// Scales think times and fault timeouts (see testbed/README.md).
     #[arg(long, default_value_t = 1.0)]
     time_factor: f64,
+    /// Every service serves HTTPS and calls the others over HTTPS (the system's OpenSSL),
+    /// with a throwaway CA made at start; the driver speaks HTTPS too. With `--use-running`,
+    /// the CA of the running services is used.
+    #[arg(long)]
+    tls: bool,
 }
 
 #[derive(Debug, Args)]
@@ -104,12 +110,57 @@ impl Common {
         Ok(())
     }
 
-    fn launch(&self) -> Launch<'_> {
+    fn launch<'a>(&'a self, tls: Option<&'a Pki>) -> Launch<'a> {
         Launch {
             base_port: self.base_port,
             request_log: self.request_log.as_deref(),
             message_log: self.message_log.as_deref(),
             time_factor: self.time_factor,
+            tls_dir: tls.map(Pki::dir),
+        }
+    }
+
+    fn endpoints(&self) -> Endpoints {
+        Endpoints {
+            base_port: self.base_port,
+            scheme: if self.tls {
+                Scheme::Https
+            } else {
+                Scheme::Http
+            },
+        }
+    }
+}
+
+/// The certificates of a TLS run: made here (and removed at the end) when this process starts
+/// the services, else those of the running services.
+struct RunPki {
+    pki: Pki,
+    made_here: bool,
+}
+
+impl RunPki {
+    fn new(common: &Common, use_running: bool) -> anyhow::Result<Option<Self>> {
+        if !common.tls {
+            return Ok(None);
+        }
+        let dir = Pki::dir_for(common.base_port);
+        let pki = if use_running {
+            Pki::at(dir)
+        } else {
+            Pki::generate(dir)?
+        };
+        Ok(Some(RunPki {
+            pki,
+            made_here: !use_running,
+        }))
+    }
+}
+
+impl Drop for RunPki {
+    fn drop(&mut self) {
+        if self.made_here {
+            self.pki.remove();
         }
     }
 }
@@ -128,26 +179,35 @@ pub fn main() -> anyhow::Result<ExitCode> {
             "--rate must be a positive number"
         );
     }
+    let use_running = run.as_ref().is_some_and(|run| run.use_running);
+    let pki = RunPki::new(&common, use_running)?;
+    let pki = pki.as_ref().map(|p| &p.pki);
+    let endpoints = common.endpoints();
     // Spawned here, on the main thread, which lives until the children are reaped.
-    let mut services = match &run {
-        Some(run) if run.use_running => None,
-        _ => Some(Services::spawn(&common.launch())?),
+    let mut services = if use_running {
+        None
+    } else {
+        Some(Services::spawn(&common.launch(pki))?)
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let result = runtime.block_on(async {
-        let client = pooled_client();
-        wait_ready(&client, common.base_port, services.as_mut(), STARTUP).await?;
+        let client = pooled_client(pki)?;
+        wait_ready(&client, endpoints, services.as_mut(), STARTUP).await?;
         let work = async {
             match &run {
-                Some(run) => drive(&client, run).await,
+                Some(run) => drive(&client, endpoints, run).await,
                 None => {
                     println!(
-                        "testbed: services up on 127.0.0.1:{}..{}",
+                        "testbed: services up on {}://127.0.0.1:{}..{}",
+                        endpoints.scheme.as_str(),
                         common.base_port,
                         common.base_port + 3
                     );
+                    if let Some(pki) = pki {
+                        println!("testbed: their CA is {}", pki.ca().display());
+                    }
                     std::future::pending().await
                 }
             }
@@ -180,12 +240,16 @@ async fn interrupted() -> &'static str {
     }
 }
 
-async fn drive(client: &reqwest::Client, run: &RunArgs) -> anyhow::Result<ExitCode> {
+async fn drive(
+    client: &reqwest::Client,
+    endpoints: Endpoints,
+    run: &RunArgs,
+) -> anyhow::Result<ExitCode> {
     let seed = run.seed.unwrap_or_else(rand::random);
     let timings = Timings::new(run.common.time_factor);
     let walker = Arc::new(Walker::new(
         client.clone(),
-        run.common.base_port,
+        endpoints,
         timings,
         seed,
         run.faults.clone(),
@@ -217,7 +281,7 @@ async fn drive(client: &reqwest::Client, run: &RunArgs) -> anyhow::Result<ExitCo
     }
     let mut ok = errors.is_empty();
     if run.check {
-        let mismatches = check::check(client, run.common.base_port, &records).await;
+        let mismatches = check::check(client, endpoints, &records).await;
         for m in &mismatches {
             eprintln!("check: {m}");
         }

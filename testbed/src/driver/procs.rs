@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::service::Service;
+use crate::service::{Endpoints, Service};
 
 /// The running service processes; killed (and reaped) on drop.
 pub struct Services {
@@ -20,6 +20,8 @@ pub struct Launch<'a> {
     pub request_log: Option<&'a Path>,
     pub message_log: Option<&'a Path>,
     pub time_factor: f64,
+    /// The certificates to serve HTTPS with, in TLS mode.
+    pub tls_dir: Option<&'a Path>,
 }
 
 fn sibling_exe(name: &str) -> anyhow::Result<PathBuf> {
@@ -62,6 +64,9 @@ impl Services {
             }
             if let Some(log) = launch.message_log.filter(|_| service != Service::Queue) {
                 cmd.arg("--message-log").arg(log);
+            }
+            if let Some(dir) = launch.tls_dir {
+                cmd.arg("--tls-dir").arg(dir);
             }
             // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
             unsafe {
@@ -128,13 +133,13 @@ impl Drop for Services {
 /// Waits until every service answers `GET /healthz` (and, if we started them, is alive).
 pub async fn wait_ready(
     client: &reqwest::Client,
-    base_port: u16,
+    endpoints: Endpoints,
     mut services: Option<&mut Services>,
     within: Duration,
 ) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + within;
     for service in Service::ALL {
-        let url = format!("{}/healthz", service.base_url(base_port));
+        let url = endpoints.url(service, "/healthz");
         loop {
             if let Some(services) = services.as_deref_mut() {
                 services.check_alive()?;

@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 
 use crate::faults::{FAULT_HEADER, FaultKind, FaultSpec};
 use crate::queue::{Delivery, PRICED_ORDERS, WORK_ORDERS};
-use crate::service::Service;
+use crate::service::{Endpoints, Service};
 use crate::status::Status;
 use crate::timings::Timings;
 use crate::truth::{FaultRecord, TruthRecord};
@@ -36,7 +36,7 @@ const SKUS: [&str; 5] = [
 /// What the driver shares between the walks of one run.
 pub struct Walker {
     client: reqwest::Client,
-    base_port: u16,
+    endpoints: Endpoints,
     timings: Timings,
     seed: u64,
     faults: FaultSpec,
@@ -54,7 +54,7 @@ pub struct WalkOutcome {
 impl Walker {
     pub fn new(
         client: reqwest::Client,
-        base_port: u16,
+        endpoints: Endpoints,
         timings: Timings,
         seed: u64,
         faults: FaultSpec,
@@ -63,7 +63,7 @@ impl Walker {
         ChaCha8Rng::seed_from_u64(seed).fill_bytes(&mut model);
         Walker {
             client,
-            base_port,
+            endpoints,
             timings,
             seed,
             faults,
@@ -105,7 +105,7 @@ impl Walker {
     }
 
     fn url(&self, of: Service, path: &str) -> String {
-        format!("{}{path}", of.base_url(self.base_port))
+        self.endpoints.url(of, path)
     }
 }
 

@@ -8,9 +8,12 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use testbed::Service;
+use testbed::service::{Endpoints, Scheme};
+use testbed::tls::Pki;
 
 pub struct Testbed {
     pub base_port: u16,
+    pub scheme: Scheme,
     pub dir: PathBuf,
     serve: Child,
     _one_at_a_time: MutexGuard<'static, ()>,
@@ -47,6 +50,11 @@ pub fn free_base_port() -> u16 {
 impl Testbed {
     /// Starts the services with a request log, under `testbed serve`.
     pub fn serve(name: &str) -> Testbed {
+        Self::serve_with(name, Scheme::Http)
+    }
+
+    /// Starts the services with a request log, under `testbed serve`, speaking `scheme`.
+    pub fn serve_with(name: &str, scheme: Scheme) -> Testbed {
         let guard = one_broker_at_a_time();
         let dir = std::env::temp_dir().join(format!("testbed-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -63,10 +71,12 @@ impl Testbed {
             .arg(dir.join("requests.jsonl"))
             .arg("--message-log")
             .arg(dir.join("messages.jsonl"))
+            .args((scheme == Scheme::Https).then_some("--tls"))
             .spawn()
             .unwrap();
         let bed = Testbed {
             base_port,
+            scheme,
             dir,
             serve,
             _one_at_a_time: guard,
@@ -87,8 +97,39 @@ impl Testbed {
         }
     }
 
+    pub fn endpoints(&self) -> Endpoints {
+        Endpoints {
+            base_port: self.base_port,
+            scheme: self.scheme,
+        }
+    }
+
     pub fn url(&self, service: Service, path: &str) -> String {
-        format!("{}{path}", service.base_url(self.base_port))
+        self.endpoints().url(service, path)
+    }
+
+    /// The certificates of a testbed in TLS mode.
+    pub fn pki(&self) -> Option<Pki> {
+        (self.scheme == Scheme::Https).then(|| Pki::at(Pki::dir_for(self.base_port)))
+    }
+
+    /// A client of these services (trusting their CA in TLS mode).
+    pub fn client(&self) -> reqwest::Client {
+        testbed::net::pooled_client(self.pki().as_ref()).unwrap()
+    }
+
+    /// The service processes `testbed serve` started.
+    pub fn service_pids(&self) -> Vec<u32> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.serve.id())).unwrap();
+        tasks
+            .flatten()
+            .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+            .flat_map(|list| {
+                list.split_whitespace()
+                    .map(|pid| pid.parse().unwrap())
+                    .collect::<Vec<u32>>()
+            })
+            .collect()
     }
 
     pub fn path(&self, file: &str) -> PathBuf {
@@ -108,6 +149,7 @@ impl Testbed {
             .arg(self.base_port.to_string())
             .arg("--truth")
             .arg(truth)
+            .args((self.scheme == Scheme::Https).then_some("--tls"))
             .args(args)
             .output()
             .unwrap();
