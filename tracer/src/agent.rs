@@ -150,6 +150,7 @@ pub fn publish_totals(metrics: &PipelineMetrics, counters: &AgentCounters) {
         ("streams_over_budget", streams.dropped_over_budget),
         ("oversized_heads", streams.http.oversized_heads),
         ("connections_evicted", streams.connections_evicted),
+        ("requests_shed_over_memory", streams.shed_requests),
         (
             "pending_requests_overflow",
             streams.http.pairing.pending_overflow,
@@ -262,7 +263,7 @@ impl Agent {
             .context("the capture's event queue was already taken")?;
         let (snapshot_tx, snapshot) = watch::channel(PipelineSnapshot::default());
         let stages = Stages {
-            streams: Streams::new(config.streams.clone()),
+            streams: Streams::new(config.streams.clone()).keeping_headers(builder.headers_read()),
             builder,
             fanout,
             counters: PipelineCounters::default(),

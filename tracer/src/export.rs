@@ -255,9 +255,7 @@ impl Worker {
         }
         for span in batch.iter_mut() {
             for (key, value) in &self.resource {
-                span.resource
-                    .entry(key.clone())
-                    .or_insert_with(|| value.clone());
+                span.resource.insert_missing(key, || value.clone());
             }
         }
         let n = batch.len() as u64;

@@ -119,9 +119,7 @@ fn own_span(mut span: SpanRecord, export: &ExportConfig) -> SpanRecord {
             .insert("service.name".into(), name.as_str().into());
     }
     for (key, value) in &export.resource_attributes {
-        span.resource
-            .entry(key.clone())
-            .or_insert_with(|| value.as_str().into());
+        span.resource.insert_missing(key, || value.as_str().into());
     }
     span
 }

@@ -41,7 +41,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::spans::{AttrValue, SpanKind, SpanRecord, SpanStatus};
+use crate::spans::{AttrValue, Attributes, SpanKind, SpanRecord, SpanStatus};
 
 pub use changes::Changes;
 use config::secs_to_ns;
@@ -179,10 +179,10 @@ const MAX_VALUE_LEN: usize = 256;
 /// usable order id is left.
 pub fn minimal(span: SpanRecord) -> Option<SpanRecord> {
     let fits = |value: &AttrValue| !matches!(value, AttrValue::Str(s) if s.len() > MAX_VALUE_LEN);
-    let mut attributes: std::collections::BTreeMap<String, AttrValue> = span
+    let mut attributes: Attributes = span
         .attributes
         .into_iter()
-        .filter(|(key, value)| READ_ATTRIBUTES.contains(&key.as_str()) && fits(value))
+        .filter(|(key, value)| READ_ATTRIBUTES.contains(&key.as_ref()) && fits(value))
         .collect();
     let order_id = match attributes.get("order.id") {
         Some(AttrValue::Str(raw)) => crate::orders::clean_order_id(raw)?,
@@ -192,7 +192,7 @@ pub fn minimal(span: SpanRecord) -> Option<SpanRecord> {
     let resource = span
         .resource
         .into_iter()
-        .filter(|(key, value)| key == "service.name" && fits(value))
+        .filter(|(key, value)| *key == "service.name" && fits(value))
         .collect();
     Some(SpanRecord {
         trace_id: span.trace_id,

@@ -14,7 +14,7 @@
 pub mod budget;
 mod grpc;
 
-use std::collections::BTreeMap;
+use crate::spans::Attributes;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -405,7 +405,7 @@ fn attr_value(value: &AnyValue) -> Option<AttrValue> {
     })
 }
 
-fn attributes(list: &[KeyValue]) -> BTreeMap<String, AttrValue> {
+fn attributes(list: &[KeyValue]) -> Attributes {
     list.iter()
         .filter_map(|kv| Some((kv.key.clone(), attr_value(kv.value.as_ref()?)?)))
         .collect()
@@ -481,11 +481,11 @@ pub fn spans_from_otlp(request: &ExportTraceServiceRequest) -> Vec<SpanRecord> {
     out
 }
 
-fn key_values(attributes: &BTreeMap<String, AttrValue>) -> Vec<KeyValue> {
+fn key_values(attributes: &Attributes) -> Vec<KeyValue> {
     attributes
         .iter()
         .map(|(key, value)| KeyValue {
-            key: key.clone(),
+            key: key.to_string(),
             value: Some(AnyValue {
                 value: Some(match value {
                     AttrValue::Str(s) => any_value::Value::StringValue(s.clone()),
@@ -501,7 +501,7 @@ fn key_values(attributes: &BTreeMap<String, AttrValue>) -> Vec<KeyValue> {
 
 /// Spans → OTLP, one resource per distinct resource (the monitor's root spans; tests).
 pub fn otlp_from_spans(spans: &[SpanRecord]) -> ExportTraceServiceRequest {
-    let mut groups: Vec<(&BTreeMap<String, AttrValue>, Vec<otlp::Span>)> = Vec::new();
+    let mut groups: Vec<(&Attributes, Vec<otlp::Span>)> = Vec::new();
     for span in spans {
         let converted = otlp::Span {
             trace_id: span.trace_id.to_vec(),
@@ -600,8 +600,11 @@ pub(crate) mod tests {
             start_unix_nano: 10,
             end_unix_nano: 20,
             status: SpanStatus::Error,
-            resource: BTreeMap::from([("service.name".into(), AttrValue::Str("shop-api".into()))]),
-            attributes: BTreeMap::from([
+            resource: Attributes::from([(
+                "service.name".into(),
+                AttrValue::Str("shop-api".into()),
+            )]),
+            attributes: Attributes::from([
                 ("order.id".into(), AttrValue::Str("SO-1".into())),
                 ("http.response.status_code".into(), AttrValue::Int(500)),
                 ("x.ok".into(), AttrValue::Bool(true)),
@@ -610,7 +613,7 @@ pub(crate) mod tests {
             events: vec![SpanEvent {
                 name: "e".into(),
                 time_unix_nano: 15,
-                attributes: BTreeMap::new(),
+                attributes: Attributes::new(),
             }],
         }
     }
