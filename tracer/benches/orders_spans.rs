@@ -38,7 +38,7 @@ fn walk(order: &str) -> Vec<Exchange> {
 
 fn bench(c: &mut Criterion) {
     let rules = RuleSet::compile(&tracer::config::Config::embedded_default().services).unwrap();
-    let builder = SpanBuilder::new(rules, Redactor::default(), "bench-host".into(), 0);
+    let mut builder = SpanBuilder::new(rules, Redactor::default(), "bench-host".into(), 0);
     let exchanges: Vec<Exchange> = (0..64)
         .flat_map(|i| walk(&format!("SO-2026-{i:06}")))
         .collect();

@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::capture::counters::CaptureProgress;
 use crate::capture::{Capture, CaptureCounters, CaptureEvent, PayloadCaps, Role};
 use crate::clock::{monotonic_now_ns, monotonic_to_unix_offset_ns};
 use crate::config::Config;
@@ -149,6 +150,7 @@ pub fn publish_totals(metrics: &PipelineMetrics, counters: &AgentCounters) {
         ("streams_over_budget", streams.dropped_over_budget),
         ("oversized_heads", streams.http.oversized_heads),
         ("connections_evicted", streams.connections_evicted),
+        ("requests_shed_over_memory", streams.shed_requests),
         (
             "pending_requests_overflow",
             streams.http.pairing.pending_overflow,
@@ -248,12 +250,8 @@ impl Agent {
         let mut capture = Capture::start_with_caps(&config.capture, &capture_caps)?;
         let redactor = Redactor::new(&config.export.redact_path_segments)
             .map_err(|e| anyhow::anyhow!("config [export] redact_path_segments: {e}"))?;
-        let builder = SpanBuilder::new(
-            rules,
-            redactor,
-            local_host_name(),
-            monotonic_to_unix_offset_ns(),
-        );
+        let unix_offset = monotonic_to_unix_offset_ns();
+        let builder = SpanBuilder::new(rules, redactor, local_host_name(), unix_offset);
         let exporter = Exporter::start(&config.export).context("cannot start the exporter")?;
         let mut fanout = Fanout::new(Sampler::new(config.sampling.clone()), exporter.handle());
         if let Some(monitor) = monitor {
@@ -265,11 +263,14 @@ impl Agent {
             .context("the capture's event queue was already taken")?;
         let (snapshot_tx, snapshot) = watch::channel(PipelineSnapshot::default());
         let stages = Stages {
-            streams: Streams::new(config.streams.clone()),
+            streams: Streams::new(config.streams.clone()).keeping_headers(builder.headers_read()),
             builder,
             fanout,
             counters: PipelineCounters::default(),
             records: Vec::new(),
+            progress: capture.progress(),
+            unix_offset,
+            last_event_ns: 0,
         };
         let pipeline = tokio::spawn(stages.run(events, snapshot_tx));
         Ok(Self {
@@ -327,6 +328,11 @@ struct Stages {
     counters: PipelineCounters,
     /// Reused output buffer of the streams stage.
     records: Vec<Record>,
+    progress: CaptureProgress,
+    /// CLOCK_MONOTONIC to unix ns, as the spans are stamped.
+    unix_offset: i128,
+    /// CLOCK_MONOTONIC ns of the newest event processed.
+    last_event_ns: u64,
 }
 
 impl Stages {
@@ -346,6 +352,7 @@ impl Stages {
                 _ = tick.tick() => {
                     self.streams.expire(monotonic_now_ns(), &mut self.records);
                     self.on_records();
+                    self.watermark(&events);
                     snapshot.send_replace(self.snapshot());
                 }
             }
@@ -353,7 +360,26 @@ impl Stages {
         snapshot.send_replace(self.snapshot());
     }
 
+    /// Tells the in-process consumers how far the evidence has got: up to what the reader
+    /// had drained when nothing is left queued, else up to the newest event processed.
+    fn watermark(&mut self, events: &mpsc::Receiver<Vec<CaptureEvent>>) {
+        // Read before looking at the queue: the reader stores it after queueing.
+        let drained = self.progress.drained_at_ns();
+        let up_to = if events.is_empty() {
+            drained.max(self.last_event_ns)
+        } else {
+            self.last_event_ns
+        };
+        if up_to > 0 {
+            self.fanout
+                .watermark((up_to as i128 + self.unix_offset).max(0) as u64);
+        }
+    }
+
     fn on_batch(&mut self, batch: Vec<CaptureEvent>) {
+        if let Some(newest) = batch.iter().map(CaptureEvent::ts_ns).max() {
+            self.last_event_ns = self.last_event_ns.max(newest);
+        }
         for event in batch {
             self.streams.on_event(event, &mut self.records);
         }

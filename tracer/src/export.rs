@@ -255,9 +255,7 @@ impl Worker {
         }
         for span in batch.iter_mut() {
             for (key, value) in &self.resource {
-                span.resource
-                    .entry(key.clone())
-                    .or_insert_with(|| value.clone());
+                span.resource.insert_missing(key, || value.clone());
             }
         }
         let n = batch.len() as u64;
@@ -329,6 +327,11 @@ async fn write_lines(
 pub trait SpanConsumer: Send {
     /// Takes a span without waiting; false when it had to drop it.
     fn consume(&mut self, span: &SpanRecord) -> bool;
+
+    /// Every exchange the pipeline saw end before `up_to_unix_ns` has been consumed: how far
+    /// the evidence has got, so that a consumer judging time limits (the monitor) waits for a
+    /// lagging pipeline instead of judging by the wall clock.
+    fn watermark(&mut self, _up_to_unix_ns: u64) {}
 }
 
 /// A bounded channel to another task is a consumer; when it is full the span is dropped
@@ -379,6 +382,13 @@ impl Fanout {
 
     pub fn sampler(&self) -> &Sampler {
         &self.sampler
+    }
+
+    /// Tells the in-process consumers how far the pipeline's evidence has got.
+    pub fn watermark(&mut self, up_to_unix_ns: u64) {
+        for consumer in &mut self.consumers {
+            consumer.watermark(up_to_unix_ns);
+        }
     }
 
     /// Spans an in-process consumer could not take (its queue was full).

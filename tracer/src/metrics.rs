@@ -23,6 +23,11 @@ struct StatusLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabel {
+    cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DetectionLabels {
     kind: String,
     service: String,
@@ -45,6 +50,12 @@ pub struct Metrics {
     /// Alerts in the store's outbox, not yet acknowledged by their target.
     pub alerts_pending: Gauge,
     pub store_errors: Counter,
+    /// Gaps in the evidence the monitor noted, by cause.
+    evidence_gaps: Family<CauseLabel, Counter>,
+    /// How far the time the timers judge at trails the wall clock.
+    evidence_lag: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Orders in flight across a gap, waiting for new evidence.
+    blind_orders: Gauge,
     /// Services a `service` label may name; any other is `other`, so that senders cannot grow
     /// the label set (a detection's service comes from the spans).
     services: std::sync::RwLock<std::collections::BTreeSet<String>>,
@@ -79,6 +90,9 @@ impl Metrics {
             alerts_failed: Counter::default(),
             alerts_pending: Gauge::default(),
             store_errors: Counter::default(),
+            evidence_gaps: Family::default(),
+            evidence_lag: Gauge::default(),
+            blind_orders: Gauge::default(),
             services: Default::default(),
         };
         let r = &mut metrics.registry;
@@ -133,7 +147,30 @@ impl Metrics {
             "Store writes that failed",
             metrics.store_errors.clone(),
         );
+        r.register(
+            "evidence_gaps",
+            "Times the monitor could not see (its downtime, a source late or silent, events dropped), by cause",
+            metrics.evidence_gaps.clone(),
+        );
+        r.register(
+            "evidence_lag_seconds",
+            "How far the evidence the timers judge trails the wall clock",
+            metrics.evidence_lag.clone(),
+        );
+        r.register(
+            "blind_orders",
+            "Orders in flight across a gap in the evidence, waiting for new evidence before their timers run",
+            metrics.blind_orders.clone(),
+        );
         metrics
+    }
+
+    pub fn count_gap(&self, cause: crate::lifecycle::GapCause) {
+        self.evidence_gaps
+            .get_or_create(&CauseLabel {
+                cause: cause.as_str(),
+            })
+            .inc();
     }
 
     /// The services the configuration names (lifecycle statuses, transits): label values.
@@ -177,6 +214,11 @@ impl Metrics {
 
     /// Sets the gauges from the lifecycle's current state (at start and periodically).
     pub fn refresh(&self, lifecycle: &Lifecycle) {
+        if let Some(judged) = lifecycle.judged() {
+            let lag = crate::clock::unix_now().saturating_sub(judged);
+            self.evidence_lag.set(lag as f64 / 1e9);
+        }
+        self.blind_orders.set(lifecycle.blind_orders() as i64);
         for (status, count) in lifecycle.status_counts() {
             self.orders
                 .get_or_create(&StatusLabel { status })

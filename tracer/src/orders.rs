@@ -11,10 +11,12 @@
 
 mod config;
 mod extract;
+mod json;
 mod template;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 use crate::amqp::{Operation, Transfer};
@@ -26,9 +28,9 @@ pub use config::{
     Body, HeaderMatch, IdSource, KeyFields, Protocol, RuleConfig, RuleKind, ServiceRules, Side,
     StatusField, StatusSource, Unmatched,
 };
-use extract::LazyJson;
 pub use extract::{MAX_ORDER_ID_LEN, clean_order_id};
-use template::Template;
+use json::LazyJson;
+use template::{PathSegments, Template};
 
 /// The ten statuses of an order's life, in order. The lifecycle monitor owns the transitions;
 /// rules may only name these.
@@ -48,6 +50,12 @@ pub const CANONICAL_STATUSES: [&str; 10] = [
 /// The canonical spelling (a `'static` str) of a status name, if it is one.
 pub fn canonical_status(name: &str) -> Option<&'static str> {
     CANONICAL_STATUSES.iter().copied().find(|s| *s == name)
+}
+
+/// The path of a request target: what comes before its query or fragment.
+pub fn request_path(target: &str) -> &str {
+    let end = memchr::memchr2(b'?', b'#', target.as_bytes()).unwrap_or(target.len());
+    &target[..end]
 }
 
 /// A path segment percent-decoded, or as it is when it holds no valid escape.
@@ -111,7 +119,7 @@ enum CompiledStatus {
     Field {
         body: Body,
         path: String,
-        map: HashMap<String, &'static str>,
+        map: HashMap<String, &'static str, BuildHasherDefault<NameHasher>>,
     },
 }
 
@@ -122,11 +130,35 @@ struct ServiceEntry {
     server_rules: Vec<usize>,
 }
 
+/// FNV-1a, for the maps whose keys come from the config (service names, a status field's
+/// words), few and short: a lookup per exchange needs speed, and a map that never grows needs
+/// no protection against chosen keys.
+#[derive(Default)]
+struct NameHasher(u64);
+
+impl std::hash::Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut hash = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for byte in bytes {
+            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = hash;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// All rules of a config, ready to match exchanges.
 #[derive(Debug, Default)]
 pub struct RuleSet {
     rules: Vec<Rule>,
-    services: HashMap<Arc<str>, ServiceEntry>,
+    services: HashMap<Arc<str>, ServiceEntry, BuildHasherDefault<NameHasher>>,
     /// Rules that apply to client exchanges, of any service.
     client_rules: Vec<usize>,
 }
@@ -231,6 +263,29 @@ impl RuleSet {
         &self.rules
     }
 
+    /// The request headers any rule reads (lower-case): `host` when a rule matches on it, the
+    /// headers rules match on or take an order id from.
+    pub fn headers_read(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for rule in &self.rules {
+            // AMQP rules read message headers, which the HTTP stage never keeps.
+            let Matcher::Http { host, .. } = &rule.matcher else {
+                continue;
+            };
+            if host.is_some() {
+                names.push("host".to_string());
+            }
+            names.extend(rule.header.iter().map(|(name, _)| name.clone()));
+            names.extend(rule.order_id.iter().filter_map(|source| match source {
+                CompiledIdSource::Header(name) => Some(name.clone()),
+                _ => None,
+            }));
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// Whether any rule that can match an exchange of `service`'s process on that side of the
     /// connection reads a body (a JSON id, status or key field): the capture then copies the
     /// start of bodies as well as heads. `Role::Unknown` asks about either side.
@@ -280,31 +335,35 @@ impl RuleSet {
     }
 
     fn classify_http<'r>(&'r self, exchange: &Exchange) -> Classification<'r> {
-        let target = exchange.request.head.target.as_str();
-        let path = target.split(['?', '#']).next().unwrap_or("");
+        let path = request_path(&exchange.request.head.target);
+        let Some(path) = PathSegments::split(path) else {
+            return Classification::Unmatched;
+        };
         let server_rules = || self.server_rules(&exchange.service);
         let client_rules = || self.client_rules();
         let found = match exchange.role {
-            Role::Server => self.first_match(server_rules(), exchange, path),
-            Role::Client => self.first_match(client_rules(), exchange, path),
+            Role::Server => self.first_match(server_rules(), exchange, &path),
+            Role::Client => self.first_match(client_rules(), exchange, &path),
             // Seen mid-connection: the rules decide which side it was.
-            Role::Unknown => self.first_match(server_rules().chain(client_rules()), exchange, path),
+            Role::Unknown => {
+                self.first_match(server_rules().chain(client_rules()), exchange, &path)
+            }
         };
-        let Some((rule, side, captures)) = found else {
+        let Some((rule, side)) = found else {
             return Classification::Unmatched;
         };
-        match rule.read(exchange, &captures, side) {
+        match rule.read(exchange, &path, side) {
             Some(m) => Classification::Order(m),
             None => Classification::NoOrderId { rule, side },
         }
     }
 
-    fn first_match<'r, 'p>(
+    fn first_match<'r>(
         &'r self,
         candidates: impl Iterator<Item = (usize, CallSide)>,
         exchange: &Exchange,
-        path: &'p str,
-    ) -> Option<(&'r Rule, CallSide, template::Captures<'p>)> {
+        path: &PathSegments<'_>,
+    ) -> Option<(&'r Rule, CallSide)> {
         candidates.into_iter().find_map(|(index, side)| {
             let rule = &self.rules[index];
             let Matcher::Http {
@@ -313,12 +372,10 @@ impl RuleSet {
             else {
                 return None;
             };
-            if *method != exchange.request.head.method || !rule.headers_match(exchange) {
-                return None;
-            }
-            template
-                .matches(path)
-                .map(|captures| (rule, side, captures))
+            let fits = *method == exchange.request.head.method
+                && rule.headers_match(exchange)
+                && template.matches_segments(path);
+            fits.then_some((rule, side))
         })
     }
 
@@ -542,7 +599,7 @@ impl Rule {
     fn read<'r>(
         &'r self,
         exchange: &Exchange,
-        captures: &template::Captures<'_>,
+        path: &PathSegments<'_>,
         side: CallSide,
     ) -> Option<OrderMatch<'r>> {
         let response = exchange.response.as_ref();
@@ -557,7 +614,7 @@ impl Rule {
         let order_id = self.order_id.iter().find_map(|source| {
             let raw: Cow<'_, str> = match source {
                 CompiledIdSource::Path(index) => {
-                    let segment = captures.iter().find(|(i, _)| i == index)?.1;
+                    let segment = path.get(*index)?;
                     extract::percent_decode(segment)?
                 }
                 CompiledIdSource::Query(name) => {
@@ -566,7 +623,7 @@ impl Rule {
                 CompiledIdSource::Header(name) => {
                     Cow::Borrowed(std::str::from_utf8(exchange.request.header(name)?).ok()?)
                 }
-                CompiledIdSource::Json(body, path) => Cow::Owned(bodies.text(*body, path)?),
+                CompiledIdSource::Json(body, path) => bodies.field(*body, path)?,
                 CompiledIdSource::Property(_) => return None,
             };
             extract::clean_order_id(&raw)
@@ -591,7 +648,7 @@ impl Rule {
                 CompiledIdSource::Property(name) => {
                     Cow::Owned(String::from_utf8(transfer.property(name)?.to_vec()).ok()?)
                 }
-                CompiledIdSource::Json(body, path) => Cow::Owned(bodies.text(*body, path)?),
+                CompiledIdSource::Json(body, path) => bodies.field(*body, path)?,
                 CompiledIdSource::Path(_) | CompiledIdSource::Query(_) => return None,
             };
             extract::clean_order_id(&raw)
@@ -631,7 +688,7 @@ impl Rule {
             let values = key
                 .fields
                 .iter()
-                .map(|field| bodies.text(key.from, field).map(Cow::Owned))
+                .map(|field| bodies.field(key.from, field))
                 .collect::<Option<Vec<_>>>()?;
             Some(extract::key_hash(
                 self.key_secret.as_deref(),
@@ -652,7 +709,7 @@ impl Rule {
     }
 }
 
-/// The JSON bodies of one record (request and response, or the message), each parsed at
+/// The JSON bodies of one record (request and response, or the message), each checked at
 /// most once.
 struct Bodies<'b> {
     request: LazyJson<'b>,
@@ -660,15 +717,14 @@ struct Bodies<'b> {
     message: LazyJson<'b>,
 }
 
-impl Bodies<'_> {
-    /// A scalar field's text.
-    fn text(&mut self, body: Body, path: &str) -> Option<String> {
-        let root = match body {
-            Body::Request => self.request.get()?,
-            Body::Response => self.response.get()?,
-            Body::Message => self.message.get()?,
-        };
-        extract::scalar_text(extract::json_field(root, path)?).map(Cow::into_owned)
+impl<'b> Bodies<'b> {
+    /// A scalar field's text, borrowed from the body when it holds no escapes.
+    fn field(&mut self, body: Body, path: &str) -> Option<Cow<'b, str>> {
+        match body {
+            Body::Request => self.request.text(path),
+            Body::Response => self.response.text(path),
+            Body::Message => self.message.text(path),
+        }
     }
 }
 
@@ -677,8 +733,8 @@ impl CompiledStatus {
         match self {
             CompiledStatus::Fixed(s) => Some(s),
             CompiledStatus::Field { body, path, map } => {
-                let text = bodies.text(*body, path)?;
-                map.get(text.as_str())
+                let text = bodies.field(*body, path)?;
+                map.get(text.as_ref())
                     .copied()
                     .or_else(|| canonical_status(&text))
             }

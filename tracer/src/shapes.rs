@@ -13,6 +13,7 @@ use anyhow::Context;
 use crate::agent::{self, Agent};
 use crate::config::Config;
 use crate::export::{ExportConfig, ExportUse};
+use crate::lifecycle::{Gap, GapCause};
 use crate::metrics::{Metrics, SharedMetrics};
 use crate::monitor::{Monitor, MonitorSettings, RootSpanOut, SpanSink};
 use crate::otlp_out::Forwarder;
@@ -118,9 +119,7 @@ fn own_span(mut span: SpanRecord, export: &ExportConfig) -> SpanRecord {
             .insert("service.name".into(), name.as_str().into());
     }
     for (key, value) in &export.resource_attributes {
-        span.resource
-            .entry(key.clone())
-            .or_insert_with(|| value.as_str().into());
+        span.resource.insert_missing(key, || value.as_str().into());
     }
     span
 }
@@ -152,6 +151,7 @@ pub async fn run_all_in_one(args: RunArgs) -> anyhow::Result<()> {
         config: config.clone(),
         metrics,
         anonymous_loopback: args.common.allow_anonymous_loopback,
+        blind_when_down: true,
         root_spans: Some(Box::new(move |span| {
             if root_tx.try_send(own_span(span, &export)).is_err() {
                 root_metrics.count_drop("root_span_queue_full");
@@ -202,9 +202,10 @@ async fn run_agent_in_monitor(
         counters,
         mut root_spans,
     } = hookup;
-    let agent = Agent::start(&config, Some(Box::new(spans)))?;
+    let agent = Agent::start(&config, Some(Box::new(spans.clone())))?;
     let export = agent.export_handle();
     let mut publish = tokio::time::interval(Duration::from_secs(1));
+    let mut losses = EvidenceLosses::default();
     loop {
         tokio::select! {
             root = root_spans.recv() => match root {
@@ -214,7 +215,13 @@ async fn run_agent_in_monitor(
                 Some(_) => {}
                 None => break,
             },
-            _ = publish.tick() => agent::publish_totals(&counters, &agent.counters()),
+            _ = publish.tick() => {
+                let now = agent.counters();
+                agent::publish_totals(&counters, &now);
+                if let Some(gap) = losses.since_last_look(&now) {
+                    spans.note_gap(gap);
+                }
+            }
             _ = &mut stop => break,
         }
     }
@@ -222,6 +229,46 @@ async fn run_agent_in_monitor(
     agent::publish_totals(&counters, &last);
     agent::log_counters(&last);
     Ok(())
+}
+
+/// Watches the agent's counters of lost events: a loss is a gap in the monitor's evidence
+/// (from the previous look to this one).
+struct EvidenceLosses {
+    lost: u64,
+    looked_at: u64,
+}
+
+impl Default for EvidenceLosses {
+    fn default() -> Self {
+        Self {
+            lost: 0,
+            looked_at: crate::clock::unix_now(),
+        }
+    }
+}
+
+impl EvidenceLosses {
+    fn since_last_look(&mut self, counters: &agent::AgentCounters) -> Option<Gap> {
+        let capture = &counters.capture;
+        let streams = &counters.pipeline.streams;
+        // What loses exchanges (not what only loses detail, such as truncated payloads).
+        let lost = capture.ring_full
+            + capture.queue_full
+            + capture.sockets_full
+            + capture.read_failed
+            + capture.decode_errors
+            + streams.dropped_over_budget
+            + streams.connections_evicted;
+        let now = crate::clock::unix_now();
+        let gap = (lost > self.lost).then_some(Gap {
+            start: self.looked_at,
+            end: now,
+            cause: GapCause::CaptureDrops,
+        });
+        self.lost = lost;
+        self.looked_at = now;
+        gap
+    }
 }
 
 /// `tracer monitor`: OTLP in (gRPC + HTTP), lifecycle, API; spans forwarded upstream.
@@ -275,6 +322,7 @@ pub async fn run_central(args: MonitorArgs) -> anyhow::Result<()> {
         config,
         metrics,
         anonymous_loopback: args.common.allow_anonymous_loopback,
+        blind_when_down: false,
         root_spans: root_forwarder.map(move |forwarder| -> RootSpanOut {
             Box::new(move |span| {
                 let request = receiver::otlp_from_spans(&[own_span(span, &export)]);

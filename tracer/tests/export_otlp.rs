@@ -21,7 +21,7 @@ const WAIT: Duration = Duration::from_secs(10);
 /// to the MES (failed), MES server.
 fn order_spans(order: &str) -> Vec<SpanRecord> {
     let rules = RuleSet::compile(&tracer::config::Config::embedded_default().services).unwrap();
-    let builder = SpanBuilder::new(rules, Redactor::default(), "test-host".into(), 0);
+    let mut builder = SpanBuilder::new(rules, Redactor::default(), "test-host".into(), 0);
     let exchanges = [
         exchange(
             "shop-api",

@@ -16,7 +16,13 @@ use anyhow::{Context, Result, bail};
 use crate::process::{run, workspace_root};
 
 /// Every target, in `fuzz/fuzz_targets/`.
-pub const TARGETS: [&str; 4] = ["http_streams", "otlp_receiver", "rules_json", "config"];
+pub const TARGETS: [&str; 5] = [
+    "http_streams",
+    "amqp_streams",
+    "otlp_receiver",
+    "rules_json",
+    "config",
+];
 
 /// Set on the wrapper's environment: this process is running as rustc's wrapper.
 const WRAPPER_ENV: &str = "ORDER_TRACER_FUZZ_WRAPPER";

@@ -56,6 +56,19 @@ pub struct UserCounters {
     pub tls_targets: AtomicU64,
     pub tls_without_library: AtomicU64,
     pub tls_unusable_libraries: AtomicU64,
+    /// CLOCK_MONOTONIC ns when the reader last emptied the ring and queued what it read.
+    pub drained_at: AtomicU64,
+}
+
+/// How far the capture has read: every event the kernel stamped before `drained_at_ns` is
+/// queued for the pipeline (or counted as dropped).
+#[derive(Clone, Debug)]
+pub struct CaptureProgress(pub(super) std::sync::Arc<UserCounters>);
+
+impl CaptureProgress {
+    pub fn drained_at_ns(&self) -> u64 {
+        self.0.drained_at.load(Ordering::Acquire)
+    }
 }
 
 impl UserCounters {

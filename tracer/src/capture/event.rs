@@ -74,6 +74,15 @@ pub struct ConnClose {
 }
 
 impl CaptureEvent {
+    /// CLOCK_MONOTONIC ns the kernel stamped the event with.
+    pub fn ts_ns(&self) -> u64 {
+        match self {
+            CaptureEvent::Open(o) => o.ts_ns,
+            CaptureEvent::Data(d) => d.ts_ns,
+            CaptureEvent::Close(c) => c.ts_ns,
+        }
+    }
+
     pub fn conn(&self) -> ConnKey {
         match self {
             CaptureEvent::Open(o) => o.conn,

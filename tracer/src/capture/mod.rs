@@ -171,6 +171,11 @@ impl Capture {
     pub fn counters(&self) -> CaptureCounters {
         counters::snapshot(&self.kernel_counters, &self.user_counters)
     }
+
+    /// How far the reader has got, for the pipeline's watermark.
+    pub fn progress(&self) -> counters::CaptureProgress {
+        counters::CaptureProgress(self.user_counters.clone())
+    }
 }
 
 impl Drop for Capture {

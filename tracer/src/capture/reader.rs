@@ -3,6 +3,7 @@
 //! counted: the kernel side must never wait for us, and memory must not grow).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
@@ -171,7 +172,12 @@ impl Sink {
         let mut bytes = 0;
         for _ in 0..MAX_DRAIN {
             let Some(item) = ring.next() else {
-                return (self.send(batch), true);
+                let open = self.send(batch);
+                // After the send: whoever reads this time finds the batch queued.
+                self.counters
+                    .drained_at
+                    .store(crate::clock::monotonic_now_ns(), Ordering::Release);
+                return (open, true);
             };
             let decoded = decode(&item, self.targets.services());
             drop(item);

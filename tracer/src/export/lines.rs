@@ -1,11 +1,11 @@
 //! The stdout exporter's format: one JSON object per span and line, ids in lower-case hex,
 //! resource and attributes as flat maps under their OpenTelemetry names.
 
-use std::collections::BTreeMap;
+use crate::spans::Attributes;
 
 use serde::Serialize;
 
-use crate::spans::{AttrValue, SpanKind, SpanRecord, SpanStatus};
+use crate::spans::{SpanKind, SpanRecord, SpanStatus};
 
 #[derive(Serialize)]
 struct Line<'s> {
@@ -18,8 +18,8 @@ struct Line<'s> {
     start_unix_nano: u64,
     end_unix_nano: u64,
     status: SpanStatus,
-    resource: &'s BTreeMap<String, AttrValue>,
-    attributes: &'s BTreeMap<String, AttrValue>,
+    resource: &'s Attributes,
+    attributes: &'s Attributes,
 }
 
 #[derive(Serialize)]

@@ -5,7 +5,7 @@
 //! exports for several services: each span carries its own resource, which the SDK's
 //! one-resource-per-exporter model cannot express.
 
-use std::collections::BTreeMap;
+use crate::spans::Attributes;
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
@@ -264,7 +264,7 @@ fn rustls_config(
 
 /// One request: spans grouped by resource (one agent exports for several services).
 pub fn to_request(spans: &[SpanRecord]) -> ExportTraceServiceRequest {
-    let mut groups: Vec<(&BTreeMap<String, AttrValue>, Vec<Span>)> = Vec::new();
+    let mut groups: Vec<(&Attributes, Vec<Span>)> = Vec::new();
     for record in spans {
         let span = to_span(record);
         match groups
@@ -349,10 +349,10 @@ fn to_span(record: &SpanRecord) -> Span {
     }
 }
 
-fn key_values(map: &BTreeMap<String, AttrValue>) -> Vec<KeyValue> {
+fn key_values(map: &Attributes) -> Vec<KeyValue> {
     map.iter()
         .map(|(key, value)| KeyValue {
-            key: key.clone(),
+            key: key.to_string(),
             value: Some(AnyValue {
                 value: Some(match value {
                     AttrValue::Bool(b) => any_value::Value::BoolValue(*b),

@@ -454,10 +454,10 @@ fn record(service: &str, name: &str) -> SpanRecord {
         start_unix_nano: 10,
         end_unix_nano: 20,
         status: SpanStatus::Error,
-        resource: [("service.name".to_string(), AttrValue::Str(service.into()))].into(),
+        resource: [("service.name".into(), AttrValue::Str(service.into()))].into(),
         attributes: [
-            ("n".to_string(), AttrValue::Double(f64::NAN)),
-            ("b".to_string(), AttrValue::Bool(true)),
+            ("n".into(), AttrValue::Double(f64::NAN)),
+            ("b".into(), AttrValue::Bool(true)),
         ]
         .into(),
         events: Vec::new(),

@@ -1,7 +1,7 @@
 //! Bodies: Content-Length, chunked (extensions, trailers) and close-delimited, decoded as the
-//! bytes come. A bounded prefix is handed out; the rest is only counted, never copied. Gaps
-//! (bytes the capture did not copy) are stepped over wherever the framing says where the body
-//! goes on.
+//! bytes come. A body that can be had whole within the limit is handed out; the rest is only
+//! counted, never copied (a cut JSON body has no fields to read). Gaps (bytes the capture did
+//! not copy) are stepped over wherever the framing says where the body goes on.
 
 use bytes::Bytes;
 
@@ -17,6 +17,8 @@ pub(crate) struct BodyDecoder {
     /// Decoded length: declared (Content-Length), or summed so far (chunked, until close).
     len: u64,
     kept: usize,
+    /// The body may still be had whole within the limit: its pieces are handed out.
+    keeping: bool,
     gap_seen: bool,
 }
 
@@ -63,7 +65,8 @@ pub(crate) enum GapEffect {
 }
 
 impl BodyDecoder {
-    pub fn new(framing: Framing) -> Self {
+    /// `max_body_bytes`: the longest body handed out.
+    pub fn new(framing: Framing, max_body_bytes: usize) -> Self {
         let (state, len) = match framing {
             Framing::Empty => (State::Done, 0),
             Framing::Length(n) => (State::Length { remaining: n }, n),
@@ -74,6 +77,7 @@ impl BodyDecoder {
             state,
             len,
             kept: 0,
+            keeping: len <= max_body_bytes as u64,
             gap_seen: false,
         }
     }
@@ -82,9 +86,9 @@ impl BodyDecoder {
         self.len
     }
 
-    /// Some of the body was not captured, or not kept.
+    /// Some of the body was not captured, or not kept: none of it is usable.
     pub fn truncated(&self) -> bool {
-        self.gap_seen || self.len > self.kept as u64
+        self.gap_seen || !self.keeping || self.len > self.kept as u64
     }
 
     /// The body ends only when the connection does.
@@ -166,8 +170,8 @@ impl BodyDecoder {
         }
     }
 
-    /// Hands out the part of the next `remaining` input bytes that fits the kept prefix and
-    /// skips the rest. Returns the bytes consumed.
+    /// Hands out the next `remaining` input bytes while the body may still be had whole, and
+    /// skips them otherwise. Returns the bytes consumed.
     fn consume<I: Input>(
         &mut self,
         input: &mut I,
@@ -175,11 +179,15 @@ impl BodyDecoder {
         limits: &Limits,
     ) -> (usize, Option<Bytes>) {
         let n = (input.bytes().len() as u64).min(remaining) as usize;
-        let keep = n.min(limits.max_body_bytes.saturating_sub(self.kept));
-        let data = (keep > 0).then(|| input.take(keep));
-        input.skip(n - keep);
-        self.kept += keep;
-        (n, data)
+        if self.keeping && self.kept + n > limits.max_body_bytes {
+            self.keeping = false;
+        }
+        if !self.keeping || n == 0 {
+            input.skip(n);
+            return (n, None);
+        }
+        self.kept += n;
+        (n, Some(input.take(n)))
     }
 
     fn trailers<I: Input>(
@@ -223,6 +231,7 @@ impl BodyDecoder {
     /// Steps over `n` bytes the capture did not copy.
     pub fn gap(&mut self, n: u64) -> GapEffect {
         self.gap_seen = true;
+        self.keeping = false;
         let (state, effect) = match self.state {
             State::Length { remaining } if n < remaining => (
                 State::Length {
@@ -265,17 +274,19 @@ impl BodyDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::HeaderFilter;
 
     const LIMITS: Limits = Limits {
         max_header_bytes: 256,
         max_headers: 8,
         max_body_bytes: 8,
+        headers: HeaderFilter::ALL,
     };
 
     /// Feeds `parts` one after another (leftovers carried over, as the streams stage does)
     /// and returns the kept bytes, whether the body ended, and the bytes left after it.
     fn decode(framing: Framing, parts: &[&[u8]]) -> (Vec<u8>, bool, Vec<u8>, BodyDecoder) {
-        let mut d = BodyDecoder::new(framing);
+        let mut d = BodyDecoder::new(framing, LIMITS.max_body_bytes);
         let mut kept = Vec::new();
         let mut pending = bytes::BytesMut::new();
         let mut done = false;
@@ -299,11 +310,25 @@ mod tests {
     }
 
     #[test]
-    fn content_length_keeps_a_prefix_and_stops_at_the_end() {
-        let (kept, done, rest, d) = decode(Framing::Length(10), &[b"0123", b"456789GET"]);
+    fn content_length_bodies_are_kept_whole_or_not_at_all() {
+        let (kept, done, rest, d) = decode(Framing::Length(8), &[b"0123", b"4567GET"]);
         assert_eq!(kept, b"01234567");
+        assert!(done && !d.truncated() && d.len() == 8);
+        assert_eq!(rest, b"GET");
+        let (kept, done, rest, d) = decode(Framing::Length(10), &[b"0123", b"456789GET"]);
+        assert_eq!(kept, b"");
         assert!(done && d.truncated() && d.len() == 10);
         assert_eq!(rest, b"GET");
+    }
+
+    #[test]
+    fn a_chunked_body_over_the_limit_is_truncated() {
+        let (kept, done, _, d) = decode(
+            Framing::Chunked,
+            &[b"5\r\nabcde\r\n5\r\nfghij\r\n0\r\n\r\n"],
+        );
+        assert!(done && d.truncated() && d.len() == 10);
+        assert!(kept.len() <= LIMITS.max_body_bytes);
     }
 
     #[test]
@@ -319,21 +344,21 @@ mod tests {
 
     #[test]
     fn bad_chunk_line_loses_framing() {
-        let mut d = BodyDecoder::new(Framing::Chunked);
+        let mut d = BodyDecoder::new(Framing::Chunked, LIMITS.max_body_bytes);
         let mut input = Bytes::from_static(b"zz\r\n");
         assert_eq!(d.step(&mut input, &LIMITS).unwrap_err(), FramingLost);
-        let mut d = BodyDecoder::new(Framing::Chunked);
+        let mut d = BodyDecoder::new(Framing::Chunked, LIMITS.max_body_bytes);
         let mut input = Bytes::from(vec![b'1'; MAX_CHUNK_LINE + 1]);
         assert!(d.step(&mut input, &LIMITS).is_err());
     }
 
     #[test]
     fn gaps_inside_known_framing_are_stepped_over() {
-        let mut d = BodyDecoder::new(Framing::Length(10));
+        let mut d = BodyDecoder::new(Framing::Length(10), LIMITS.max_body_bytes);
         assert_eq!(d.gap(4), GapEffect::Inside);
         assert_eq!(d.gap(6), GapEffect::Ends);
         assert!(d.truncated());
-        let mut d = BodyDecoder::new(Framing::Length(10));
+        let mut d = BodyDecoder::new(Framing::Length(10), LIMITS.max_body_bytes);
         assert_eq!(d.gap(11), GapEffect::Lost);
 
         // A chunk of 5 whose last 3 data bytes and CRLF were not captured.
@@ -343,9 +368,9 @@ mod tests {
         assert!(matches!(d.step(&mut rest, &LIMITS), Ok(BodyStep::Done)));
         assert_eq!(d.len(), 5);
 
-        let mut d = BodyDecoder::new(Framing::Chunked);
+        let mut d = BodyDecoder::new(Framing::Chunked, LIMITS.max_body_bytes);
         assert_eq!(d.gap(1), GapEffect::Lost);
-        let mut d = BodyDecoder::new(Framing::UntilClose);
+        let mut d = BodyDecoder::new(Framing::UntilClose, LIMITS.max_body_bytes);
         assert_eq!(d.gap(100), GapEffect::Inside);
         assert!(d.until_close() && d.len() == 100);
     }

@@ -76,6 +76,11 @@ impl<H: Head> Decoder<H> {
         }
     }
 
+    /// Between messages or in a head: what is buffered, if anything, is a head's start.
+    pub fn reading_head(&self) -> bool {
+        matches!(self.state, State::Head)
+    }
+
     /// Drops any open message: the next bytes are a message start.
     pub fn reset(&mut self) {
         self.state = State::Head;
@@ -109,7 +114,8 @@ impl<H: Head> Decoder<H> {
                     Ok(None) => Ok(Step::NeedMore),
                     Ok(Some((msg, info))) => {
                         self.start_ns = None;
-                        self.state = State::Body(BodyDecoder::new(info.framing));
+                        self.state =
+                            State::Body(BodyDecoder::new(info.framing, limits.max_body_bytes));
                         Ok(Step::Head {
                             msg,
                             info,
@@ -182,6 +188,7 @@ fn end_of(body: &BodyDecoder, lost_sync: bool) -> End {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::HeaderFilter;
     use crate::http::head::ResponseCtx;
     use crate::http::{RequestHead, ResponseHead};
 
@@ -189,6 +196,7 @@ mod tests {
         max_header_bytes: 1024,
         max_headers: 16,
         max_body_bytes: 1024,
+        headers: HeaderFilter::ALL,
     };
 
     fn drain<H: Head>(d: &mut Decoder<H>, input: &mut Bytes, ctx: H::Ctx) -> Vec<String> {

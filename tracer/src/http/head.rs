@@ -1,17 +1,19 @@
-//! Message heads: httparse turns the bytes into an owned head, and the head says how the body
-//! is framed.
+//! Message heads: httparse finds the parts, the parts something downstream reads are copied
+//! out in one piece, and the head says how the body is framed.
 
 use std::mem::MaybeUninit;
+use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{Input, Message, RequestHead, ResponseHead};
+use super::{Input, Message, RequestHead, ResponseHead, Text};
 
 /// Ceiling on the configurable header count: the parser's header slots live on the stack.
 pub const MAX_HEADERS_CEILING: usize = 256;
 
-/// Bounds the parsers apply to every message.
-#[derive(Clone, Copy, Debug)]
+/// Bounds the parsers apply to every message, and what they keep of it.
+#[derive(Clone, Debug)]
 pub(crate) struct Limits {
     /// A head (start line, headers, blank line) longer than this is dropped.
     pub max_header_bytes: usize,
@@ -19,6 +21,46 @@ pub(crate) struct Limits {
     pub max_headers: usize,
     /// Decoded body bytes kept per message.
     pub max_body_bytes: usize,
+    pub headers: HeaderFilter,
+}
+
+/// Which headers a parsed message keeps. Framing headers are read whatever it says; keeping
+/// only what the rules and span attributes read saves a copy per header and the memory of
+/// every request waiting for its response.
+#[derive(Clone, Debug, Default)]
+pub struct HeaderFilter {
+    /// Lower-case names; `None` keeps every header.
+    names: Option<Arc<[Box<[u8]>]>>,
+}
+
+impl HeaderFilter {
+    pub const ALL: HeaderFilter = HeaderFilter { names: None };
+
+    /// Keeps only the headers named (any case).
+    pub fn only<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> Self {
+        let mut names: Vec<Box<[u8]>> = names
+            .into_iter()
+            .map(|n| {
+                n.as_ref()
+                    .to_ascii_lowercase()
+                    .into_bytes()
+                    .into_boxed_slice()
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        HeaderFilter {
+            names: Some(names.into()),
+        }
+    }
+
+    /// Whether a header of this name (any case) is kept.
+    pub fn keeps(&self, name: &[u8]) -> bool {
+        match &self.names {
+            None => true,
+            Some(names) => names.iter().any(|n| n.eq_ignore_ascii_case(name)),
+        }
+    }
 }
 
 /// How the body after a head is delimited.
@@ -70,7 +112,7 @@ pub(crate) trait Head: Sized {
     ) -> Result<Option<(Message<Self>, HeadInfo)>, HeadError>;
 }
 
-/// The header facts framing needs, gathered while the headers are copied.
+/// The header facts framing needs, gathered while the headers are looked at.
 #[derive(Default)]
 struct FramingHeaders {
     content_length: Option<u64>,
@@ -80,14 +122,14 @@ struct FramingHeaders {
 
 impl FramingHeaders {
     fn note(&mut self, name: &str, value: &[u8]) -> Result<(), HeadError> {
-        if name == "content-length" {
+        if name.eq_ignore_ascii_case("content-length") {
             let len = parse_content_length(value)?;
             // Repeated Content-Length is tolerated only when every copy agrees (RFC 9112 §6.3).
             if self.content_length.is_some_and(|seen| seen != len) {
                 return Err(HeadError::Invalid);
             }
             self.content_length = Some(len);
-        } else if name == "transfer-encoding" {
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
             self.transfer_encoding = true;
             let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
             self.chunked_last = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
@@ -116,42 +158,6 @@ fn parse_content_length(value: &[u8]) -> Result<u64, HeadError> {
     Ok(len)
 }
 
-/// Headers copied out of httparse's borrowed ones: names lower-cased; values filled in once
-/// the head bytes are taken from the input, as views into them (no copy).
-struct OwnedHeaders {
-    headers: Vec<(String, Bytes)>,
-    /// Where each value lies in the head.
-    ranges: Vec<(usize, usize)>,
-}
-
-impl OwnedHeaders {
-    fn collect(
-        raw: &[httparse::Header<'_>],
-        base: *const u8,
-        framing: &mut FramingHeaders,
-    ) -> Result<Self, HeadError> {
-        let mut headers = Vec::with_capacity(raw.len());
-        let mut ranges = Vec::with_capacity(raw.len());
-        for h in raw {
-            let name = h.name.to_ascii_lowercase();
-            framing.note(&name, h.value)?;
-            // The value lies inside the parsed buffer, which starts at `base`.
-            let start = h.value.as_ptr() as usize - base as usize;
-            ranges.push((start, start + h.value.len()));
-            headers.push((name, Bytes::new()));
-        }
-        Ok(OwnedHeaders { headers, ranges })
-    }
-
-    /// `head`: the parsed bytes, taken from the input (same memory the values pointed into).
-    fn fill(mut self, head: &Bytes) -> Vec<(String, Bytes)> {
-        for ((_, value), &(start, end)) in self.headers.iter_mut().zip(&self.ranges) {
-            *value = head.slice(start..end);
-        }
-        self.headers
-    }
-}
-
 fn map_error(e: httparse::Error) -> HeadError {
     match e {
         httparse::Error::TooManyHeaders => HeadError::TooLarge,
@@ -159,84 +165,105 @@ fn map_error(e: httparse::Error) -> HeadError {
     }
 }
 
-/// A start line and headers as httparse found them, copied out so the input can be let go.
-struct Raw<T> {
-    len: usize,
-    start: T,
-    version: u8,
-    headers: OwnedHeaders,
-    framing: FramingHeaders,
+/// Where `part` (a slice of `buf`) lies in it.
+fn range_in(buf: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    start..start + part.len()
 }
 
-/// A parsed head, its bytes consumed from the input.
-struct Parsed<T> {
-    start: T,
+/// Where the parts of a complete head lie in the parsed bytes, so the input can be let go.
+struct Layout<S> {
+    len: usize,
+    /// The start line's parts (request: method and target; response: nothing).
+    start: S,
+    /// Where the start line's kept parts end.
+    start_end: usize,
     version: u8,
-    headers: Vec<(String, Bytes)>,
+    /// (name, value) of the headers the filter keeps.
+    kept: Vec<(Range<usize>, Range<usize>)>,
     framing: FramingHeaders,
 }
 
 /// Runs `parse` (httparse on a request or a response) over the front of `input`, within the
-/// limits, and takes the head's bytes when it is complete. httparse never sees more than
-/// `max_header_bytes`, so a huge head costs one bounded parse and is reported as too large
-/// rather than rescanned as it grows.
-fn parse_head<I, T, F>(
+/// limits, and takes the head's bytes when it is complete: what is kept is copied out in one
+/// allocation, so a message waiting for its answer never holds on to a whole capture buffer.
+/// httparse never sees more than `max_header_bytes`, so a huge head costs one bounded parse
+/// and is reported as too large rather than rescanned as it grows.
+fn parse_head<I, S, F>(
     input: &mut I,
     limits: &Limits,
     parse: F,
-) -> Result<Option<Parsed<T>>, HeadError>
+) -> Result<Option<(Layout<S>, Bytes)>, HeadError>
 where
     I: Input,
     F: for<'b> FnOnce(
         &'b [u8],
         &mut [MaybeUninit<httparse::Header<'b>>],
-    ) -> Result<httparse::Status<Raw<T>>, HeadError>,
+    ) -> Result<httparse::Status<Layout<S>>, HeadError>,
 {
     let window = input.bytes().len().min(limits.max_header_bytes);
     let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS_CEILING];
     let slots = &mut slots[..limits.max_headers.min(MAX_HEADERS_CEILING)];
-    let raw = match parse(&input.bytes()[..window], slots)? {
-        httparse::Status::Complete(raw) => raw,
+    let layout = match parse(&input.bytes()[..window], slots)? {
+        httparse::Status::Complete(layout) => layout,
         httparse::Status::Partial if window >= limits.max_header_bytes => {
             return Err(HeadError::TooLarge);
         }
         httparse::Status::Partial => return Ok(None),
     };
-    let headers = raw.headers.fill(&input.take(raw.len));
-    Ok(Some(Parsed {
-        start: raw.start,
-        version: raw.version,
-        headers,
-        framing: raw.framing,
-    }))
+    let keep = layout
+        .kept
+        .iter()
+        .map(|(_, value)| value.end)
+        .fold(layout.start_end, usize::max);
+    let kept = if keep == 0 {
+        Bytes::new()
+    } else {
+        Bytes::copy_from_slice(&input.bytes()[..keep])
+    };
+    input.skip(layout.len);
+    Ok(Some((layout, kept)))
 }
 
-fn raw<T>(
+fn layout<S>(
     status: httparse::Status<usize>,
-    start: impl FnOnce() -> T,
+    start: S,
+    start_end: usize,
     version: Option<u8>,
     headers: &[httparse::Header<'_>],
     buf: &[u8],
-) -> Result<httparse::Status<Raw<T>>, HeadError> {
+    filter: &HeaderFilter,
+) -> Result<httparse::Status<Layout<S>>, HeadError> {
     let httparse::Status::Complete(len) = status else {
         return Ok(httparse::Status::Partial);
     };
     let mut framing = FramingHeaders::default();
-    let headers = OwnedHeaders::collect(headers, buf.as_ptr(), &mut framing)?;
-    Ok(httparse::Status::Complete(Raw {
+    let mut kept = Vec::new();
+    for h in headers {
+        framing.note(h.name, h.value)?;
+        if filter.keeps(h.name.as_bytes()) {
+            kept.push((range_in(buf, h.name.as_bytes()), range_in(buf, h.value)));
+        }
+    }
+    Ok(httparse::Status::Complete(Layout {
         len,
-        start: start(),
+        start,
+        start_end,
         version: version.unwrap_or(1),
-        headers,
+        kept,
         framing,
     }))
 }
 
-fn message<H>(parsed: Parsed<H>) -> Message<H> {
+fn message<H>(head: H, layout: &Layout<impl Sized>, kept: &Bytes) -> Message<H> {
     Message {
-        head: parsed.start,
-        version: parsed.version,
-        headers: parsed.headers,
+        head,
+        version: layout.version,
+        headers: layout
+            .kept
+            .iter()
+            .map(|(name, value)| (kept.slice(name.clone()), kept.slice(value.clone())))
+            .collect(),
         body: Bytes::new(),
         body_len: 0,
         body_truncated: false,
@@ -256,16 +283,29 @@ impl Head for RequestHead {
             let status = httparse::ParserConfig::default()
                 .parse_request_with_uninit_headers(&mut req, buf, slots)
                 .map_err(map_error)?;
-            let start = || RequestHead {
-                method: req.method.unwrap_or_default().to_string(),
-                target: req.path.unwrap_or_default().to_string(),
+            let (Some(method), Some(path)) = (req.method, req.path) else {
+                return Ok(httparse::Status::Partial);
             };
-            raw(status, start, req.version, req.headers, buf)
+            let (method, target) = (
+                range_in(buf, method.as_bytes()),
+                range_in(buf, path.as_bytes()),
+            );
+            let end = target.end;
+            let (headers, filter) = (&*req.headers, &limits.headers);
+            layout(
+                status,
+                (method, target),
+                end,
+                req.version,
+                headers,
+                buf,
+                filter,
+            )
         })?;
-        let Some(parsed) = parsed else {
+        let Some((layout, kept)) = parsed else {
             return Ok(None);
         };
-        let f = &parsed.framing;
+        let f = &layout.framing;
         // RFC 9112 §6.3: chunked must be the final coding of a request; any other transfer
         // coding leaves the length unknowable, which a server answers with 400.
         let framing = match (f.transfer_encoding, f.content_length) {
@@ -279,7 +319,14 @@ impl Head for RequestHead {
             interim: false,
             upgrade: false,
         };
-        Ok(Some((message(parsed), info)))
+        // httparse handed both out as `str`: the same bytes, copied, are UTF-8.
+        let text = |range: &Range<usize>| Text::from_utf8(kept.slice(range.clone()));
+        let (method, target) = &layout.start;
+        let (Some(method), Some(target)) = (text(method), text(target)) else {
+            return Err(HeadError::Invalid);
+        };
+        let head = RequestHead { method, target };
+        Ok(Some((message(head, &layout, &kept), info)))
     }
 }
 
@@ -297,19 +344,14 @@ impl Head for ResponseHead {
                 .parse_response_with_uninit_headers(&mut resp, buf, slots)
                 .map_err(map_error)?;
             let code = resp.code.unwrap_or_default();
-            raw(
-                status,
-                || ResponseHead { status: code },
-                resp.version,
-                resp.headers,
-                buf,
-            )
+            let (headers, filter) = (&*resp.headers, &limits.headers);
+            layout(status, code, 0, resp.version, headers, buf, filter)
         })?;
-        let Some(parsed) = parsed else {
+        let Some((layout, kept)) = parsed else {
             return Ok(None);
         };
-        let code = parsed.start.status;
-        let f = &parsed.framing;
+        let code = layout.start;
+        let f = &layout.framing;
         let interim = (100..200).contains(&code) && code != 101;
         let upgrade = code == 101 || (ctx.request_was_connect && (200..300).contains(&code));
         // RFC 9112 §6.3, in its order: no body after HEAD, 1xx, 204 and 304; then
@@ -339,7 +381,8 @@ impl Head for ResponseHead {
             interim,
             upgrade,
         };
-        Ok(Some((message(parsed), info)))
+        let head = ResponseHead { status: code };
+        Ok(Some((message(head, &layout, &kept), info)))
     }
 }
 
@@ -351,6 +394,7 @@ mod tests {
         max_header_bytes: 1024,
         max_headers: 8,
         max_body_bytes: 64,
+        headers: HeaderFilter::ALL,
     };
 
     fn request(text: &str) -> Result<Option<(Message<RequestHead>, HeadInfo)>, HeadError> {
@@ -379,6 +423,27 @@ mod tests {
         assert_eq!(msg.header("content-length").unwrap().as_ref(), b"2");
         assert_eq!(info.framing, Framing::Length(2));
         assert_eq!(input.as_ref(), b"{}");
+    }
+
+    #[test]
+    fn only_the_filtered_headers_are_kept_and_framing_is_read_anyway() {
+        let limits = Limits {
+            headers: HeaderFilter::only(["TraceParent", "x-order"]),
+            ..LIMITS
+        };
+        let mut input = Bytes::from_static(
+            b"PUT /m HTTP/1.1\r\nHost: a\r\nX-Order: SO-1\r\ncontent-length: 3\r\n\
+              traceparent: 00-x\r\n\r\nabc",
+        );
+        let (msg, info) = RequestHead::parse(&mut input, &limits, ())
+            .unwrap()
+            .unwrap();
+        let names: Vec<&[u8]> = msg.headers.iter().map(|(n, _)| n.as_ref()).collect();
+        assert_eq!(names, [&b"X-Order"[..], b"traceparent"]);
+        assert_eq!(msg.header("x-order").unwrap().as_ref(), b"SO-1");
+        assert!(msg.header("host").is_none());
+        assert_eq!(info.framing, Framing::Length(3));
+        assert_eq!(input.as_ref(), b"abc");
     }
 
     #[test]

@@ -16,10 +16,13 @@ pub(crate) mod head;
 pub(crate) mod pair;
 pub(crate) mod resync;
 pub(crate) mod stream;
+mod text;
 
 pub(crate) use crate::protocol::Input;
+pub use head::HeaderFilter;
 pub use pair::PairCounters;
 pub use stream::Counters;
+pub use text::Text;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -63,9 +66,9 @@ pub enum Outcome {
 
 #[derive(Clone, Debug)]
 pub struct RequestHead {
-    pub method: String,
+    pub method: Text,
     /// Request target as sent: path and query.
-    pub target: String,
+    pub target: Text,
 }
 
 #[derive(Clone, Debug)]
@@ -73,16 +76,19 @@ pub struct ResponseHead {
     pub status: u16,
 }
 
-/// A parsed message: head, headers, and a bounded body prefix.
+/// A parsed message: head, the headers something downstream reads, and the body when it is
+/// small enough to read fields from.
 #[derive(Clone, Debug)]
 pub struct Message<H> {
     pub head: H,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub version: u8,
-    /// Header names lower-cased; values as sent. Bounded in count and size by the parser.
-    pub headers: Vec<(String, Bytes)>,
-    /// The first bytes of the decoded body (chunked framing removed), up to the configured
-    /// limit.
+    /// (name, value) as sent, of the headers the parser's [`HeaderFilter`] keeps (the ones
+    /// rules and span attributes read); the others are only looked at for framing.
+    pub headers: Vec<(Bytes, Bytes)>,
+    /// The decoded body (chunked framing removed) when it was captured whole within the
+    /// configured limit; empty otherwise (`body_truncated`): a cut JSON body has no fields to
+    /// read, so none is kept.
     pub body: Bytes,
     /// The body's full decoded length.
     pub body_len: u64,
@@ -103,11 +109,11 @@ impl<H> Message<H> {
         }
     }
 
-    /// The first value of a header, by lower-case name.
+    /// The first value of a header, by name (any case).
     pub fn header(&self, name: &str) -> Option<&Bytes> {
         self.headers
             .iter()
-            .find(|(n, _)| n == name)
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, value)| value)
     }
 }

@@ -65,6 +65,36 @@ struct Assembling<H> {
     end_ns: Option<u64>,
 }
 
+/// What a parsed head holds beyond its headers.
+pub(crate) trait HeadBytes {
+    fn head_bytes(&self) -> usize;
+}
+
+impl HeadBytes for RequestHead {
+    fn head_bytes(&self) -> usize {
+        self.method.len() + self.target.len()
+    }
+}
+
+impl HeadBytes for ResponseHead {
+    fn head_bytes(&self) -> usize {
+        0
+    }
+}
+
+impl<H: HeadBytes> Assembling<H> {
+    /// The bytes the message holds: its head as kept and its body prefix so far.
+    fn held_bytes(&self) -> usize {
+        let headers: usize = self
+            .msg
+            .headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len())
+            .sum();
+        self.msg.head.head_bytes() + headers + self.body.len()
+    }
+}
+
 impl<H> Assembling<H> {
     fn new(msg: Message<H>, info: HeadInfo, start_ns: u64) -> Self {
         Assembling {
@@ -82,16 +112,20 @@ impl<H> Assembling<H> {
         self.end_ns = Some(ts_ns);
     }
 
-    /// The message as far as it came: an unfinished body counts as truncated.
+    /// The message as far as it came: an unfinished body counts as truncated, and a
+    /// truncated body is not kept.
     fn finish(self) -> Message<H> {
         let mut msg = self.msg;
-        msg.body = self.body.finish();
+        let body = self.body.finish();
         if self.end_ns.is_none() {
             msg.body_len = match self.info.framing {
                 Framing::Length(n) => n,
-                _ => msg.body.len() as u64,
+                _ => body.len() as u64,
             };
             msg.body_truncated = true;
+        }
+        if !msg.body_truncated {
+            msg.body = body;
         }
         msg
     }
@@ -115,6 +149,24 @@ impl Pairing {
     /// Nothing waits and nothing is being read.
     pub fn is_idle(&self) -> bool {
         self.pending.is_empty() && self.response.is_none()
+    }
+
+    /// Bytes the waiting requests and the response being read hold.
+    pub fn held_bytes(&self) -> usize {
+        let pending: usize = self.pending.iter().map(Assembling::held_bytes).sum();
+        pending + self.response.as_ref().map_or(0, Assembling::held_bytes)
+    }
+
+    /// Drops every waiting request and the response being read (the agent is over its
+    /// memory budget); returns how many requests were dropped. A response that answers one
+    /// of them is then unpaired, as after lost requests.
+    pub fn shed(&mut self) -> usize {
+        let dropped = self.pending.len();
+        self.pending.clear();
+        self.response = None;
+        self.request_open = false;
+        self.requests_lost = dropped > 0 || self.requests_lost;
+        dropped
     }
 
     /// What the next response's framing depends on.
@@ -311,6 +363,7 @@ impl Pairing {
 mod tests {
     use super::*;
     use crate::capture::{ConnKey, Role};
+    use crate::http::Text;
     use std::sync::Arc;
 
     fn http(records: Vec<Record>) -> Vec<Exchange> {
@@ -355,7 +408,7 @@ mod tests {
     /// A complete request for `target` whose first byte came at `ts`.
     fn request(p: &mut Pairing, target: &str, ts: u64, c: &mut PairCounters) {
         let head = RequestHead {
-            method: "GET".into(),
+            method: Text::from_static("GET"),
             target: target.into(),
         };
         p.request_head(Message::bare(head), info(Framing::Empty), ts, 8, c);
@@ -370,7 +423,7 @@ mod tests {
         p.response_end(&END, ts, &meta(), &mut out, c);
         http(out)
             .into_iter()
-            .map(|e| e.request.head.target)
+            .map(|e| e.request.head.target.to_string())
             .collect()
     }
 
@@ -427,7 +480,7 @@ mod tests {
     fn timeouts_count_from_the_request_end() {
         let (mut p, mut c) = (Pairing::default(), PairCounters::default());
         let head = RequestHead {
-            method: "PUT".into(),
+            method: Text::from_static("PUT"),
             target: "/slow".into(),
         };
         p.request_head(Message::bare(head), info(Framing::Length(10)), 1, 8, &mut c);

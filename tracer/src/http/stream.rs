@@ -309,6 +309,25 @@ impl Stream {
         self.lose_sync_of::<S>(d, env);
     }
 
+    /// Bytes the messages being assembled hold (heads as kept, body prefixes).
+    pub fn held_bytes(&self) -> usize {
+        self.pairing.held_bytes()
+    }
+
+    /// Drops what the connection holds, to bring the agent back under its memory budget:
+    /// the messages being assembled go whole, and both directions look for the next message
+    /// start. `buffered`: per direction (send, recv), whether its buffer held bytes. Returns
+    /// the requests dropped, a request whose head was still coming included.
+    pub fn shed(&mut self, buffered: [bool; 2], env: &mut Env<'_>) -> usize {
+        let head_coming = self.request_dir.is_some_and(|d| {
+            buffered[slot(d)] && !self.resync[slot(d)] && self.requests.reading_head()
+        });
+        for d in [Direction::Send, Direction::Recv] {
+            self.lose_sync(d, env);
+        }
+        self.pairing.shed() + usize::from(head_coming)
+    }
+
     /// Direction `d` no longer knows where messages start (its buffer overflowed): it scans
     /// for the next start.
     pub fn lose_sync(&mut self, d: Direction, env: &mut Env<'_>) {

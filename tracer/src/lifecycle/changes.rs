@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Detection, OrderState};
+use super::{Detection, Gap, OrderState};
 use crate::spans::SpanRecord;
 
 /// The changes of one or more lifecycle passes not yet committed to a store.
@@ -20,6 +20,10 @@ pub struct Changes {
     /// Detections raised or resolved, as they were then: each is one alert to deliver (the
     /// monitor adds them from the events of the pass).
     pub alerts: Vec<Detection>,
+    /// Gaps in the evidence noted.
+    pub gaps: Vec<Gap>,
+    /// How far the timers have judged the evidence (unix ns), when the caller wants it kept.
+    pub judged: Option<u64>,
 }
 
 impl Changes {
@@ -29,6 +33,8 @@ impl Changes {
             && self.inbox_added.is_empty()
             && self.inbox_removed.is_empty()
             && self.alerts.is_empty()
+            && self.gaps.is_empty()
+            && self.judged.is_none()
     }
 
     /// Folds `newer` in, as if both had been saved in turn: a later state of an order
@@ -49,6 +55,8 @@ impl Changes {
             }
         }
         self.alerts.extend(newer.alerts);
+        self.gaps.extend(newer.gaps);
+        self.judged = newer.judged.or(self.judged);
     }
 }
 

@@ -21,9 +21,16 @@
 //! order's past, so they resolve when it closes. An order given up (expiry) resolves all.
 //! A resolved detection stays on the order's record: the set of detections ever raised per
 //! order is what a truth file is compared with.
+//!
+//! Timers are judged at the evidence's time ([`evidence`]): the slowest source's watermark,
+//! and no later than the oldest span still waiting in the reorder buffer. A gap in the
+//! evidence ([`Lifecycle::note_gap`]) makes the orders in flight across it wait for new
+//! evidence before any timer runs again, and the limits then count from the gap's end; a jump
+//! over statuses across a gap is no `skipped` (the statuses may have been reached unseen).
 
 mod changes;
 mod config;
+mod evidence;
 mod order;
 mod root;
 
@@ -34,11 +41,13 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::spans::{AttrValue, SpanKind, SpanRecord, SpanStatus};
+use crate::spans::{AttrValue, Attributes, SpanKind, SpanRecord, SpanStatus};
 
 pub use changes::Changes;
 use config::secs_to_ns;
 pub use config::{LifecycleConfig, StatusConfig, TransitConfig};
+pub use evidence::{Gap, GapCause};
+use evidence::{Report, Watermarks};
 pub use order::{Creation, HistoryEntry, OrderState, PendingFailure, PendingTransit};
 pub use root::{MONITOR_SERVICE, root_span};
 
@@ -170,10 +179,10 @@ const MAX_VALUE_LEN: usize = 256;
 /// usable order id is left.
 pub fn minimal(span: SpanRecord) -> Option<SpanRecord> {
     let fits = |value: &AttrValue| !matches!(value, AttrValue::Str(s) if s.len() > MAX_VALUE_LEN);
-    let mut attributes: std::collections::BTreeMap<String, AttrValue> = span
+    let mut attributes: Attributes = span
         .attributes
         .into_iter()
-        .filter(|(key, value)| READ_ATTRIBUTES.contains(&key.as_str()) && fits(value))
+        .filter(|(key, value)| READ_ATTRIBUTES.contains(&key.as_ref()) && fits(value))
         .collect();
     let order_id = match attributes.get("order.id") {
         Some(AttrValue::Str(raw)) => crate::orders::clean_order_id(raw)?,
@@ -183,7 +192,7 @@ pub fn minimal(span: SpanRecord) -> Option<SpanRecord> {
     let resource = span
         .resource
         .into_iter()
-        .filter(|(key, value)| key == "service.name" && fits(value))
+        .filter(|(key, value)| *key == "service.name" && fits(value))
         .collect();
     Some(SpanRecord {
         trace_id: span.trace_id,
@@ -308,6 +317,20 @@ pub struct Lifecycle {
     /// What else changed since the last `take_changes`: the inbox, orders given up.
     unsaved: Changes,
     counters: LifecycleCounters,
+    watermarks: Watermarks,
+    /// Unix ns up to which the timers have judged the evidence (never goes back).
+    judged: Option<u64>,
+    /// After a restart: the end of the downtime gap, until the first source reports (its
+    /// evidence may start later still).
+    restarted_at: Option<u64>,
+    /// The end of the latest gap: an order known only from evidence older than this (a span
+    /// resumed from the inbox, a straggler) was in flight across it.
+    last_gap_end: u64,
+    /// Receiving rules of transits seen since a source (re)started: a hand-over whose
+    /// receiving side has not been seen since may be invisible (a long-lived consumer
+    /// connection opened before the agent attached), so its silence proves no loss. `None`
+    /// while no source is known to have started (spans fed from outside: all judged).
+    receivers_seen: Option<BTreeSet<String>>,
 }
 
 impl Lifecycle {
@@ -326,6 +349,11 @@ impl Lifecycle {
             dirty: BTreeSet::new(),
             unsaved: Changes::default(),
             counters: LifecycleCounters::default(),
+            watermarks: Watermarks::default(),
+            judged: None,
+            restarted_at: None,
+            last_gap_end: 0,
+            receivers_seen: None,
         };
         for order in orders {
             if let Some(creation) = &order.creation {
@@ -354,6 +382,102 @@ impl Lifecycle {
 
     pub fn buffered_spans(&self) -> usize {
         self.buffer.len()
+    }
+
+    /// Unix ns up to which the timers have judged the evidence; a store keeps it so that a
+    /// restart knows since when the monitor was blind.
+    pub fn judged(&self) -> Option<u64> {
+        self.judged
+    }
+
+    /// Orders waiting for evidence after a gap before their timers run again.
+    pub fn blind_orders(&self) -> usize {
+        self.orders
+            .values()
+            .filter(|o| o.blind_until.is_some())
+            .count()
+    }
+
+    /// After a restart: the monitor saw nothing from `last_judged` (what the store kept) to
+    /// `now`. Returns the orders in flight across the gap.
+    pub fn resume_after_downtime(&mut self, last_judged: u64, now: u64) -> usize {
+        self.judged = Some(last_judged);
+        self.restarted_at = Some(now);
+        self.note_gap(Gap {
+            start: last_judged,
+            end: now.max(last_judged),
+            cause: GapCause::MonitorDown,
+        })
+    }
+
+    /// The monitor may have missed exchanges in `gap`: the orders in flight across it
+    /// (open, in their status since before its end) run no timer until new evidence about
+    /// them comes, and count their limits from its end. Returns how many orders that is.
+    pub fn note_gap(&mut self, gap: Gap) -> usize {
+        let mut blind = 0;
+        for order in self.orders.values_mut() {
+            if order.closed_at.is_none() && order.status_since < gap.end {
+                order.blind_until = Some(order.blind_until.unwrap_or(0).max(gap.end));
+                self.dirty.insert(order.order_id.clone());
+                blind += 1;
+            }
+        }
+        tracing::warn!(
+            cause = gap.cause.as_str(),
+            from = %crate::clock::rfc3339(gap.start),
+            to = %crate::clock::rfc3339(gap.end),
+            orders_in_flight = blind,
+            "the monitor could not see for {:.1} s: orders in flight wait for new evidence",
+            gap.end.saturating_sub(gap.start) as f64 / 1e9
+        );
+        self.last_gap_end = self.last_gap_end.max(gap.end);
+        if gap.cause.loses_connections() {
+            self.receivers_seen = Some(BTreeSet::new());
+        }
+        self.unsaved.gaps.push(gap);
+        blind
+    }
+
+    /// A source's watermark: every exchange it saw end before `up_to` (unix ns) has been
+    /// taken in. Timers are judged no later than the slowest source heard from lately.
+    pub fn watermark(&mut self, source: &str, up_to: u64, now: u64) {
+        match self.watermarks.report(source, up_to, now) {
+            Report::First => {
+                self.receivers_seen = Some(BTreeSet::new());
+                if let Some(restarted) = self.restarted_at.take()
+                    && up_to > restarted
+                {
+                    self.note_gap(Gap {
+                        start: restarted,
+                        end: up_to,
+                        cause: GapCause::SourceStarted,
+                    });
+                }
+            }
+            Report::Returned(last) if up_to > last => {
+                self.note_gap(Gap {
+                    start: last,
+                    end: up_to,
+                    cause: GapCause::SourceSilent,
+                });
+            }
+            Report::Returned(_) | Report::Ongoing => {}
+        }
+    }
+
+    /// The time the timers may judge at: `now`, held back by the sources' watermarks and by
+    /// the spans still waiting in the reorder buffer (what they tell is not applied yet).
+    fn judge_time(&mut self, now: u64) -> u64 {
+        let mut at = now;
+        if let Some(horizon) = self.watermarks.horizon(now) {
+            at = at.min(horizon);
+        }
+        if let Some(oldest) = self.buffer.iter().map(|b| b.span.end_unix_nano).min() {
+            at = at.min(oldest);
+        }
+        let at = self.judged.map_or(at, |judged| judged.max(at));
+        self.judged = Some(at);
+        at
     }
 
     /// Puts back the spans a store kept unapplied, (seq, arrival ns, span) in arrival order,
@@ -410,7 +534,8 @@ impl Lifecycle {
         let cutoff = now.saturating_sub(secs_to_ns(self.config.reorder_secs));
         let mut out = Vec::new();
         self.release(|arrival| arrival <= cutoff, &mut out);
-        self.run_timers(now, &mut out);
+        let at = self.judge_time(now);
+        self.run_timers(at, &mut out);
         out
     }
 
@@ -418,7 +543,8 @@ impl Lifecycle {
     pub fn flush(&mut self, now: u64) -> Vec<Event> {
         let mut out = Vec::new();
         self.release(|_| true, &mut out);
-        self.run_timers(now, &mut out);
+        let at = self.judge_time(now);
+        self.run_timers(at, &mut out);
         out
     }
 
@@ -492,8 +618,8 @@ impl Lifecycle {
                 continue;
             }
             let before = out.len();
-            if order.closed_at.is_none() {
-                order.on_tick(&self.config, now, out);
+            if order.closed_at.is_none() && order.blind_until.is_none() {
+                order.on_tick(&self.config, &self.receivers_seen, now, out);
             }
             if out.len() != before {
                 self.dirty.insert(order.order_id.clone());
@@ -534,6 +660,12 @@ impl Lifecycle {
             return;
         };
         self.counters.spans_applied += 1;
+        if let Some(seen) = &mut self.receivers_seen
+            && !seen.contains(view.rule)
+            && self.config.transits.iter().any(|t| t.to_rule == view.rule)
+        {
+            seen.insert(view.rule.to_string());
+        }
         if !self.orders.contains_key(view.order_id) {
             if self.orders.len() >= self.config.max_orders
                 && let Some(oldest) = self
@@ -551,6 +683,7 @@ impl Lifecycle {
             );
         }
         self.dirty.insert(view.order_id.to_string());
+        let last_gap_end = self.last_gap_end;
         let config = &self.config;
         let Some(order) = self.orders.get_mut(view.order_id) else {
             return;
@@ -576,6 +709,18 @@ impl Lifecycle {
             note_failure(config, order, &view);
         }
         apply_transits(config, order, &view, out);
+        if let Some(gap_end) = order.blind_until
+            && view.end >= gap_end
+        {
+            order.seen_after_gap(config, gap_end);
+        }
+        if view.end < last_gap_end
+            && order.closed_at.is_none()
+            && order.status_since < last_gap_end
+            && order.blind_until.is_none()
+        {
+            order.blind_until = Some(last_gap_end);
+        }
         if !was_closed && order.closed_at.is_some() {
             out.push(Event::RootSpan(Box::new(root_span(order, view.end))));
         }

@@ -74,6 +74,13 @@ pub struct OrderState {
     /// Receiving rules of transits already seen, so a late sender span starts no watch.
     pub received_rules: Vec<String>,
     pub creation: Option<Creation>,
+    /// In flight across a gap in the evidence that ended here (unix ns): no timer runs until
+    /// a span about the order shows where it is.
+    #[serde(default)]
+    pub blind_until: Option<u64>,
+    /// Limits count from here at the earliest (the end of the last gap it crossed).
+    #[serde(default)]
+    pub limits_from: u64,
 }
 
 impl OrderState {
@@ -92,6 +99,8 @@ impl OrderState {
             pending_transits: Vec::new(),
             received_rules: Vec::new(),
             creation: None,
+            blind_until: None,
+            limits_from: 0,
         }
     }
 
@@ -159,7 +168,9 @@ impl OrderState {
     ) {
         for detection in &mut self.detections {
             if detection.resolved_at.is_none() && which(detection) {
-                detection.resolved_at = Some(at);
+                // Late evidence may resolve at a time before the raise: never end before
+                // the start (Alertmanager refuses `endsAt` < `startsAt`).
+                detection.resolved_at = Some(at.max(detection.at));
                 out.push(Event::Resolved(detection.clone()));
             }
         }
@@ -178,8 +189,10 @@ impl OrderState {
             return;
         }
         let at = cause.at;
+        // Across a gap the statuses in between may have been reached unseen.
+        let across_gap = self.blind_until.is_some_and(|gap_end| at >= gap_end);
         if let Some(from) = from {
-            if to > from + 1 {
+            if to > from + 1 && !across_gap {
                 let skipped = &config.statuses[from + 1];
                 self.raise(
                     DetectionKind::Skipped,
@@ -237,8 +250,37 @@ impl OrderState {
         }
     }
 
+    /// The first evidence after a gap ending at `gap_end`: the timers run again, their limits
+    /// counted from the gap's end (what they waited for may have happened unseen in it).
+    pub(super) fn seen_after_gap(&mut self, config: &LifecycleConfig, gap_end: u64) {
+        self.blind_until = None;
+        self.limits_from = self.limits_from.max(gap_end);
+        for failure in &mut self.pending_failures {
+            failure.at = failure.at.max(gap_end);
+        }
+        for transit in &mut self.pending_transits {
+            if let Some(config) = config
+                .transits
+                .iter()
+                .find(|t| t.to_rule == transit.to_rule)
+            {
+                let deadline = gap_end.saturating_add(secs_to_ns(config.limit_secs));
+                transit.deadline = transit.deadline.max(deadline);
+            }
+        }
+    }
+
     /// Raises what the clock says: failures not retried, transits not received, stuck.
-    pub(super) fn on_tick(&mut self, config: &LifecycleConfig, now: u64, out: &mut Vec<Event>) {
+    /// A transit whose receiving rule was not seen since the sources started
+    /// (`receivers_seen`) is dropped when due, not raised: its receiver may be invisible; the
+    /// order's `stuck` limit still applies.
+    pub(super) fn on_tick(
+        &mut self,
+        config: &LifecycleConfig,
+        receivers_seen: &Option<std::collections::BTreeSet<String>>,
+        now: u64,
+        out: &mut Vec<Event>,
+    ) {
         let grace = secs_to_ns(config.retry_grace_secs);
         let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_failures)
             .into_iter()
@@ -257,7 +299,11 @@ impl OrderState {
             .into_iter()
             .partition(|t| now >= t.deadline);
         self.pending_transits = waiting;
-        for transit in due {
+        for transit in due.into_iter().filter(|t| {
+            receivers_seen
+                .as_ref()
+                .is_none_or(|s| s.contains(&t.to_rule))
+        }) {
             self.raise(
                 DetectionKind::LostInTransit,
                 &transit.step,
@@ -283,7 +329,8 @@ impl OrderState {
         let Some(limit) = config.statuses[current].stuck_after_secs else {
             return;
         };
-        if now >= self.status_since.saturating_add(secs_to_ns(limit)) {
+        let since = self.status_since.max(self.limits_from);
+        if now >= since.saturating_add(secs_to_ns(limit)) {
             let next = &config.statuses[current + 1];
             self.raise(DetectionKind::Stuck, &next.name, &next.service, now, out);
         }

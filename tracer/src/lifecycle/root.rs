@@ -1,7 +1,7 @@
 //! The order's root span: one span over the order's whole life, parent of every exchange
 //! span (their parent id is derived from the order id), so Jaeger shows one trace per order.
 
-use std::collections::BTreeMap;
+use crate::spans::Attributes;
 
 use super::{DetectionKind, OrderState};
 use crate::spans::{
@@ -20,7 +20,7 @@ pub fn root_span(order: &OrderState, end: u64) -> SpanRecord {
         .map(|entry| SpanEvent {
             name: format!("status {}", entry.status),
             time_unix_nano: entry.at,
-            attributes: BTreeMap::from([
+            attributes: Attributes::from([
                 ("order.status".into(), AttrValue::Str(entry.status.clone())),
                 ("order.owner".into(), AttrValue::Str(entry.service.clone())),
                 ("order.rule".into(), AttrValue::Str(entry.rule.clone())),
@@ -31,7 +31,7 @@ pub fn root_span(order: &OrderState, end: u64) -> SpanRecord {
     events.extend(order.detections.iter().map(|d| SpanEvent {
         name: format!("detection {}", d.kind.as_str()),
         time_unix_nano: d.at,
-        attributes: BTreeMap::from([
+        attributes: Attributes::from([
             ("detection.id".into(), AttrValue::Str(d.id.clone())),
             (
                 "detection.kind".into(),
@@ -46,7 +46,7 @@ pub fn root_span(order: &OrderState, end: u64) -> SpanRecord {
         .detections
         .iter()
         .any(|d| d.kind.blocks() || d.kind == DetectionKind::Skipped);
-    let mut attributes = BTreeMap::from([
+    let mut attributes = Attributes::from([
         ("order.id".into(), AttrValue::Str(order.order_id.clone())),
         (
             "order.closed".into(),
@@ -74,7 +74,7 @@ pub fn root_span(order: &OrderState, end: u64) -> SpanRecord {
         } else {
             SpanStatus::Ok
         },
-        resource: BTreeMap::from([(
+        resource: Attributes::from([(
             "service.name".into(),
             AttrValue::Str(MONITOR_SERVICE.into()),
         )]),

@@ -2,7 +2,7 @@
 //! detection, a healthy order none.
 
 use super::*;
-use crate::spans::{order_root_span_id, order_trace_id};
+use crate::spans::{Attributes, order_root_span_id, order_trace_id};
 
 #[path = "../../tests/monitor_common/walk.rs"]
 mod walk;
@@ -407,5 +407,247 @@ fn a_transit_may_start_from_a_status_reached() {
     assert_eq!(
         detections_of(&lifecycle, "SO-9"),
         one("lost_in_transit", "CLOSED", "crm-api")
+    );
+}
+
+/// A walk fed at its end times, with the monitor blind (nothing fed, no ticks) from `down`
+/// to `up` seconds after T0 and told so on its return.
+fn run_with_downtime(spans: Vec<SpanRecord>, down: f64, up: f64, until: f64) -> Lifecycle {
+    let mut lifecycle = Lifecycle::new(test_config());
+    let mut spans = spans;
+    spans.sort_by_key(|s| s.end_unix_nano);
+    let secs = |t: f64| T0 + (t * 1e9) as u64;
+    let mut now = T0;
+    let mut next = 0;
+    while now <= secs(until) {
+        let blind = now > secs(down) && now < secs(up);
+        while next < spans.len() && spans[next].end_unix_nano + S / 10 <= now {
+            if !blind {
+                lifecycle.ingest(spans[next].clone(), now);
+            }
+            next += 1;
+        }
+        if now >= secs(up) && now < secs(up) + S / 4 {
+            let saved: Vec<OrderState> = lifecycle.take_changes().orders.into_values().collect();
+            let judged = lifecycle.judged().unwrap();
+            lifecycle = Lifecycle::restore(test_config(), saved);
+            lifecycle.resume_after_downtime(judged, now);
+        }
+        if !blind {
+            lifecycle.tick(now);
+        }
+        now += S / 4;
+    }
+    lifecycle
+}
+
+#[test]
+fn downtime_makes_no_detection_by_itself() {
+    // SO-1's next statuses (and its close) all happen while the monitor is down; SO-2's walk
+    // jumps over the downtime from SUBMITTED to later statuses.
+    let mut spans = walk("SO-1", None, T0);
+    spans.retain(|s| s.end_unix_nano < T0 + 3 * S || s.end_unix_nano > T0 + 4 * S);
+    spans.extend(walk("SO-2", None, T0));
+    let lifecycle = run_with_downtime(spans, 2.3, 5.0, 60.0);
+    for order in ["SO-1", "SO-2"] {
+        assert!(
+            detections_of(&lifecycle, order).is_empty(),
+            "{order}: {:?}",
+            detections_of(&lifecycle, order)
+        );
+    }
+    assert_eq!(
+        lifecycle.order("SO-2").unwrap().status.as_deref(),
+        Some("CLOSED")
+    );
+}
+
+#[test]
+fn an_order_blind_across_a_gap_counts_its_limit_from_the_gap_s_end() {
+    // Stuck in SHIPPED for good (carrier_webhook_lost, SHIPPED reached at 7.52 s); the monitor
+    // is down from 8 s to 15 s, then a lookup shows the CRM still at SHIPPED.
+    let mut spans = walk("SO-S", Some("carrier_webhook_lost"), T0);
+    spans.push(
+        Span::server("SO-S", "crm-api", "crm.lookup", T0)
+            .code(200)
+            .attr("order.lookup", "found")
+            .attr("order.observed_status", "SHIPPED")
+            .at(16.0, 0.01),
+    );
+    let lifecycle = run_with_downtime(spans.clone(), 8.0, 15.0, 40.0);
+    let order = lifecycle.order("SO-S").unwrap();
+    assert_eq!(
+        detections_of(&lifecycle, "SO-S"),
+        one("stuck", "CLOSED", "crm-api")
+    );
+    // Counted from the gap's end (15 s + 10 s), not from SHIPPED (7.52 s + 10 s).
+    assert!(order.detections[0].at >= T0 + 25 * S, "{order:?}");
+    // Without new evidence after the gap, nothing is judged.
+    spans.pop();
+    let lifecycle = run_with_downtime(spans, 8.0, 15.0, 40.0);
+    assert!(detections_of(&lifecycle, "SO-S").is_empty());
+    assert!(lifecycle.order("SO-S").unwrap().blind_until.is_some());
+    assert_eq!(lifecycle.blind_orders(), 1);
+}
+
+#[test]
+fn faults_after_a_gap_are_still_found() {
+    // Down from 0.5 s to 1.5 s: the walks go on well after it, into their faults.
+    for (fault, kind, step, service) in [
+        ("submit_db_error", "failed_step", "SUBMITTED", "shop-api"),
+        ("packaging_skipped", "skipped", "PACKAGING", "mes-api"),
+        (
+            "work_order_dropped",
+            "lost_in_transit",
+            "MANUFACTURING_STARTED",
+            "mes-api",
+        ),
+        ("carrier_webhook_lost", "stuck", "CLOSED", "crm-api"),
+    ] {
+        // A healthy order beside it shows the hand-overs' receivers are in sight.
+        let mut spans = walk("SO-F", Some(fault), T0);
+        spans.extend(walk("SO-H", None, T0));
+        let lifecycle = run_with_downtime(spans, 0.5, 1.5, 40.0);
+        assert_eq!(
+            detections_of(&lifecycle, "SO-F"),
+            one(kind, step, service),
+            "{fault}"
+        );
+    }
+}
+
+#[test]
+fn a_lagging_source_delays_detections_instead_of_inventing_them() {
+    // The agent's evidence lags 15 s behind the wall clock (limits are 10 s): a healthy
+    // walk must raise nothing; a real stuck order is raised once the evidence shows it.
+    let mut lifecycle = Lifecycle::new(test_config());
+    let mut spans = walk("SO-H", None, T0);
+    spans.extend(walk("SO-S", Some("carrier_webhook_lost"), T0));
+    spans.sort_by_key(|s| s.end_unix_nano);
+    let lag = 15 * S;
+    let mut now = T0;
+    let mut next = 0;
+    let mut raised = Vec::new();
+    while now <= T0 + 60 * S {
+        let evidence = now.saturating_sub(lag);
+        while next < spans.len() && spans[next].end_unix_nano <= evidence {
+            raised.extend(lifecycle.ingest(spans[next].clone(), now));
+            next += 1;
+        }
+        lifecycle.watermark("agent", evidence, now);
+        raised.extend(lifecycle.tick(now));
+        now += S / 4;
+    }
+    assert!(detections_of(&lifecycle, "SO-H").is_empty());
+    assert_eq!(
+        detections_of(&lifecycle, "SO-S"),
+        one("stuck", "CLOSED", "crm-api")
+    );
+    // Raised at the evidence's time of the limit, though the wall clock was 15 s later.
+    let at = lifecycle.order("SO-S").unwrap().detections[0].at;
+    let shipped_at = T0 + (7.52 * 1e9) as u64;
+    assert!(
+        at >= shipped_at + 10 * S && at <= shipped_at + 11 * S,
+        "{at}"
+    );
+}
+
+#[test]
+fn a_paused_source_holds_the_timers_until_it_goes_silent() {
+    let mut lifecycle = Lifecycle::new(test_config());
+    for span in walk("SO-P", None, T0).into_iter().take(3) {
+        lifecycle.ingest(span, T0 + 3 * S);
+    }
+    lifecycle.watermark("agent", T0 + 3 * S, T0 + 3 * S);
+    // The feed pauses: 20 s of wall clock, no watermark: SUBMITTED's 10 s limit is not judged.
+    let mut events = Vec::new();
+    for i in 0..80 {
+        events.extend(lifecycle.tick(T0 + 4 * S + i * S / 4));
+    }
+    assert!(!events.iter().any(|e| matches!(e, Event::Raised(_))));
+    // It resumes with its backlog: the walk went on, nothing was stuck.
+    for span in walk("SO-P", None, T0).into_iter().skip(3) {
+        lifecycle.ingest(span, T0 + 24 * S);
+    }
+    lifecycle.watermark("agent", T0 + 24 * S, T0 + 24 * S);
+    lifecycle.tick(T0 + 26 * S);
+    assert!(detections_of(&lifecycle, "SO-P").is_empty());
+    assert_eq!(
+        lifecycle.order("SO-P").unwrap().status.as_deref(),
+        Some("CLOSED")
+    );
+}
+
+#[test]
+fn a_detection_resolved_by_late_evidence_never_ends_before_it_began() {
+    let (mut lifecycle, _) = run(walk("SO-S", Some("carrier_webhook_lost"), T0), 30.0);
+    let raised_at = lifecycle.order("SO-S").unwrap().detections[0].at;
+    // The webhook's span ended before the raise but comes late (past the reorder window).
+    let late = Span::server("SO-S", "crm-api", "crm.carrier_webhook", T0)
+        .reached("CLOSED")
+        .at(15.0, 0.01);
+    lifecycle.ingest(late, T0 + 31 * S);
+    let events = lifecycle.tick(T0 + 32 * S);
+    let resolved = events
+        .iter()
+        .find_map(|e| match e {
+            Event::Resolved(d) => Some(d.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(resolved.resolved_at.unwrap() >= raised_at, "{resolved:?}");
+}
+
+#[test]
+fn an_order_known_only_from_before_a_gap_waits_for_evidence_after_it() {
+    // The first span was in the inbox when the monitor went down; the rest of the walk
+    // happened while it was down. Resumed after the gap, the order raises nothing.
+    let mut lifecycle = Lifecycle::new(test_config());
+    let first = walk("SO-I", None, T0).remove(0);
+    lifecycle.resume_inbox(vec![(1, T0 + S / 10, first)]);
+    lifecycle.resume_after_downtime(T0, T0 + 20 * S);
+    for i in 0..200 {
+        lifecycle.tick(T0 + 20 * S + i * S / 4);
+    }
+    assert!(detections_of(&lifecycle, "SO-I").is_empty());
+    assert!(lifecycle.order("SO-I").unwrap().blind_until.is_some());
+}
+
+#[test]
+fn a_hand_over_whose_receiver_was_not_seen_since_the_agent_started_is_no_loss() {
+    // The agent restarted: the MES's consumer connection predates it and stays invisible.
+    // The order waits at MANUFACTURING_APPROVED; `stuck` says so, not `lost_in_transit`.
+    let mut lifecycle = Lifecycle::new(test_config());
+    lifecycle.watermark("agent", T0, T0);
+    let mut spans = walk("SO-N", Some("operator_never_started"), T0);
+    spans.retain(|s| str_attr(s, "order.rule") != Some("mes.receive_work_order"));
+    for span in spans {
+        lifecycle.ingest(span, T0 + 5 * S);
+    }
+    for i in 0..120 {
+        let now = T0 + 6 * S + i * S / 4;
+        lifecycle.watermark("agent", now, now);
+        lifecycle.tick(now);
+    }
+    assert_eq!(
+        detections_of(&lifecycle, "SO-N"),
+        one("stuck", "MANUFACTURING_STARTED", "mes-api")
+    );
+    // Once a receive was seen, a silent hand-over is a loss again.
+    let mut lifecycle = Lifecycle::new(test_config());
+    lifecycle.watermark("agent", T0, T0);
+    let mut spans = walk("SO-D", Some("work_order_dropped"), T0);
+    spans.extend(walk("SO-H", None, T0));
+    for span in spans {
+        lifecycle.ingest(span, T0 + 10 * S);
+    }
+    for i in 0..80 {
+        let now = T0 + 11 * S + i * S / 4;
+        lifecycle.watermark("agent", now, now);
+        lifecycle.tick(now);
+    }
+    assert_eq!(
+        detections_of(&lifecycle, "SO-D"),
+        one("lost_in_transit", "MANUFACTURING_STARTED", "mes-api")
     );
 }

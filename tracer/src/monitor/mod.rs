@@ -10,7 +10,7 @@
 pub mod alertmanager;
 pub mod alerts;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ use anyhow::Context;
 use crate::api::{ApiState, AuditLog, Auth};
 use crate::config::Config;
 use crate::export::SpanConsumer;
-use crate::lifecycle::{Changes, Event, Lifecycle};
+use crate::lifecycle::{Changes, Event, Gap, GapCause, Lifecycle};
 use crate::metrics::SharedMetrics;
 use crate::pipeline_metrics::PipelineCounters;
 use crate::spans::SpanRecord;
@@ -35,27 +35,80 @@ const TICK: Duration = Duration::from_millis(250);
 const GAUGE_REFRESH: Duration = Duration::from_secs(5);
 /// Spans taken off the channel per wake-up, so ticks keep their pace under load.
 const DRAIN_BATCH: usize = 4096;
+/// How often the store is told how far the timers have judged (what a restart counts its
+/// blind time from).
+const JUDGED_SAVE: Duration = Duration::from_secs(1);
 /// After a failed save, the next try waits this long, doubling up to `MAX_SAVE_RETRY`.
 const FIRST_SAVE_RETRY: Duration = Duration::from_secs(1);
 const MAX_SAVE_RETRY: Duration = Duration::from_secs(30);
 
+/// What reaches the lifecycle thread, in the order the senders saw it.
+enum Evidence {
+    Span(SpanRecord),
+    /// Spans whose sender waits to hear that they are durable (true) or not (false).
+    Durable(Vec<SpanRecord>, tokio::sync::oneshot::Sender<bool>),
+    /// Every exchange `source` saw end before `up_to` (unix ns) was sent before this.
+    Watermark {
+        source: &'static str,
+        up_to: u64,
+    },
+    Gap(Gap),
+}
+
+/// The end times (unix ns) of spans the queue refused since the lifecycle thread last
+/// looked: the monitor missed evidence there.
+struct Refused {
+    first: AtomicU64,
+    last: AtomicU64,
+}
+
+impl Refused {
+    fn new() -> Self {
+        Self {
+            first: AtomicU64::new(u64::MAX),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn note(&self, end: u64) {
+        self.first.fetch_min(end, Ordering::Relaxed);
+        self.last.fetch_max(end, Ordering::Relaxed);
+    }
+
+    fn take(&self) -> Option<Gap> {
+        let last = self.last.swap(0, Ordering::Relaxed);
+        let first = self.first.swap(u64::MAX, Ordering::Relaxed);
+        (first <= last).then_some(Gap {
+            start: first,
+            end: last,
+            cause: GapCause::MonitorQueueFull,
+        })
+    }
+}
+
 /// How spans get into the monitor: cheap to clone, never blocks the sender.
 #[derive(Clone)]
 pub struct SpanSink {
-    tx: SyncSender<SpanRecord>,
+    tx: SyncSender<Evidence>,
+    refused: Arc<Refused>,
     metrics: SharedMetrics,
 }
+
+/// The in-process agent, as a source of watermarks.
+const IN_PROCESS_AGENT: &str = "agent";
 
 impl SpanSink {
     /// Queues a span; `false` when it was dropped (queue full or monitor stopped), counted
     /// in `order_tracer_monitor_drops_total`.
     pub fn send(&self, span: SpanRecord) -> bool {
-        match self.tx.try_send(span) {
+        let end = span.end_unix_nano;
+        match self.tx.try_send(Evidence::Span(span)) {
             Ok(()) => {
                 self.metrics.spans_received.inc();
                 true
             }
             Err(TrySendError::Full(_)) => {
+                self.refused.note(end);
                 self.metrics.count_drop("monitor_queue_full");
                 false
             }
@@ -66,15 +119,68 @@ impl SpanSink {
         }
     }
 
+    /// Queues spans whose sender answers only once they are durable: the answer comes true
+    /// once the store has committed them (with the batch that holds them), false when it
+    /// could not (send them again later). `Err(n)`: the queue was full or the monitor stopped,
+    /// none of the `n` spans was taken.
+    pub fn send_durable(
+        &self,
+        spans: Vec<SpanRecord>,
+    ) -> Result<tokio::sync::oneshot::Receiver<bool>, usize> {
+        let n = spans.len();
+        let ends: Option<(u64, u64)> = spans.iter().fold(None, |range, s| {
+            let end = s.end_unix_nano;
+            Some(range.map_or((end, end), |(a, b)| (a.min(end), b.max(end))))
+        });
+        let (done, answer) = tokio::sync::oneshot::channel();
+        match self.tx.try_send(Evidence::Durable(spans, done)) {
+            Ok(()) => {
+                self.metrics.spans_received.inc_by(n as u64);
+                Ok(answer)
+            }
+            Err(TrySendError::Full(_)) => {
+                if let Some((first, last)) = ends {
+                    self.refused.note(first);
+                    self.refused.note(last);
+                }
+                self.metrics.count_drops("monitor_queue_full", n as u64);
+                Err(n)
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.metrics.count_drops("monitor_stopped", n as u64);
+                Err(n)
+            }
+        }
+    }
+
     pub(crate) fn count_parse_error(&self) {
         self.metrics.count_drop("otlp_parse_error");
     }
+
+    /// Tells the monitor it may have missed exchanges in `gap` (e.g. the agent's capture
+    /// dropped events then). A full queue is a gap of its own, noted anyway.
+    pub fn note_gap(&self, gap: Gap) {
+        let end = gap.end;
+        if self.tx.try_send(Evidence::Gap(gap)).is_err() {
+            self.refused.note(end);
+        }
+    }
+
+    fn watermark(&self, source: &'static str, up_to: u64) {
+        // A watermark lost to a full queue is followed by a newer one.
+        let _ = self.tx.try_send(Evidence::Watermark { source, up_to });
+    }
 }
 
-/// The export stage's consumer: how the in-process agent's spans reach the monitor.
+/// The export stage's consumer: how the in-process agent's spans and watermarks reach the
+/// monitor.
 impl SpanConsumer for SpanSink {
     fn consume(&mut self, span: &SpanRecord) -> bool {
         self.send(span.clone())
+    }
+
+    fn watermark(&mut self, up_to_unix_ns: u64) {
+        SpanSink::watermark(self, IN_PROCESS_AGENT, up_to_unix_ns);
     }
 }
 
@@ -88,6 +194,10 @@ pub struct MonitorSettings {
     pub metrics: SharedMetrics,
     pub anonymous_loopback: bool,
     pub root_spans: Option<RootSpanOut>,
+    /// Whether evidence is lost while the monitor is down: in-process, the agent stops with
+    /// it, so its downtime is a gap; OTLP senders keep and resend their spans, so there it is
+    /// only a delay.
+    pub blind_when_down: bool,
 }
 
 pub struct Monitor {
@@ -125,6 +235,11 @@ impl Monitor {
         let requeued = inbox.len();
         let resumed_events = lifecycle.resume_inbox(inbox);
         let metrics = settings.metrics;
+        if let Some(judged) = writer.load_judged()?
+            && settings.blind_when_down
+        {
+            lifecycle.resume_after_downtime(judged, crate::clock::unix_now());
+        }
         let open = lifecycle
             .orders()
             .flat_map(|o| o.open_detections().cloned())
@@ -152,11 +267,15 @@ impl Monitor {
         );
         metrics.refresh(&lifecycle);
         let (tx, rx) = std::sync::mpsc::sync_channel(SPAN_QUEUE);
+        let refused = Arc::new(Refused::new());
         let stop = Arc::new(AtomicBool::new(false));
         let core = Core {
             lifecycle,
             store: writer,
             unsaved: Changes::default(),
+            refused: refused.clone(),
+            awaiting: Vec::new(),
+            last_judged_save: None,
             next_save: None,
             save_retry: FIRST_SAVE_RETRY,
             metrics: metrics.clone(),
@@ -189,6 +308,7 @@ impl Monitor {
         Ok(Self {
             sink: SpanSink {
                 tx,
+                refused,
                 metrics: metrics.clone(),
             },
             metrics,
@@ -254,6 +374,10 @@ struct Core {
     store: Store,
     /// What saves that failed held, written with the next one.
     unsaved: Changes,
+    refused: Arc<Refused>,
+    /// Senders of spans taken in since the last save, waiting to hear whether it held.
+    awaiting: Vec<tokio::sync::oneshot::Sender<bool>>,
+    last_judged_save: Option<Instant>,
     /// After a failed save: not before this.
     next_save: Option<Instant>,
     save_retry: Duration,
@@ -266,7 +390,7 @@ struct Core {
 }
 
 impl Core {
-    fn run(mut self, rx: Receiver<SpanRecord>, stop: Arc<AtomicBool>, resumed: Vec<Event>) {
+    fn run(mut self, rx: Receiver<Evidence>, stop: Arc<AtomicBool>, resumed: Vec<Event>) {
         self.settle(resumed);
         let mut last_tick = Instant::now();
         let mut last_gauges = Instant::now();
@@ -276,19 +400,22 @@ impl Core {
             let wait = (last_tick + TICK).saturating_duration_since(Instant::now());
             let mut disconnected = false;
             match rx.recv_timeout(wait) {
-                Ok(span) => {
-                    events.extend(self.lifecycle.ingest(span, crate::clock::unix_now()));
-                    for span in rx.try_iter().take(DRAIN_BATCH) {
-                        events.extend(self.lifecycle.ingest(span, crate::clock::unix_now()));
+                Ok(evidence) => {
+                    self.take_in(evidence, &mut events);
+                    for evidence in rx.try_iter().take(DRAIN_BATCH) {
+                        self.take_in(evidence, &mut events);
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => disconnected = true,
             }
+            if let Some(gap) = self.refused.take() {
+                self.lifecycle.note_gap(gap);
+            }
             let stopping = disconnected || stop.load(Ordering::SeqCst);
             if stopping {
-                for span in rx.try_iter() {
-                    events.extend(self.lifecycle.ingest(span, crate::clock::unix_now()));
+                for evidence in rx.try_iter() {
+                    self.take_in(evidence, &mut events);
                 }
                 events.extend(self.lifecycle.flush(crate::clock::unix_now()));
             } else if last_tick.elapsed() >= TICK {
@@ -315,9 +442,36 @@ impl Core {
         }
     }
 
+    fn take_in(&mut self, evidence: Evidence, events: &mut Vec<Event>) {
+        let now = crate::clock::unix_now();
+        match evidence {
+            Evidence::Span(span) => events.extend(self.lifecycle.ingest(span, now)),
+            Evidence::Durable(spans, done) => {
+                for span in spans {
+                    events.extend(self.lifecycle.ingest(span, now));
+                }
+                self.awaiting.push(done);
+            }
+            Evidence::Watermark { source, up_to } => self.lifecycle.watermark(source, up_to, now),
+            Evidence::Gap(gap) => {
+                self.lifecycle.note_gap(gap);
+            }
+        }
+    }
+
     /// Saves what changed with its alerts in one transaction, then tells the outbox.
     fn settle(&mut self, events: Vec<Event>) {
         let mut changes = self.lifecycle.take_changes();
+        for gap in &changes.gaps {
+            self.metrics.count_gap(gap.cause);
+        }
+        if self
+            .last_judged_save
+            .is_none_or(|t| t.elapsed() >= JUDGED_SAVE)
+        {
+            self.last_judged_save = Some(Instant::now());
+            changes.judged = self.lifecycle.judged();
+        }
         if !self.outbox.targets().is_empty() {
             changes.alerts = events
                 .iter()
@@ -329,6 +483,12 @@ impl Core {
         }
         self.unsaved.merge(changes);
         self.save();
+        // Everything taken in so far is in this save (or was in an earlier one).
+        let durable = self.unsaved.is_empty();
+        for done in self.awaiting.drain(..) {
+            // A sender that stopped waiting needs no answer.
+            let _ = done.send(durable);
+        }
         self.metrics.observe(&events);
         for event in events {
             if let Event::RootSpan(span) = event

@@ -3,60 +3,8 @@
 
 use std::borrow::Cow;
 
-use serde_json::Value;
-
 /// Longest order id accepted; longer values are garbage or not ids at all.
 pub const MAX_ORDER_ID_LEN: usize = 128;
-
-/// A JSON body parsed at most once per exchange, and only when a rule needs it.
-pub(super) struct LazyJson<'b> {
-    body: &'b [u8],
-    usable: bool,
-    parsed: Option<Option<Value>>,
-}
-
-impl<'b> LazyJson<'b> {
-    /// `usable` is false when the body was cut short: a JSON prefix is not JSON.
-    pub(super) fn new(body: &'b [u8], usable: bool) -> Self {
-        Self {
-            body,
-            usable,
-            parsed: None,
-        }
-    }
-
-    pub(super) fn get(&mut self) -> Option<&Value> {
-        let (body, usable) = (self.body, self.usable);
-        self.parsed
-            .get_or_insert_with(|| {
-                if usable && !body.is_empty() {
-                    serde_json::from_slice(body).ok()
-                } else {
-                    None
-                }
-            })
-            .as_ref()
-    }
-}
-
-/// A field by dotted path: object keys, and decimal indices into arrays.
-pub(super) fn json_field<'v>(root: &'v Value, path: &str) -> Option<&'v Value> {
-    path.split('.').try_fold(root, |value, step| match value {
-        Value::Object(map) => map.get(step),
-        Value::Array(items) => step.parse::<usize>().ok().and_then(|i| items.get(i)),
-        _ => None,
-    })
-}
-
-/// A scalar JSON value as text: strings as they are, numbers and booleans as written.
-pub(super) fn scalar_text(value: &Value) -> Option<Cow<'_, str>> {
-    match value {
-        Value::String(s) => Some(Cow::Borrowed(s.as_str())),
-        Value::Number(n) => Some(Cow::Owned(n.to_string())),
-        Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
-        _ => None,
-    }
-}
 
 /// The first value of query parameter `name` in a request target, percent-decoded.
 pub(super) fn query_param<'t>(target: &'t str, name: &str) -> Option<Cow<'t, str>> {
@@ -73,7 +21,7 @@ pub(super) fn query_param<'t>(target: &'t str, name: &str) -> Option<Cow<'t, str
 /// `%XX` decoding (and `+` left as is: ids do not contain spaces). Invalid escapes or
 /// non-UTF-8 results give `None`.
 pub(super) fn percent_decode(text: &str) -> Option<Cow<'_, str>> {
-    if !text.contains('%') {
+    if !text.as_bytes().contains(&b'%') {
         return Some(Cow::Borrowed(text));
     }
     let bytes = text.as_bytes();
@@ -96,9 +44,10 @@ pub(super) fn percent_decode(text: &str) -> Option<Cow<'_, str>> {
 /// An order id as found, if it looks like one: non-empty, bounded, printable, no spaces.
 pub fn clean_order_id(raw: &str) -> Option<String> {
     let id = raw.trim();
+    let printable = |c: char| !c.is_control() && !c.is_whitespace();
     let plausible = !id.is_empty()
         && id.len() <= MAX_ORDER_ID_LEN
-        && id.chars().all(|c| !c.is_control() && !c.is_whitespace());
+        && (id.bytes().all(|b| b.is_ascii_graphic()) || id.chars().all(printable));
     plausible.then(|| id.to_string())
 }
 
@@ -135,36 +84,6 @@ pub(super) fn key_hash(secret: Option<&[u8]>, rule: &str, values: &[Cow<'_, str>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn json_paths_walk_objects_and_arrays() {
-        let v: Value =
-            serde_json::from_str(r#"{"deal":{"order":{"id":"SO-1"}},"items":[{"n":7}]}"#).unwrap();
-        assert_eq!(json_field(&v, "deal.order.id"), Some(&Value::from("SO-1")));
-        assert_eq!(
-            json_field(&v, "items.0.n").and_then(scalar_text).as_deref(),
-            Some("7")
-        );
-        assert_eq!(json_field(&v, "items.1.n"), None);
-        assert_eq!(json_field(&v, "deal.order.id.x"), None);
-        assert_eq!(json_field(&v, "deal.missing"), None);
-    }
-
-    #[test]
-    fn truncated_or_garbage_bodies_give_nothing() {
-        assert!(
-            LazyJson::new(br#"{"order_id":"SO-1"}"#, false)
-                .get()
-                .is_none()
-        );
-        assert!(LazyJson::new(br#"{"order_id":"SO"#, true).get().is_none());
-        assert!(LazyJson::new(b"\xff\x00garbage", true).get().is_none());
-        assert!(
-            LazyJson::new(br#"{"order_id":"SO-1"}"#, true)
-                .get()
-                .is_some()
-        );
-    }
 
     #[test]
     fn query_parameters_are_found_and_decoded() {

@@ -21,6 +21,65 @@ pub struct Template {
 /// The parameters one match captured, as (name index, raw segment) pairs.
 pub type Captures<'p> = Vec<(usize, &'p str)>;
 
+/// Segments split once per request, for every rule's template to compare against.
+const MAX_SPLIT: usize = 16;
+
+/// A request path split at '/' once, so trying each rule's template costs segment compares
+/// rather than splitting the path again.
+pub struct PathSegments<'p> {
+    path: &'p str,
+    /// (start, end) of each segment in `path`.
+    bounds: [(u32, u32); MAX_SPLIT],
+    len: usize,
+    /// The path has more segments than were split (or is too long to split).
+    more: bool,
+}
+
+impl<'p> PathSegments<'p> {
+    /// `None` when the path does not start with '/'.
+    pub fn split(path: &'p str) -> Option<Self> {
+        let rest = path.strip_prefix('/')?;
+        let mut segments = PathSegments {
+            path,
+            bounds: [(0, 0); MAX_SPLIT],
+            len: 0,
+            more: u32::try_from(path.len()).is_err(),
+        };
+        // "/" has no segments.
+        if rest.is_empty() || segments.more {
+            return Some(segments);
+        }
+        let mut start = 1;
+        let ends = memchr::memchr_iter(b'/', rest.as_bytes()).map(|end| end + 1);
+        for end in ends.chain([path.len()]) {
+            if segments.len == MAX_SPLIT {
+                segments.more = true;
+                break;
+            }
+            segments.bounds[segments.len] = (start as u32, end as u32);
+            segments.len += 1;
+            start = end + 1;
+        }
+        Some(segments)
+    }
+
+    fn part(&self, i: usize) -> &'p str {
+        let (start, end) = self.bounds[i];
+        &self.path[start as usize..end as usize]
+    }
+
+    /// Segment `index` (0 = the first after the leading '/').
+    pub fn get(&self, index: usize) -> Option<&'p str> {
+        if index < self.len {
+            return Some(self.part(index));
+        }
+        if !self.more {
+            return None;
+        }
+        self.path[1..].split('/').nth(index)
+    }
+}
+
 impl Template {
     pub fn parse(template: &str) -> Result<Self, String> {
         let rest = template.strip_prefix('/').ok_or_else(|| {
@@ -99,6 +158,23 @@ impl Template {
         matches!(self.segments.get(index), Some(Segment::Literal(_)))
     }
 
+    /// Whether a split path (no query) matches.
+    pub fn matches_segments(&self, path: &PathSegments<'_>) -> bool {
+        if path.more {
+            return self.matches(path.path).is_some();
+        }
+        if path.len < self.segments.len() || (!self.tail && path.len > self.segments.len()) {
+            return false;
+        }
+        self.segments
+            .iter()
+            .enumerate()
+            .all(|(i, segment)| match segment {
+                Segment::Literal(text) => path.part(i) == text,
+                Segment::Param(_) => !path.part(i).is_empty(),
+            })
+    }
+
     /// Matches a path (no query); returns the captured parameters, by segment index.
     pub fn matches<'p>(&self, path: &'p str) -> Option<Captures<'p>> {
         let rest = if self.separator == '/' {
@@ -136,6 +212,32 @@ impl Template {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_paths_match_as_whole_ones() {
+        let templates = ["/", "/a/{id}", "/a/{id}/b", "/a/*", "/*", "/a/b/"];
+        let long = format!("/a{}", "/x".repeat(40));
+        let paths = [
+            "/", "/a", "/a/", "/a/1", "/a/1/b", "/a/1/b/c", "/a/b/", "/b", &long,
+        ];
+        for template in templates {
+            let t = Template::parse(template).unwrap();
+            for path in paths {
+                let split = PathSegments::split(path).unwrap();
+                assert_eq!(
+                    t.matches_segments(&split),
+                    t.matches(path).is_some(),
+                    "{template} {path}"
+                );
+            }
+        }
+        let split = PathSegments::split(&long).unwrap();
+        assert_eq!(split.get(0), Some("a"));
+        assert_eq!(split.get(40), Some("x"));
+        assert_eq!(split.get(41), None);
+        assert_eq!(PathSegments::split("/a/1").unwrap().get(2), None);
+        assert!(PathSegments::split("a").is_none());
+    }
 
     fn captured(template: &str, path: &str) -> Option<Vec<String>> {
         let t = Template::parse(template).unwrap();

@@ -14,7 +14,7 @@
 pub mod budget;
 mod grpc;
 
-use std::collections::BTreeMap;
+use crate::spans::Attributes;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -61,6 +61,10 @@ pub enum Refused {
     TooLarge(String),
     #[error("the monitor is at its limit of requests in flight; retry in {RETRY_AFTER_SECS} s")]
     Busy,
+    #[error(
+        "the monitor could not store the spans (its store failed); send them again in {RETRY_AFTER_SECS} s"
+    )]
+    NotStored,
 }
 
 impl Refused {
@@ -69,7 +73,7 @@ impl Refused {
             Self::Invalid(m) => tonic::Status::invalid_argument(m.clone()),
             Self::TooLarge(m) => tonic::Status::resource_exhausted(m.clone()),
             // UNAVAILABLE is what OTLP clients retry with backoff.
-            Self::Busy => tonic::Status::unavailable(self.to_string()),
+            Self::Busy | Self::NotStored => tonic::Status::unavailable(self.to_string()),
         }
     }
 
@@ -77,7 +81,7 @@ impl Refused {
         let (status, retry) = match self {
             Self::Invalid(_) => (StatusCode::BAD_REQUEST, false),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, false),
-            Self::Busy => (StatusCode::SERVICE_UNAVAILABLE, true),
+            Self::Busy | Self::NotStored => (StatusCode::SERVICE_UNAVAILABLE, true),
         };
         let mut response = (status, self.to_string()).into_response();
         if retry {
@@ -199,6 +203,25 @@ fn http_tls(
     Ok(config)
 }
 
+/// A request taken: its answer, given once the spans it handed on are durable.
+struct Accepted {
+    response: ExportTraceServiceResponse,
+    stored: Option<tokio::sync::oneshot::Receiver<bool>>,
+}
+
+impl Accepted {
+    async fn durable(self) -> Result<ExportTraceServiceResponse, Refused> {
+        match self.stored {
+            None => Ok(self.response),
+            Some(stored) => match stored.await {
+                Ok(true) => Ok(self.response),
+                // The store failed, or the monitor stopped before saving.
+                _ => Err(Refused::NotStored),
+            },
+        }
+    }
+}
+
 /// Where received spans go.
 #[derive(Clone)]
 pub struct Receiver {
@@ -223,10 +246,10 @@ impl Receiver {
     async fn export_raw(&self, raw: Bytes) -> Result<ExportTraceServiceResponse, Refused> {
         let _request = self.limits.request()?;
         let _wire = self.limits.reserve(raw.len())?;
-        self.decode_and_accept(raw)
+        self.decode_and_accept(raw)?.durable().await
     }
 
-    fn decode_and_accept(&self, raw: Bytes) -> Result<ExportTraceServiceResponse, Refused> {
+    fn decode_and_accept(&self, raw: Bytes) -> Result<Accepted, Refused> {
         let cost = budget::cost(&raw, MAX_DECODED_BYTES).map_err(|refusal| {
             self.sink.count_parse_error();
             match refusal {
@@ -243,13 +266,8 @@ impl Receiver {
     }
 
     /// Forwards the request and hands its spans to the monitor; the answer says what was not
-    /// taken.
-    fn accept(
-        &self,
-        request: &ExportTraceServiceRequest,
-        raw: Bytes,
-        spans: usize,
-    ) -> ExportTraceServiceResponse {
+    /// taken, and comes once what was taken is durable.
+    fn accept(&self, request: &ExportTraceServiceRequest, raw: Bytes, spans: usize) -> Accepted {
         let mut warnings = Vec::new();
         if let Some(forward) = &self.forward
             && !forward.send(raw)
@@ -261,21 +279,27 @@ impl Receiver {
         if rejected > 0 {
             warnings.push("spans without a valid trace id and span id were rejected");
         }
-        let mut queue_full = false;
-        for span in decoded {
-            if !self.sink.send(span) {
-                rejected += 1;
-                queue_full = true;
+        let stored = if decoded.is_empty() {
+            None
+        } else {
+            match self.sink.send_durable(decoded) {
+                Ok(stored) => Some(stored),
+                Err(n) => {
+                    rejected += n;
+                    warnings
+                        .push("the monitor's queue is full: spans rejected, send them again later");
+                    None
+                }
             }
-        }
-        if queue_full {
-            warnings.push("the monitor's queue is full: spans rejected, send them again later");
-        }
-        ExportTraceServiceResponse {
-            partial_success: (!warnings.is_empty()).then(|| ExportTracePartialSuccess {
-                rejected_spans: rejected as i64,
-                error_message: warnings.join("; "),
-            }),
+        };
+        Accepted {
+            response: ExportTraceServiceResponse {
+                partial_success: (!warnings.is_empty()).then(|| ExportTracePartialSuccess {
+                    rejected_spans: rejected as i64,
+                    error_message: warnings.join("; "),
+                }),
+            },
+            stored,
         }
     }
 
@@ -358,7 +382,7 @@ async fn http_export(State(receiver): State<Receiver>, request: Request) -> Resp
         let body = axum::body::to_bytes(request.into_body(), MAX_REQUEST_BYTES)
             .await
             .map_err(|e| Refused::TooLarge(format!("reading the body: {e}")))?;
-        receiver.decode_and_accept(body)
+        receiver.decode_and_accept(body)?.durable().await
     };
     match answered.await {
         Ok(answer) => (
@@ -381,7 +405,7 @@ fn attr_value(value: &AnyValue) -> Option<AttrValue> {
     })
 }
 
-fn attributes(list: &[KeyValue]) -> BTreeMap<String, AttrValue> {
+fn attributes(list: &[KeyValue]) -> Attributes {
     list.iter()
         .filter_map(|kv| Some((kv.key.clone(), attr_value(kv.value.as_ref()?)?)))
         .collect()
@@ -457,11 +481,11 @@ pub fn spans_from_otlp(request: &ExportTraceServiceRequest) -> Vec<SpanRecord> {
     out
 }
 
-fn key_values(attributes: &BTreeMap<String, AttrValue>) -> Vec<KeyValue> {
+fn key_values(attributes: &Attributes) -> Vec<KeyValue> {
     attributes
         .iter()
         .map(|(key, value)| KeyValue {
-            key: key.clone(),
+            key: key.to_string(),
             value: Some(AnyValue {
                 value: Some(match value {
                     AttrValue::Str(s) => any_value::Value::StringValue(s.clone()),
@@ -477,7 +501,7 @@ fn key_values(attributes: &BTreeMap<String, AttrValue>) -> Vec<KeyValue> {
 
 /// Spans → OTLP, one resource per distinct resource (the monitor's root spans; tests).
 pub fn otlp_from_spans(spans: &[SpanRecord]) -> ExportTraceServiceRequest {
-    let mut groups: Vec<(&BTreeMap<String, AttrValue>, Vec<otlp::Span>)> = Vec::new();
+    let mut groups: Vec<(&Attributes, Vec<otlp::Span>)> = Vec::new();
     for span in spans {
         let converted = otlp::Span {
             trace_id: span.trace_id.to_vec(),
@@ -576,8 +600,11 @@ pub(crate) mod tests {
             start_unix_nano: 10,
             end_unix_nano: 20,
             status: SpanStatus::Error,
-            resource: BTreeMap::from([("service.name".into(), AttrValue::Str("shop-api".into()))]),
-            attributes: BTreeMap::from([
+            resource: Attributes::from([(
+                "service.name".into(),
+                AttrValue::Str("shop-api".into()),
+            )]),
+            attributes: Attributes::from([
                 ("order.id".into(), AttrValue::Str("SO-1".into())),
                 ("http.response.status_code".into(), AttrValue::Int(500)),
                 ("x.ok".into(), AttrValue::Bool(true)),
@@ -586,7 +613,7 @@ pub(crate) mod tests {
             events: vec![SpanEvent {
                 name: "e".into(),
                 time_unix_nano: 15,
-                attributes: BTreeMap::new(),
+                attributes: Attributes::new(),
             }],
         }
     }

@@ -20,8 +20,8 @@ fn span(order: &str, service: &str, error: bool) -> SpanRecord {
         } else {
             SpanStatus::Unset
         },
-        resource: [("service.name".to_string(), AttrValue::Str(service.into()))].into(),
-        attributes: [("order.id".to_string(), AttrValue::Str(order.into()))].into(),
+        resource: [("service.name".into(), AttrValue::Str(service.into()))].into(),
+        attributes: [("order.id".into(), AttrValue::Str(order.into()))].into(),
         events: Vec::new(),
     }
 }

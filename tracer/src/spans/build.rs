@@ -1,12 +1,11 @@
 //! Building the [`SpanRecord`] of one exchange from what the order rules found.
 
-use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 
 use regex::RegexSet;
 
-use super::{
-    AttrValue, SpanKind, SpanLink, SpanRecord, SpanStatus, order_root_span_id, order_trace_id,
-};
+use super::ids::{IdCache, OrderIds};
+use super::{AttrValue, Attributes, SpanKind, SpanLink, SpanRecord, SpanStatus};
 use crate::amqp::Transfer;
 use crate::capture::Role;
 use crate::http::{Exchange, Outcome};
@@ -15,6 +14,8 @@ use crate::protocol::Record;
 
 /// Longest `url.path` exported; the rest is cut (paths are attacker-controlled input).
 const MAX_URL_PATH: usize = 512;
+/// The W3C trace context header a span links to.
+const TRACEPARENT: &str = "traceparent";
 /// What a redacted path segment becomes.
 pub const REDACTED: &str = "{redacted}";
 /// On the spans of exchanges and messages read decrypted (OTel's TLS conventions): the
@@ -53,20 +54,23 @@ impl Redactor {
         keep: Option<&str>,
         literal: impl Fn(usize) -> bool,
     ) -> String {
-        let path = target.split(['?', '#']).next().unwrap_or("");
+        let path = crate::orders::request_path(target);
         let mut out = String::with_capacity(path.len().min(MAX_URL_PATH));
-        for (i, segment) in path.split('/').enumerate() {
+        let mut start = 0;
+        let ends = memchr::memchr_iter(b'/', path.as_bytes()).chain([path.len()]);
+        for (i, end) in ends.enumerate() {
+            let segment = &path[start..end];
+            start = end + 1;
             if i > 0 {
                 out.push('/');
             }
             let from_template = i > 0 && literal(i - 1);
             let checked = !self.patterns.is_empty() && !from_template;
-            let decoded = crate::orders::percent_decode_lossy(segment);
-            if checked && Some(decoded.as_ref()) != keep && self.patterns.is_match(&decoded) {
-                out.push_str(REDACTED);
-            } else {
-                out.push_str(segment);
-            }
+            let redacted = checked && {
+                let decoded = crate::orders::percent_decode_lossy(segment);
+                Some(decoded.as_ref()) != keep && self.patterns.is_match(&decoded)
+            };
+            out.push_str(if redacted { REDACTED } else { segment });
             if out.len() >= MAX_URL_PATH {
                 let cut = (0..=MAX_URL_PATH)
                     .rev()
@@ -122,6 +126,7 @@ pub struct SpanBuilder {
     host_name: String,
     /// Added to CLOCK_MONOTONIC ns to get Unix ns.
     monotonic_to_unix_ns: i128,
+    ids: IdCache,
 }
 
 impl SpanBuilder {
@@ -137,6 +142,7 @@ impl SpanBuilder {
             redactor,
             host_name,
             monotonic_to_unix_ns,
+            ids: IdCache::default(),
         }
     }
 
@@ -144,10 +150,18 @@ impl SpanBuilder {
         &self.rules
     }
 
+    /// The request headers the rules and the span attributes read (for
+    /// `Streams::keeping_headers`): the parser keeps only those.
+    pub fn headers_read(&self) -> crate::http::HeaderFilter {
+        let mut names = self.rules.headers_read();
+        names.push(TRACEPARENT.to_string());
+        crate::http::HeaderFilter::only(names)
+    }
+
     /// Zero or one span for a record: one when a rule found an order, or when the
     /// service's `unmatched = "span"` asks for spans of the rest.
     pub fn build<'a>(
-        &self,
+        &mut self,
         record: impl Into<RecordRef<'a>>,
     ) -> (MatchOutcome, Option<SpanRecord>) {
         let record = record.into();
@@ -163,15 +177,41 @@ impl SpanBuilder {
         };
         let wanted = outcome == MatchOutcome::Order
             || self.rules.unmatched_policy(service) == Unmatched::Span;
-        let span = wanted.then(|| match record {
-            RecordRef::Http(exchange) => self.span(exchange, &classification),
-            RecordRef::Amqp(transfer) => self.message_span(transfer, &classification),
-        });
-        (outcome, span)
+        if !wanted {
+            return (outcome, None);
+        }
+        let ids = match &classification {
+            Classification::Order(m) => Some(self.ids.get(&m.order_id)),
+            _ => None,
+        };
+        let context = SpanContext {
+            redactor: &self.redactor,
+            host_name: &self.host_name,
+            monotonic_to_unix_ns: self.monotonic_to_unix_ns,
+        };
+        let span = match record {
+            RecordRef::Http(exchange) => context.span(exchange, &classification, ids),
+            RecordRef::Amqp(transfer) => context.message_span(transfer, &classification, ids),
+        };
+        (outcome, Some(span))
     }
+}
 
-    /// The span of an exchange already classified.
-    pub fn span(&self, exchange: &Exchange, classification: &Classification<'_>) -> SpanRecord {
+/// What building a span needs of the builder besides the rules and the id cache.
+struct SpanContext<'b> {
+    redactor: &'b Redactor,
+    host_name: &'b str,
+    monotonic_to_unix_ns: i128,
+}
+
+impl SpanContext<'_> {
+    /// The span of a classified exchange; `ids`: its order's, when it has one.
+    fn span(
+        &self,
+        exchange: &Exchange,
+        classification: &Classification<'_>,
+        ids: Option<OrderIds>,
+    ) -> SpanRecord {
         let (rule, side, order) = match classification {
             Classification::Order(m) => (Some(m.rule), Some(m.side), Some(m)),
             Classification::NoOrderId { rule, side } => (Some(*rule), Some(*side), None),
@@ -183,43 +223,11 @@ impl SpanBuilder {
             (None, Role::Unknown) => SpanKind::Internal,
         };
         let method = exchange.request.head.method.as_str();
-        let mut attributes = BTreeMap::new();
-        let mut put = |key: &str, value: AttrValue| {
-            attributes.insert(key.to_string(), value);
-        };
-        put("http.request.method", method.into());
-        put(
-            "url.path",
-            self.redactor
-                .path_with(
-                    &exchange.request.head.target,
-                    order.map(|o| o.order_id.as_str()),
-                    |i| rule.is_some_and(|r| r.is_literal_segment(i)),
-                )
-                .into(),
-        );
         let code = exchange.response.as_ref().map(|r| r.head.status);
-        if let Some(code) = code {
-            put("http.response.status_code", AttrValue::Int(code.into()));
-        }
         let (server, client) = match kind {
             SpanKind::Client => (exchange.peer, exchange.local),
             _ => (exchange.local, exchange.peer),
         };
-        let addresses = [
-            ("server.address", "server.port", server),
-            ("client.address", "client.port", client),
-            ("network.peer.address", "network.peer.port", exchange.peer),
-        ];
-        for (address_key, port_key, addr) in addresses {
-            if let Some(addr) = addr {
-                put(address_key, addr.ip().to_string().into());
-                put(port_key, AttrValue::Int(addr.port().into()));
-            }
-        }
-        if exchange.tls {
-            put(TLS_ATTRIBUTE, "tls".into());
-        }
         let error_type = match (exchange.outcome, code) {
             (Outcome::Reset, _) => Some("reset".to_string()),
             (Outcome::Timeout, _) => Some("timeout".to_string()),
@@ -236,31 +244,63 @@ impl SpanBuilder {
         } else {
             SpanStatus::Unset
         };
+        // In key order, so that each attribute is appended (see `Attributes::insert`).
+        let mut attributes = Attributes::with_capacity(20);
+        let a = &mut attributes;
+        let put = |a: &mut Attributes, key: &'static str, value: AttrValue| {
+            a.insert(key.into(), value);
+        };
+        let address = |a: &mut Attributes, (address, port), addr: Option<SocketAddr>| {
+            if let Some(addr) = addr {
+                put(a, address, ip_text(addr).into());
+                put(a, port, AttrValue::Int(addr.port().into()));
+            }
+        };
+        address(a, ("client.address", "client.port"), client);
         if let Some(error_type) = error_type {
-            put("error.type", error_type.into());
+            put(a, "error.type", error_type.into());
+        }
+        put(a, "http.request.method", method.into());
+        if let Some(code) = code {
+            put(a, "http.response.status_code", AttrValue::Int(code.into()));
         }
         if let Some(rule) = rule {
-            put("http.route", rule.route.as_ref().into());
+            put(a, "http.route", rule.route.as_ref().into());
         }
-        order_attributes(&mut attributes, classification, kind);
-        let (trace_id, parent_span_id) = match order {
-            Some(m) => (
-                order_trace_id(&m.order_id),
-                Some(order_root_span_id(&m.order_id)),
-            ),
+        let peer = ("network.peer.address", "network.peer.port");
+        address(a, peer, exchange.peer);
+        order_attributes(a, classification, kind);
+        address(a, ("server.address", "server.port"), server);
+        if exchange.tls {
+            put(a, TLS_ATTRIBUTE, "tls".into());
+        }
+        put(
+            a,
+            "url.path",
+            self.redactor
+                .path_with(
+                    &exchange.request.head.target,
+                    order.map(|o| o.order_id.as_str()),
+                    |i| rule.is_some_and(|r| r.is_literal_segment(i)),
+                )
+                .into(),
+        );
+        let (trace_id, parent_span_id) = match ids {
+            Some(ids) => (ids.trace_id, Some(ids.root_span_id)),
             None => (random_id(), None),
         };
         let name = match rule {
-            Some(rule) => format!("{method} {}", rule.route),
+            Some(rule) => [method, " ", &rule.route].concat(),
             None => method.to_string(),
         };
-        let mut resource = BTreeMap::new();
-        resource.insert("service.name".to_string(), exchange.service.as_ref().into());
-        resource.insert(
-            "process.pid".to_string(),
-            AttrValue::Int(exchange.conn.pid.into()),
-        );
-        resource.insert("host.name".to_string(), self.host_name.as_str().into());
+        let resource = Attributes::from([
+            ("service.name".into(), exchange.service.as_ref().into()),
+            (
+                "process.pid".into(),
+                AttrValue::Int(exchange.conn.pid.into()),
+            ),
+            ("host.name".into(), self.host_name.into()),
+        ]);
         SpanRecord {
             trace_id,
             span_id: random_id(),
@@ -282,41 +322,49 @@ impl SpanBuilder {
     }
 }
 
-/// `order.*` (and `peer.service` for calls out) from what the rules found.
+/// `order.*` (and `peer.service` for calls out) from what the rules found, in key order so
+/// that a span filled in key order around them only appends.
 pub(super) fn order_attributes(
-    attributes: &mut BTreeMap<String, AttrValue>,
+    attributes: &mut Attributes,
     classification: &Classification<'_>,
     kind: SpanKind,
 ) {
-    let mut put = |key: &str, value: AttrValue| {
-        attributes.insert(key.to_string(), value);
+    let mut put = |key: &'static str, value: AttrValue| {
+        attributes.insert(key.into(), value);
     };
     let (rule, order) = match classification {
         Classification::Order(m) => (Some(m.rule), Some(m)),
         Classification::NoOrderId { rule, .. } => (Some(*rule), None),
         Classification::Unmatched => (None, None),
     };
-    if let Some(rule) = rule {
-        put("order.rule", rule.name.as_ref().into());
-        put("order.owner", rule.owner.as_ref().into());
-        if matches!(kind, SpanKind::Client | SpanKind::Producer) {
-            put("peer.service", rule.owner.as_ref().into());
-        }
-    }
     if let Some(m) = order {
         put("order.id", m.order_id.as_str().into());
         let optional = [
-            ("order.step", m.step),
-            ("order.status", m.status),
-            ("order.observed_status", m.observed_status),
-            ("order.lookup", m.lookup.map(|l| l.as_str())),
             ("order.key", m.key.as_deref()),
+            ("order.lookup", m.lookup.map(|l| l.as_str())),
+            ("order.observed_status", m.observed_status),
         ];
         for (key, value) in optional {
             if let Some(value) = value {
                 put(key, value.into());
             }
         }
+    }
+    if let Some(rule) = rule {
+        put("order.owner", rule.owner.as_ref().into());
+        put("order.rule", rule.name.as_ref().into());
+    }
+    if let Some(m) = order {
+        for (key, value) in [("order.status", m.status), ("order.step", m.step)] {
+            if let Some(value) = value {
+                put(key, value.into());
+            }
+        }
+    }
+    if let Some(rule) = rule
+        && matches!(kind, SpanKind::Client | SpanKind::Producer)
+    {
+        put("peer.service", rule.owner.as_ref().into());
     }
 }
 
@@ -377,6 +425,28 @@ pub fn local_host_name() -> String {
     }
 }
 
+/// An address as OpenTelemetry shows it (`127.0.0.1`, `::1`); IPv4 without the formatting
+/// machinery, which is most of what a span costs otherwise.
+fn ip_text(addr: SocketAddr) -> String {
+    let IpAddr::V4(ip) = addr.ip() else {
+        return addr.ip().to_string();
+    };
+    let mut text = String::with_capacity(15);
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
+    }
+    text
+}
+
 /// A random, non-zero id (span ids, and trace ids of spans outside any order).
 pub(super) fn random_id<const N: usize>() -> [u8; N] {
     let mut id: [u8; N] = rand::random();
@@ -388,7 +458,7 @@ pub(super) fn random_id<const N: usize>() -> [u8; N] {
 
 /// A W3C `traceparent` (`00-<trace id>-<parent id>-<flags>`) the request carried, as a link.
 fn traceparent_link(exchange: &Exchange) -> Option<SpanLink> {
-    let value = std::str::from_utf8(exchange.request.header("traceparent")?)
+    let value = std::str::from_utf8(exchange.request.header(TRACEPARENT)?)
         .ok()?
         .trim();
     let mut parts = value.split('-');

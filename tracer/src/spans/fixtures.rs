@@ -37,8 +37,8 @@ pub fn exchange(service: &str, role: Role, method: &str, target: &str) -> Exchan
         peer: Some(peer),
         tls: false,
         request: Message::bare(RequestHead {
-            method: method.to_string(),
-            target: target.to_string(),
+            method: method.into(),
+            target: target.into(),
         }),
         response: None,
         start_ns: 1_000_000_000,
@@ -65,7 +65,7 @@ impl ExchangeFixture for Exchange {
 
     fn request_header(mut self, name: &str, value: &str) -> Self {
         self.request.headers.push((
-            name.to_ascii_lowercase(),
+            Bytes::copy_from_slice(name.as_bytes()),
             Bytes::copy_from_slice(value.as_bytes()),
         ));
         self

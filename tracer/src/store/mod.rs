@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Deserialize;
 
-use crate::lifecycle::{Changes, OrderState};
+use crate::lifecycle::{Changes, Gap, GapCause, OrderState};
 use crate::spans::SpanRecord;
 
 pub use console::{Stay, Waiting};
@@ -176,6 +176,18 @@ const MIGRATIONS: &[&str] = &[
     WHEN OLD.at >= CAST((julianday('now') - 2440587.5) * 86400000000000.0 AS INTEGER)
         - COALESCE((SELECT retention_ns FROM audit_policy), 9223372036854775807)
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: records leave only by its retention'); END;",
+    // 5: what the monitor could not see: how far its timers had judged the evidence (so a
+    // restart knows since when it was blind) and the gaps it noted.
+    "CREATE TABLE evidence (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        judged_up_to INTEGER NOT NULL
+    );
+    CREATE TABLE gaps (
+        start INTEGER NOT NULL,
+        end INTEGER NOT NULL,
+        cause TEXT NOT NULL
+    );
+    CREATE INDEX gaps_by_end ON gaps(end);",
 ];
 
 pub struct Store {
@@ -283,6 +295,22 @@ impl Store {
                 remove.execute([to_sql_time(*seq)])?;
             }
             outbox::enqueue(&tx, &changes.alerts, alert_targets)?;
+            let mut insert_gap =
+                tx.prepare_cached("INSERT INTO gaps (start, end, cause) VALUES (?1, ?2, ?3)")?;
+            for gap in &changes.gaps {
+                insert_gap.execute(params![
+                    to_sql_time(gap.start),
+                    to_sql_time(gap.end),
+                    gap.cause.as_str()
+                ])?;
+            }
+            if let Some(judged) = changes.judged {
+                tx.execute(
+                    "INSERT INTO evidence (id, judged_up_to) VALUES (1, ?1)
+                     ON CONFLICT(id) DO UPDATE SET judged_up_to = MAX(judged_up_to, ?1)",
+                    [to_sql_time(judged)],
+                )?;
+            }
         }
         tx.commit()?;
         Ok(())
@@ -311,6 +339,46 @@ impl Store {
             ));
         }
         Ok(spans)
+    }
+
+    /// How far the lifecycle's timers had judged the evidence when it last saved (unix ns);
+    /// `None` for a new store.
+    pub fn load_judged(&self) -> Result<Option<u64>, StoreError> {
+        let judged: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT judged_up_to FROM evidence WHERE id = 1",
+                [],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(judged.map(from_sql_time))
+    }
+
+    /// The gaps in the evidence that ended after `since` (unix ns), newest first.
+    pub fn gaps(&self, since: u64, limit: usize) -> Result<Vec<Gap>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT start, end, cause FROM gaps WHERE end >= ?1 ORDER BY end DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![to_sql_time(since), limit as i64], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut gaps = Vec::new();
+        for row in rows {
+            let (start, end, cause) = row?;
+            if let Some(cause) = GapCause::parse(&cause) {
+                gaps.push(Gap {
+                    start: from_sql_time(start),
+                    end: from_sql_time(end),
+                    cause,
+                });
+            }
+        }
+        Ok(gaps)
     }
 
     /// The orders the lifecycle follows, to resume after a restart.
@@ -384,6 +452,7 @@ impl Store {
             [cutoff],
         )?;
         let audit = tx.execute("DELETE FROM audit WHERE at < ?1", [audit_cutoff])?;
+        tx.execute("DELETE FROM gaps WHERE end < ?1", [cutoff])?;
         tx.commit()?;
         Ok(orders + audit)
     }

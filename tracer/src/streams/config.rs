@@ -2,6 +2,7 @@
 
 use serde::Deserialize;
 
+use crate::http::HeaderFilter;
 use crate::http::head::{Limits, MAX_HEADERS_CEILING};
 
 /// `[streams]`: bounds of per-connection reassembly and of the protocols' parsing (HTTP, AMQP). Every bound, when hit,
@@ -12,6 +13,12 @@ pub struct StreamsConfig {
     /// Connections followed at once. A new one beyond this makes the agent forget the least
     /// recently active (`connections_evicted`).
     pub max_connections: usize,
+    /// Bytes held over all connections at once: reassembly buffers and the HTTP messages
+    /// being assembled (heads, body prefixes). Beyond it the largest holders drop what they
+    /// hold, whole messages at a time, and resync (`connections_shed`, `shed_bytes`,
+    /// `shed_requests`): an agent facing many slow, huge messages stays within its memory.
+    /// At least `max_buffered_bytes` + `max_body_bytes`, so one connection fits.
+    pub max_total_bytes: usize,
     /// Bytes held per connection and direction while a head, a chunk-size line or a
     /// resync window is incomplete. Beyond it they are dropped (`dropped_over_budget`) and
     /// the direction resyncs on the next message start. At least `max_header_bytes`.
@@ -47,6 +54,7 @@ impl Default for StreamsConfig {
     fn default() -> Self {
         StreamsConfig {
             max_connections: 16_384,
+            max_total_bytes: 32 << 20,
             max_buffered_bytes: 64 * 1024,
             max_header_bytes: 16 * 1024,
             max_headers: 64,
@@ -89,6 +97,14 @@ impl StreamsConfig {
                 self.max_buffered_bytes, self.max_header_bytes
             ));
         }
+        let one_connection = self.max_buffered_bytes + self.max_body_bytes;
+        if self.max_total_bytes < one_connection {
+            return Err(format!(
+                "[streams] max_total_bytes ({}) must be at least max_buffered_bytes + \
+                 max_body_bytes ({one_connection}): one connection's message must fit",
+                self.max_total_bytes
+            ));
+        }
         if self.idle_timeout_ms < self.response_timeout_ms.max(self.ack_timeout_ms) {
             return Err(format!(
                 "[streams] idle_timeout_ms ({}) must be at least response_timeout_ms ({}) and \
@@ -105,6 +121,7 @@ impl StreamsConfig {
             max_header_bytes: self.max_header_bytes,
             max_headers: self.max_headers,
             max_body_bytes: self.max_body_bytes,
+            headers: HeaderFilter::ALL,
         }
     }
 }

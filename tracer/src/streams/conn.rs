@@ -23,6 +23,8 @@ pub(super) struct Conn {
     /// AMQP frame ended.
     amqp_boundary: [bool; 2],
     last_ns: u64,
+    /// What [`Conn::held_bytes`] was when the stage last added it to its total.
+    pub accounted: usize,
 }
 
 /// How long records may wait for their end, per protocol.
@@ -56,6 +58,7 @@ impl Conn {
             recv: Dir::default(),
             amqp_boundary: [false; 2],
             last_ns: ts_ns,
+            accounted: 0,
         }
     }
 
@@ -65,6 +68,36 @@ impl Conn {
 
     pub fn buffered_bytes(&self) -> usize {
         self.send.buf.len() + self.recv.buf.len()
+    }
+
+    /// What the connection holds against `[streams] max_total_bytes`: its buffers (their
+    /// allocation) and the HTTP messages being assembled. AMQP messages waiting for their
+    /// settlement are bounded per connection by `max_unsettled_messages` instead.
+    pub fn held_bytes(&self) -> usize {
+        let messages = match &self.protocol {
+            Protocol::Http(stream) => stream.held_bytes(),
+            Protocol::Amqp(_) | Protocol::Ignored => 0,
+        };
+        self.send.buf.capacity() + self.recv.buf.capacity() + messages
+    }
+
+    /// Drops everything the connection holds (the stage is over its byte budget): buffers and
+    /// messages being assembled, whole; each direction then looks for the next message start.
+    /// Returns the HTTP requests dropped (a head still coming counts as one).
+    pub fn shed(&mut self, env: &mut Env<'_>) -> usize {
+        let buffered = [!self.send.buf.is_empty(), !self.recv.buf.is_empty()];
+        self.send = Dir::default();
+        self.recv = Dir::default();
+        match &mut self.protocol {
+            Protocol::Http(stream) => stream.shed(buffered, &mut env.http()),
+            Protocol::Amqp(stream) => {
+                for d in [Direction::Send, Direction::Recv] {
+                    stream.lose_sync(d, &mut env.amqp());
+                }
+                0
+            }
+            Protocol::Ignored => 0,
+        }
     }
 
     #[cfg(test)]

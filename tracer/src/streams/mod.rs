@@ -20,6 +20,7 @@ use serde::Serialize;
 pub use config::StreamsConfig;
 
 use crate::capture::{CaptureEvent, ConnKey, Role};
+use crate::http::HeaderFilter;
 use crate::http::head::Limits;
 use crate::protocol::{ConnMeta, Record};
 use crate::{amqp, http};
@@ -42,6 +43,14 @@ pub struct StreamCounters {
     pub connections_evicted: u64,
     /// Connections forgotten after `idle_timeout_ms` without traffic.
     pub connections_expired: u64,
+    /// Times a connection's buffers and messages being assembled were dropped whole to
+    /// bring the stage back under `max_total_bytes` (largest holders first).
+    pub connections_shed: u64,
+    /// Bytes those connections held.
+    pub shed_bytes: u64,
+    /// HTTP requests dropped with them, their heads read whole or in part (no exchange is
+    /// reported for them).
+    pub shed_requests: u64,
     #[serde(flatten)]
     pub http: http::Counters,
     pub amqp: amqp::Counters,
@@ -53,6 +62,8 @@ pub struct Streams {
     limits: Limits,
     /// In order of last activity, least recent first: eviction takes the front.
     conns: LinkedHashMap<ConnKey, Conn>,
+    /// The sum of the connections' `accounted` bytes.
+    held: usize,
     counters: StreamCounters,
 }
 
@@ -96,8 +107,16 @@ impl Streams {
             limits: config.limits(),
             config,
             conns: LinkedHashMap::new(),
+            held: 0,
             counters: StreamCounters::default(),
         }
+    }
+
+    /// Keeps only the named headers of each HTTP message (any case), instead of all: the
+    /// ones the rules and span attributes read (`SpanBuilder::headers_read`).
+    pub fn keeping_headers(mut self, names: HeaderFilter) -> Self {
+        self.limits.headers = names;
+        self
     }
 
     pub fn counters(&self) -> &StreamCounters {
@@ -112,6 +131,12 @@ impl Streams {
     /// Bytes held in reassembly buffers, over all connections (kept bodies not included).
     pub fn buffered_bytes(&self) -> usize {
         self.conns.values().map(Conn::buffered_bytes).sum()
+    }
+
+    /// Bytes held against `max_total_bytes`: buffer allocations and the HTTP messages being
+    /// assembled, over all connections.
+    pub fn held_bytes(&self) -> usize {
+        self.held
     }
 
     /// Feeds one capture event; records it completes are appended to `out`.
@@ -135,10 +160,19 @@ impl Streams {
                 };
                 // A reused key means the close was missed: finish the old connection first.
                 if let Some(mut old) = self.conns.remove(&open.conn) {
+                    self.held -= old.accounted;
                     old.close(open.ts_ns, &mut env);
                 }
                 let conn = Conn::new(meta, open.ts_ns);
-                insert(&mut self.conns, open.conn, conn, env.config, env.counters);
+                let conns = &mut self.conns;
+                insert(
+                    conns,
+                    &mut self.held,
+                    open.conn,
+                    conn,
+                    env.config,
+                    env.counters,
+                );
             }
             CaptureEvent::Data(chunk) => {
                 env.counters.bytes += chunk.len;
@@ -164,13 +198,26 @@ impl Streams {
                             tls: false,
                         };
                         let conn = Conn::new(meta, chunk.ts_ns);
-                        insert(&mut self.conns, chunk.conn, conn, env.config, env.counters)
+                        let held = &mut self.held;
+                        insert(
+                            &mut self.conns,
+                            held,
+                            chunk.conn,
+                            conn,
+                            env.config,
+                            env.counters,
+                        )
                     }
                 };
                 conn.on_data(chunk, &mut env);
+                account(&mut self.held, conn);
+                if self.held > env.config.max_total_bytes {
+                    shed(&mut self.conns, &mut self.held, &mut env);
+                }
             }
             CaptureEvent::Close(close) => {
                 if let Some(mut conn) = self.conns.remove(&close.conn) {
+                    self.held -= conn.accounted;
                     conn.close(close.ts_ns, &mut env);
                 }
             }
@@ -192,30 +239,68 @@ impl Streams {
         };
         for conn in self.conns.values_mut() {
             conn.expire(now_ns, &timeouts, &mut env);
+            account(&mut self.held, conn);
         }
         let idle_ns = self.config.idle_timeout_ms.saturating_mul(1_000_000);
         while let Some((_, conn)) = self.conns.front() {
             if conn.last_ns().saturating_add(idle_ns) > now_ns {
                 break;
             }
-            self.conns.pop_front();
+            if let Some((_, conn)) = self.conns.pop_front() {
+                self.held -= conn.accounted;
+            }
             self.counters.connections_expired += 1;
         }
+    }
+}
+
+/// Brings the stage's total up to date with what `conn` holds now.
+fn account(held: &mut usize, conn: &mut Conn) {
+    let now = conn.held_bytes();
+    *held = *held - conn.accounted + now;
+    conn.accounted = now;
+}
+
+/// Over `max_total_bytes`: drops what the largest holders hold, whole, until the total is
+/// down to three quarters of the budget, so that one scan makes room for many events.
+fn shed(conns: &mut LinkedHashMap<ConnKey, Conn>, held: &mut usize, env: &mut Env<'_>) {
+    let goal = env.config.max_total_bytes / 4 * 3;
+    let mut holders: Vec<(usize, ConnKey)> = conns
+        .iter()
+        .filter(|(_, conn)| conn.accounted > 0)
+        .map(|(key, conn)| (conn.accounted, *key))
+        .collect();
+    holders.sort_unstable_by_key(|(held, _)| std::cmp::Reverse(*held));
+    for (_, key) in holders {
+        if *held <= goal {
+            break;
+        }
+        let Some(conn) = conns.get_mut(&key) else {
+            continue;
+        };
+        let before = conn.accounted;
+        let requests = conn.shed(env);
+        account(held, conn);
+        env.counters.connections_shed += 1;
+        env.counters.shed_bytes += before.saturating_sub(conn.accounted) as u64;
+        env.counters.shed_requests += requests as u64;
     }
 }
 
 /// Inserts a connection as the most recent, evicting the least recent beyond the bound.
 fn insert<'m>(
     conns: &'m mut LinkedHashMap<ConnKey, Conn>,
+    held: &mut usize,
     key: ConnKey,
     conn: Conn,
     config: &StreamsConfig,
     counters: &mut StreamCounters,
 ) -> &'m mut Conn {
     while conns.len() >= config.max_connections {
-        if conns.pop_front().is_none() {
+        let Some((_, evicted)) = conns.pop_front() else {
             break;
-        }
+        };
+        *held -= evicted.accounted;
         counters.connections_evicted += 1;
     }
     match conns.entry(key) {

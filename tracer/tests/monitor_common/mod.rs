@@ -12,7 +12,7 @@ use axum::extract::{Path, State};
 use tracer::config::Config;
 use tracer::lifecycle::LifecycleConfig;
 use tracer::spans::{
-    AttrValue, SpanKind, SpanRecord, SpanStatus, order_root_span_id, order_trace_id,
+    AttrValue, Attributes, SpanKind, SpanRecord, SpanStatus, order_root_span_id, order_trace_id,
 };
 
 #[path = "idp.rs"]
@@ -211,6 +211,7 @@ pub async fn start_monitor(config: Config, anonymous: bool) -> (tracer::monitor:
         metrics: Arc::new(tracer::metrics::Metrics::new()),
         anonymous_loopback: anonymous,
         root_spans: None,
+        blind_when_down: false,
     })
     .await
     .unwrap();
@@ -285,7 +286,7 @@ fn truth_line(order: &str, faults: &[(&str, &str, &str, &str, u64)]) -> String {
     )
 }
 
-fn parse_time(text: &str) -> u64 {
+pub fn parse_time(text: &str) -> u64 {
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .unwrap()
         .unix_timestamp_nanos() as u64
@@ -387,10 +388,10 @@ pub fn sdk_span(record: &SpanRecord) -> opentelemetry_sdk::trace::SpanData {
         .attributes
         .iter()
         .map(|(k, v)| match v {
-            AttrValue::Str(s) => opentelemetry::KeyValue::new(k.clone(), s.clone()),
-            AttrValue::Int(i) => opentelemetry::KeyValue::new(k.clone(), *i),
-            AttrValue::Bool(b) => opentelemetry::KeyValue::new(k.clone(), *b),
-            AttrValue::Double(d) => opentelemetry::KeyValue::new(k.clone(), *d),
+            AttrValue::Str(s) => opentelemetry::KeyValue::new(k.to_string(), s.clone()),
+            AttrValue::Int(i) => opentelemetry::KeyValue::new(k.to_string(), *i),
+            AttrValue::Bool(b) => opentelemetry::KeyValue::new(k.to_string(), *b),
+            AttrValue::Double(d) => opentelemetry::KeyValue::new(k.to_string(), *d),
         })
         .collect();
     opentelemetry_sdk::trace::SpanData {

@@ -1,9 +1,8 @@
 //! Synthetic exchange spans per docs/contracts.md §2, and the walk of one order (§1) bent by
 //! each fault of the table. Shared by the lifecycle's unit tests and the monitor's
 //! integration tests (included with `#[path]`); the includer imports `SpanRecord`,
-//! `SpanKind`, `SpanStatus`, `AttrValue`, `order_trace_id` and `order_root_span_id`.
-
-use std::collections::BTreeMap;
+//! `SpanKind`, `SpanStatus`, `AttrValue`, `Attributes`, `order_trace_id` and
+//! `order_root_span_id`.
 
 use super::*;
 
@@ -104,7 +103,7 @@ impl Span {
         owner: &str,
         base: u64,
     ) -> Self {
-        let mut attributes = BTreeMap::new();
+        let mut attributes = Attributes::new();
         attributes.insert("order.id".into(), AttrValue::Str(order.into()));
         attributes.insert("order.rule".into(), AttrValue::Str(rule.into()));
         attributes.insert("order.owner".into(), AttrValue::Str(owner.into()));
@@ -119,7 +118,10 @@ impl Span {
                 start_unix_nano: 0,
                 end_unix_nano: 0,
                 status: SpanStatus::Unset,
-                resource: BTreeMap::from([("service.name".into(), AttrValue::Str(service.into()))]),
+                resource: Attributes::from([(
+                    "service.name".into(),
+                    AttrValue::Str(service.into()),
+                )]),
                 attributes,
                 events: Vec::new(),
             },
@@ -150,7 +152,7 @@ impl Span {
     pub fn attr(mut self, key: &str, value: &str) -> Self {
         self.0
             .attributes
-            .insert(key.into(), AttrValue::Str(value.into()));
+            .insert(key.to_string().into(), AttrValue::Str(value.into()));
         self
     }
     pub fn code(mut self, code: i64) -> Self {

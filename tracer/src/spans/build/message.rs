@@ -3,24 +3,22 @@
 //! to the consumer's ack. A consumer span links to its producer span, whose id is a function
 //! of the message itself, so the link holds across agents.
 
-use std::collections::BTreeMap;
-
-use super::{SpanBuilder, order_attributes, random_id};
+use super::{SpanContext, order_attributes, random_id};
 use crate::amqp::{Operation, Settlement, Transfer};
 use crate::orders::Classification;
-use crate::spans::{
-    AttrValue, SpanKind, SpanLink, SpanRecord, SpanStatus, order_root_span_id, order_trace_id,
-};
+use crate::spans::ids::OrderIds;
+use crate::spans::{AttrValue, Attributes, SpanKind, SpanLink, SpanRecord, SpanStatus};
 
 /// Body bytes that go into a message's span id: both sides capture at least these.
 const FINGERPRINT_BODY: usize = 256;
 
-impl SpanBuilder {
-    /// The span of a message already classified.
-    pub fn message_span(
+impl SpanContext<'_> {
+    /// The span of a message already classified; `ids`: its order's, when it has one.
+    pub(super) fn message_span(
         &self,
         transfer: &Transfer,
         classification: &Classification<'_>,
+        ids: Option<OrderIds>,
     ) -> SpanRecord {
         let order = match classification {
             Classification::Order(m) => Some(m),
@@ -34,9 +32,9 @@ impl SpanBuilder {
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         let exchange = text(&transfer.exchange);
         let queue = transfer.queue.as_deref().map(text);
-        let mut attributes = BTreeMap::new();
-        let mut put = |key: &str, value: AttrValue| {
-            attributes.insert(key.to_string(), value);
+        let mut attributes = Attributes::with_capacity(24);
+        let mut put = |key: &'static str, value: AttrValue| {
+            attributes.insert(key.into(), value);
         };
         put("messaging.system", "rabbitmq".into());
         put("messaging.operation.type", operation_type.into());
@@ -104,20 +102,17 @@ impl SpanBuilder {
             (_, producer) => (
                 random_id(),
                 producer
-                    .zip(order)
-                    .map(|(span_id, m)| SpanLink {
-                        trace_id: order_trace_id(&m.order_id),
+                    .zip(ids)
+                    .map(|(span_id, ids)| SpanLink {
+                        trace_id: ids.trace_id,
                         span_id,
                     })
                     .into_iter()
                     .collect(),
             ),
         };
-        let (trace_id, parent_span_id) = match order {
-            Some(m) => (
-                order_trace_id(&m.order_id),
-                Some(order_root_span_id(&m.order_id)),
-            ),
+        let (trace_id, parent_span_id) = match ids {
+            Some(ids) => (ids.trace_id, Some(ids.root_span_id)),
             None => (random_id(), None),
         };
         let target = match (kind, &queue) {
@@ -125,16 +120,14 @@ impl SpanBuilder {
             _ if exchange.is_empty() => "amq.default".to_string(),
             _ => exchange,
         };
-        let mut resource = BTreeMap::new();
-        resource.insert(
-            "service.name".to_string(),
-            transfer.meta.service.as_ref().into(),
-        );
-        resource.insert(
-            "process.pid".to_string(),
-            AttrValue::Int(transfer.meta.conn.pid.into()),
-        );
-        resource.insert("host.name".to_string(), self.host_name.as_str().into());
+        let resource = Attributes::from([
+            ("service.name".into(), transfer.meta.service.as_ref().into()),
+            (
+                "process.pid".into(),
+                AttrValue::Int(transfer.meta.conn.pid.into()),
+            ),
+            ("host.name".into(), self.host_name.into()),
+        ]);
         SpanRecord {
             trace_id,
             span_id,

@@ -1,5 +1,6 @@
 use super::*;
 use crate::spans::fixtures::{ExchangeFixture, exchange};
+use crate::spans::{order_root_span_id, order_trace_id};
 
 const OFFSET: i128 = 1_700_000_000_000_000_000;
 
@@ -89,7 +90,7 @@ fn client_span_names_the_callee() {
 fn message_spans_follow_the_messaging_conventions_and_link_consumer_to_producer() {
     use crate::amqp::{Operation, Settlement};
     use crate::spans::fixtures::{TransferFixture, message};
-    let b = builder();
+    let mut b = builder();
     let priced = |service, operation, queue| {
         message(service, operation, "shop.priced-orders", "priced.eu", queue)
             .properties(&[("correlation-id", "SO-1"), ("message-id", "m-1")], &[])
@@ -167,7 +168,7 @@ fn message_spans_follow_the_messaging_conventions_and_link_consumer_to_producer(
 
 #[test]
 fn failures_set_error_type_and_status() {
-    let b = builder();
+    let mut b = builder();
     let submit = |role| exchange("shop-api", role, "POST", "/api/v1/orders/SO-1/submit");
     let cases = [
         (submit(Role::Server).respond(500, "{}"), Some("500")),
@@ -233,8 +234,8 @@ fn personal_looking_segments_are_redacted_but_not_the_order_id() {
 
 #[test]
 fn traceparent_becomes_a_link() {
-    let b = builder();
-    let with = |value: &str| {
+    let mut b = builder();
+    let mut with = |value: &str| {
         let ex = exchange(
             "shop-api",
             Role::Server,
@@ -269,7 +270,7 @@ fn unmatched_exchanges_make_spans_only_when_configured() {
     let config = "[[service]]\nname = \"shop-api\"\nunmatched = \"span\"\n";
     let rules =
         RuleSet::compile(&crate::config::Config::parse(config, "t").unwrap().services).unwrap();
-    let b = SpanBuilder::new(rules, Redactor::default(), "h".into(), 0);
+    let mut b = SpanBuilder::new(rules, Redactor::default(), "h".into(), 0);
     let (outcome, span) = b.build(&ex);
     let span = span.unwrap();
     assert_eq!(outcome, MatchOutcome::Unmatched);
@@ -321,7 +322,7 @@ proptest::proptest! {
         status in 100u16..600,
         role in 0u8..3,
     ) {
-        let b = builder();
+        let mut b = builder();
         let role = [Role::Server, Role::Client, Role::Unknown][role as usize];
         for service in ["shop-api", "mes-api", "crm-api", "other"] {
             for method in ["GET", "POST", "PUT"] {
@@ -334,5 +335,36 @@ proptest::proptest! {
                 let _ = b.build(&ex);
             }
         }
+    }
+}
+
+#[test]
+fn the_parser_keeps_the_headers_rules_and_links_read() {
+    let config = crate::config::Config::embedded_default();
+    let mut services = config.services.clone();
+    let rule = &mut services[0].rules[0];
+    rule.header = Some(crate::orders::HeaderMatch {
+        name: "X-Tenant".into(),
+        value: None,
+    });
+    let rules = RuleSet::compile(&services).unwrap();
+    let b = SpanBuilder::new(rules, Redactor::default(), "h".into(), 0);
+    let filter = b.headers_read();
+    assert!(filter.keeps(b"x-tenant") && filter.keeps(b"TraceParent"));
+    assert!(!filter.keeps(b"content-type") && !filter.keeps(b"host"));
+}
+
+#[test]
+fn addresses_read_as_the_standard_library_writes_them() {
+    for ip in [
+        "0.0.0.0",
+        "127.0.0.1",
+        "10.20.30.40",
+        "255.255.255.255",
+        "1.99.100.9",
+        "::1",
+    ] {
+        let addr = SocketAddr::new(ip.parse().unwrap(), 80);
+        assert_eq!(ip_text(addr), addr.ip().to_string());
     }
 }

@@ -21,8 +21,7 @@ fn gap_in_a_body_of_known_length_keeps_the_next_message() {
         assert_eq!(got.len(), 2, "{role:?}");
         assert_eq!(got[0].request_len, big as u64);
         assert!(got[0].request_truncated);
-        let head_len = writes[0].1.len() - big;
-        assert_eq!(got[0].request_body, fixtures::model(16 * 1024 - head_len));
+        assert!(got[0].request_body.is_empty(), "a cut body is not kept");
         assert_eq!(got[0].status, Some(200));
         assert_eq!(got[1].target, "/api/v1/orders/SO-1/submit");
         let c = run.streams.counters();

@@ -12,6 +12,7 @@ use crate::http::fixtures::Write;
 use crate::http::{Exchange, Kind, Outcome};
 use crate::protocol::Record;
 
+mod budget;
 mod conversations;
 mod damage;
 mod property;
@@ -94,8 +95,8 @@ pub(super) struct Seen {
 pub(super) fn seen(e: &Exchange) -> Seen {
     Seen {
         role: e.role,
-        method: e.request.head.method.clone(),
-        target: e.request.head.target.clone(),
+        method: e.request.head.method.to_string(),
+        target: e.request.head.target.to_string(),
         request_body: e.request.body.to_vec(),
         request_len: e.request.body_len,
         request_truncated: e.request.body_truncated,
