@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use monitor_common::{get_json, get_metrics, parse_time};
 use testbed_run::{Run, free_base_port, scratch};
-use tracer_run::{TracerRun, config, free_port};
+use tracer_run::{TracerRun, config, free_port, longest_limit};
 
 /// What the API shows of one order: status, first seen, detections by id.
 #[derive(Debug, PartialEq)]
@@ -71,7 +71,7 @@ async fn seen(client: &reqwest::Client, api: &str, id: &str) -> Option<Seen> {
 async fn a_kill_9_and_restart_lose_nothing_saved_and_invent_nothing() {
     let dir = scratch("e2e-restart");
     let base_port = free_base_port();
-    let (text, config) = config(&dir, None, base_port);
+    let (text, config) = config(&dir, None, base_port, None);
     let config_path = dir.join("config.toml");
     std::fs::write(&config_path, text).unwrap();
     let first_port = free_port();
@@ -124,15 +124,7 @@ async fn a_kill_9_and_restart_lose_nothing_saved_and_invent_nothing() {
     });
     let (second, port, watching_again) = second;
     let api = format!("http://127.0.0.1:{port}");
-    let longest = config
-        .lifecycle
-        .statuses
-        .iter()
-        .filter_map(|s| s.stuck_after_secs)
-        .fold(0.0, f64::max)
-        + config.lifecycle.reorder_secs
-        + 5.0;
-    tokio::time::sleep(Duration::from_secs_f64(longest)).await;
+    tokio::time::sleep(longest_limit(&config)).await;
 
     assert!(!before.is_empty(), "nothing was saved before the kill");
     for (id, was) in &before {

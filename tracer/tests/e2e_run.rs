@@ -12,116 +12,22 @@ mod otlp_receiver;
 mod spans_vs_logs;
 #[path = "support/testbed_run.rs"]
 mod testbed_run;
+#[path = "support/tracer_run.rs"]
+mod tracer_run;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use monitor_common::{Capture, compare_with_truth, get_json, get_metrics};
 use otlp_receiver::OtlpReceiver;
 use testbed::messagelog::read_message_log;
 use testbed::requestlog::read_request_log;
 use testbed::truth::read_truth;
-use testbed_run::{Run, bin_dir, free_base_port, scratch};
+use testbed_run::{Run, free_base_port, scratch};
 use tracer::lifecycle::MONITOR_SERVICE;
-
-const TESTBED_CONFIG: &str = include_str!("../../deploy/config/testbed.toml");
+use tracer_run::{TracerRun, config, free_port, longest_limit};
 
 /// One traced run at a time: two brokers and two agents side by side starve two cores.
 static ONE_RUN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The testbed config with this test's store, webhook, and the spans exported to `otlp` over
-/// gRPC (none without it), tracing only the services on `base_port`: other testbeds on the
-/// machine would add their orders to the counts compared here.
-fn config(
-    dir: &std::path::Path,
-    base_port: u16,
-    webhook: &str,
-    otlp: Option<&str>,
-) -> (String, tracer::config::Config) {
-    let mut value: toml::Table = toml::from_str(TESTBED_CONFIG).unwrap();
-    let targets = value["capture"]["target"].as_array_mut().unwrap();
-    for target in targets {
-        let cmdline = format!("--base-port {base_port} ");
-        target
-            .as_table_mut()
-            .unwrap()
-            .insert("cmdline".into(), cmdline.into());
-    }
-    let set = |value: &mut toml::Table, table: &str, key: &str, v: toml::Value| {
-        value
-            .entry(table)
-            .or_insert_with(|| toml::Value::Table(Default::default()))
-            .as_table_mut()
-            .unwrap()
-            .insert(key.to_string(), v);
-    };
-    set(
-        &mut value,
-        "store",
-        "path",
-        dir.join("orders.db").display().to_string().into(),
-    );
-    set(&mut value, "api", "alert_webhook", webhook.into());
-    match otlp {
-        Some(endpoint) => {
-            set(&mut value, "export", "kind", "otlp-grpc".into());
-            set(&mut value, "export", "endpoint", endpoint.into());
-        }
-        None => set(&mut value, "export", "kind", "none".into()),
-    }
-    let text = toml::to_string(&value).unwrap();
-    let parsed = tracer::config::Config::parse(&text, "test").unwrap();
-    (text, parsed)
-}
-
-struct TracerRun {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl TracerRun {
-    fn start(config: &std::path::Path, listen: &str, dir: &std::path::Path) -> Self {
-        let log = dir.join("run.log");
-        let child = Command::new(bin_dir().join("tracer"))
-            .args([
-                "run",
-                "--allow-anonymous-loopback",
-                "--listen",
-                listen,
-                "--config",
-            ])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start tracer run");
-        let run = TracerRun { child, log };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while run.log_text().matches("waiting for target").count() < 3 {
-            assert!(
-                Instant::now() < deadline,
-                "tracer run did not attach:\n{}",
-                run.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        run
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for TracerRun {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
 
 /// `name{labels} value` lines of a Prometheus text page, by `name{labels}`.
 fn samples(page: &str) -> BTreeMap<String, f64> {
@@ -157,21 +63,14 @@ async fn detections_equal_the_truth(tls: bool) {
     };
     let endpoint = receiver.as_ref().map(OtlpReceiver::grpc_endpoint);
     let base_port = free_base_port();
-    let (text, config) = config(
-        &dir,
-        base_port,
-        &format!("http://{webhook_addr}/alerts"),
-        endpoint.as_deref(),
-    );
+    let alerts_url = format!("http://{webhook_addr}/alerts");
+    let (text, config) = config(&dir, Some(&alerts_url), base_port, endpoint.as_deref());
     let config_path = dir.join("config.toml");
     std::fs::write(&config_path, text).unwrap();
-    let api_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let api_port = free_port();
     let api = format!("http://127.0.0.1:{api_port}");
-    let tracer = TracerRun::start(&config_path, &format!("127.0.0.1:{api_port}"), &dir);
+    let listen = format!("127.0.0.1:{api_port}");
+    let tracer = TracerRun::start(&config_path, &listen, &dir, "run.log");
 
     let run = Run {
         orders: 120,
@@ -184,16 +83,7 @@ async fn detections_equal_the_truth(tls: bool) {
     };
     tokio::task::block_in_place(|| run.run());
 
-    // The longest limit (a stuck limit, plus the reorder wait) and the 5 s of slack.
-    let longest = config
-        .lifecycle
-        .statuses
-        .iter()
-        .filter_map(|s| s.stuck_after_secs)
-        .fold(0.0, f64::max)
-        + config.lifecycle.reorder_secs
-        + 5.0;
-    tokio::time::sleep(Duration::from_secs_f64(longest)).await;
+    tokio::time::sleep(longest_limit(&config)).await;
 
     tracer::process::install_crypto_provider();
     let client = reqwest::Client::new();

@@ -9,6 +9,8 @@
 mod alertmanager;
 #[path = "support/testbed_run.rs"]
 mod testbed_run;
+#[path = "support/tracer_run.rs"]
+mod tracer_run;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use alertmanager::{free_port, spawn};
 use serde_json::{Value, json};
-use testbed_run::{bin_dir, config_for_base_port, free_base_port, scratch};
+use testbed_run::{bin_dir, free_base_port, scratch};
 
 fn alerts_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/alerts")
@@ -107,7 +109,8 @@ async fn a_stuck_order_pages_through_prometheus_and_alertmanager_and_resolves() 
     // tracer run on the testbed's config (INITIATED is stuck after 8 s), tracing only the
     // services this test starts: the alert counts every stuck order the tracer sees.
     let base_port = free_base_port();
-    let config = config_for_base_port(base_port, &dir);
+    let config = dir.join("tracer.toml");
+    std::fs::write(&config, tracer_run::config(&dir, None, base_port, None).0).unwrap();
     let api_port = free_port();
     let api = format!("http://127.0.0.1:{api_port}");
     let tracer_log = dir.join("tracer.log");

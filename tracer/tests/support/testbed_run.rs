@@ -34,30 +34,6 @@ pub fn free_base_port() -> u16 {
     }
 }
 
-/// The embedded testbed config with each target narrowed to the services started on
-/// `base_port`: other testbeds on the machine (other tests, other developers) stay untraced,
-/// so counts over all orders (metrics, alerts) are this test's own.
-pub fn config_for_base_port(base_port: u16, dir: &Path) -> PathBuf {
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/testbed.toml");
-    let text = std::fs::read_to_string(&shipped).expect("the shipped testbed config");
-    let mut narrowed = String::with_capacity(text.len());
-    for line in text.lines() {
-        narrowed.push_str(line);
-        narrowed.push('\n');
-        if line.starts_with("exe = ") {
-            narrowed.push_str(&format!("cmdline = \"--base-port {base_port} \"\n"));
-        }
-    }
-    assert!(
-        narrowed.contains("cmdline = "),
-        "no capture.target in {}",
-        shipped.display()
-    );
-    let path = dir.join("tracer.toml");
-    std::fs::write(&path, narrowed).expect("write the narrowed config");
-    path
-}
-
 /// A scratch directory for one test.
 pub fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("order-tracer-{name}-{}", std::process::id()));

@@ -1,5 +1,7 @@
 //! `tracer run` over the testbed, for the end-to-end tests: its config and the process.
 
+#![allow(dead_code)] // each test binary uses a different part of it
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -7,12 +9,14 @@ use super::testbed_run::bin_dir;
 
 const TESTBED_CONFIG: &str = include_str!("../../../deploy/config/testbed.toml");
 
-/// The testbed config with this test's store, webhook (if any) and no exporter, tracing only
-/// the services of the testbed on `base_port` (other tests' testbeds may run beside it).
+/// The testbed config with this test's store, webhook (if any) and the spans exported to
+/// `otlp` over gRPC (none without it), tracing only the services of the testbed on
+/// `base_port`: other testbeds on the machine would add their orders to the counts compared.
 pub fn config(
     dir: &std::path::Path,
     webhook: Option<&str>,
     base_port: u16,
+    otlp: Option<&str>,
 ) -> (String, tracer::config::Config) {
     let mut value: toml::Table = toml::from_str(TESTBED_CONFIG).unwrap();
     for target in value["capture"]["target"].as_array_mut().unwrap() {
@@ -38,10 +42,27 @@ pub fn config(
     if let Some(webhook) = webhook {
         set(&mut value, "api", "alert_webhook", webhook.into());
     }
-    set(&mut value, "export", "kind", "none".into());
+    match otlp {
+        Some(endpoint) => {
+            set(&mut value, "export", "kind", "otlp-grpc".into());
+            set(&mut value, "export", "endpoint", endpoint.into());
+        }
+        None => set(&mut value, "export", "kind", "none".into()),
+    }
     let text = toml::to_string(&value).unwrap();
     let parsed = tracer::config::Config::parse(&text, "test").unwrap();
     (text, parsed)
+}
+
+/// How long every detection may take: the longest stuck limit, the reorder wait and 5 s.
+pub fn longest_limit(config: &tracer::config::Config) -> Duration {
+    let longest = config
+        .lifecycle
+        .statuses
+        .iter()
+        .filter_map(|s| s.stuck_after_secs)
+        .fold(0.0, f64::max);
+    Duration::from_secs_f64(longest + config.lifecycle.reorder_secs + 5.0)
 }
 
 /// A free loopback port for the API.
