@@ -6,7 +6,9 @@
 //! - shared: the MES stand-in, wrk and the agent share every CPU (saturation and a fixed
 //!   rate): throughput, latency, the agent's CPU per exchange, completeness, kernel cost;
 //! - pinned: the MES alone on CPU 0, wrk and the agent on CPU 1: the MES's own CPU time per
-//!   request, which is what tracing costs the traced service;
+//!   request, which is what tracing costs the traced service, at one fixed rate both phases
+//!   reach (at saturation the traced phase serves fewer requests, each paying more for the
+//!   wake-ups and polls a busier server shares across requests) and at saturation;
 //! - untargeted: a syscall loop in this process (never a target) with and without the agent;
 //! - memory: the agent's peak RSS with many connections open;
 //! - the criterion bench of the pipeline (recorded events → spans, one core).
@@ -38,6 +40,9 @@ pub struct BenchArgs {
     /// Target request rate of the fixed-rate phases (requests/s).
     #[arg(long, default_value_t = 2000)]
     rate: u32,
+    /// Request rate of the pinned shape's fixed-rate phases (requests/s).
+    #[arg(long, default_value_t = 10_000)]
+    pinned_rate: u32,
     /// Connections held open for the agent's memory figure.
     #[arg(long, default_value_t = 10_000)]
     open_connections: u32,
@@ -91,10 +96,13 @@ pub struct Results {
     pub saturation: Pair<WrkResult>,
     pub fixed: Pair<WrkResult>,
     pub pinned: Pair<ServiceCpu>,
+    pub pinned_fixed: Pair<ServiceCpu>,
     pub untargeted: Pair<(f64, f64)>,
     /// Traced saturation phases.
     pub agent_runs: Vec<AgentRun>,
     pub peak_rss_kib: u64,
+    /// Of the peak RSS, the ring buffer's mapping.
+    pub ring_rss_kib: u64,
     pub pipeline_us_per_exchange: Option<f64>,
 }
 
@@ -110,7 +118,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
     crate::build(true)?;
     let bin = crate::process::target_dir().join("release");
     let work = procs::tempdir()?;
-    let _stats = BpfStats::enable()?;
     let results = measure(&args, &bin, &work);
     let _ = std::fs::remove_dir_all(&work);
     let mut results = results?;
@@ -131,12 +138,8 @@ fn measure(args: &BenchArgs, bin: &Path, work: &Path) -> Result<Results> {
     }
     let url = |mes: &Mes| format!("http://127.0.0.1:{}/mes/api/work-orders/{ORDER}", mes.port);
     let (shared_url, pinned_url) = (url(&shared), url(&pinned));
-    let fixed_script = work.join("fixed-rate.lua");
-    let delay_ms = (f64::from(FIXED_CONNECTIONS) * 1000.0 / f64::from(args.rate)).max(1.0);
-    std::fs::write(
-        &fixed_script,
-        format!("function delay()\n  return {delay_ms:.0}\nend\n"),
-    )?;
+    let fixed_script = rate_script(work, "fixed-rate.lua", args.rate)?;
+    let pinned_script = rate_script(work, "pinned-rate.lua", args.pinned_rate)?;
     let saturation_load = Wrk {
         url: &shared_url,
         threads: 2,
@@ -157,6 +160,11 @@ fn measure(args: &BenchArgs, bin: &Path, work: &Path) -> Result<Results> {
         cpu: Some(LOAD_CPU),
         ..saturation_load
     };
+    let pinned_fixed_load = Wrk {
+        connections: FIXED_CONNECTIONS,
+        script: Some(&pinned_script),
+        ..pinned_load
+    };
     let config_for = |mes: &Mes, name: &str| -> Result<std::path::PathBuf> {
         let path = work.join(name);
         std::fs::write(&path, agent_config(mes.pid()))?;
@@ -169,19 +177,25 @@ fn measure(args: &BenchArgs, bin: &Path, work: &Path) -> Result<Results> {
         saturation: Pair::default(),
         fixed: Pair::default(),
         pinned: Pair::default(),
+        pinned_fixed: Pair::default(),
         untargeted: Pair::default(),
         agent_runs: Vec::new(),
         peak_rss_kib: 0,
+        ring_rss_kib: 0,
         pipeline_us_per_exchange: None,
     };
     for round in 0..args.rounds {
         eprintln!("bench: round {} of {}", round + 1, args.rounds);
         results.saturation.untraced.push(saturation_load.run()?);
+        // Run-time statistics only here: they add two clock reads to every program run,
+        // which the other phases' figures should not carry.
+        let stats = BpfStats::enable()?;
         let agent = Agent::start(bin, &shared_config, work, None)?;
         let cpu_before = agent.cpu_seconds()?;
         let traced = saturation_load.run()?;
         let cpu_seconds = agent.cpu_seconds()? - cpu_before;
         let programs = kernel::programs(&agent.program_ids());
+        drop(stats);
         results.agent_runs.push(AgentRun {
             cpu_seconds,
             requests: traced.requests,
@@ -195,16 +209,15 @@ fn measure(args: &BenchArgs, bin: &Path, work: &Path) -> Result<Results> {
         results.fixed.traced.push(fixed_load.run()?);
         agent.stop()?;
 
-        results
-            .pinned
-            .untraced
-            .push(service_cpu(&pinned, &pinned_load)?);
-        let agent = Agent::start(bin, &pinned_config, work, Some(LOAD_CPU))?;
-        results
-            .pinned
-            .traced
-            .push(service_cpu(&pinned, &pinned_load)?);
-        agent.stop()?;
+        for (pair, load) in [
+            (&mut results.pinned_fixed, &pinned_fixed_load),
+            (&mut results.pinned, &pinned_load),
+        ] {
+            pair.untraced.push(service_cpu(&pinned, load)?);
+            let agent = Agent::start(bin, &pinned_config, work, Some(LOAD_CPU))?;
+            pair.traced.push(service_cpu(&pinned, load)?);
+            agent.stop()?;
+        }
 
         results.untargeted.untraced.push(untargeted()?);
         let agent = Agent::start(bin, &shared_config, work, None)?;
@@ -217,10 +230,24 @@ fn measure(args: &BenchArgs, bin: &Path, work: &Path) -> Result<Results> {
         args.open_connections
     );
     let agent = Agent::start(bin, &shared_config, work, None)?;
-    results.peak_rss_kib =
-        load::hold_connections(args.open_connections, shared.port, || agent.peak_rss_kib())?;
+    (results.peak_rss_kib, results.ring_rss_kib) =
+        load::hold_connections(args.open_connections, shared.port, || {
+            Ok((agent.peak_rss_kib()?, agent.map_rss_kib()?))
+        })?;
     agent.stop()?;
     Ok(results)
+}
+
+/// A wrk script holding each of `FIXED_CONNECTIONS` connections to its share of `rate`
+/// (wrk's delay is in whole milliseconds).
+fn rate_script(work: &Path, name: &str, rate: u32) -> Result<std::path::PathBuf> {
+    let path = work.join(name);
+    let delay_ms = (f64::from(FIXED_CONNECTIONS) * 1000.0 / f64::from(rate)).max(1.0);
+    std::fs::write(
+        &path,
+        format!("function delay()\n  return {delay_ms:.0}\nend\n"),
+    )?;
+    Ok(path)
 }
 
 /// The pinned MES's CPU time per request over one load phase.

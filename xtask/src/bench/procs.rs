@@ -149,6 +149,29 @@ impl Agent {
             .context("no VmHWM in /proc/PID/status")
     }
 
+    /// Resident KiB of the agent's eBPF map mappings: the ring buffer, whose data pages the
+    /// kernel maps twice (so a read can run past its end), a fixed cost set by
+    /// `[capture] ring_buffer_bytes`.
+    pub fn map_rss_kib(&self) -> Result<u64> {
+        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", self.pid()))?;
+        let mut in_map = false;
+        let mut total = 0;
+        for line in smaps.lines() {
+            if let Some(kib) = line.strip_prefix("Rss:") {
+                if in_map {
+                    total += kib
+                        .split_whitespace()
+                        .next()
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0);
+                }
+            } else if line.split_whitespace().next().is_some_and(|f| f.contains('-')) {
+                in_map = line.ends_with("anon_inode:bpf-map");
+            }
+        }
+        Ok(total)
+    }
+
     /// Ids of the eBPF programs the agent holds.
     pub fn program_ids(&self) -> Vec<u32> {
         let Ok(fds) = std::fs::read_dir(format!("/proc/{}/fdinfo", self.pid())) else {

@@ -47,17 +47,30 @@ pub fn print(args: &BenchArgs, r: &Results) {
     println!("| measure | untraced | traced | added / ratio | target |");
     println!("|---|---|---|---|---|");
 
-    let (u, t) = medians(&r.pinned, |c| c.ns_per_request / 1000.0);
-    println!(
-        "| service CPU per request, MES alone on one CPU (µs) | {u:.2} | {t:.2} | +{:.2} µs | ≤ +1.5 µs — {} |",
-        t - u,
-        verdict(t - u <= 1.5)
-    );
-    let (u, t) = medians(&r.pinned, |c| c.requests as f64 / args.duration as f64);
-    println!(
-        "| pinned shape served (req/s, one wrk thread) | {u:.0} | {t:.0} | {:.3} | |",
-        t / u
-    );
+    for (shape, pair, target) in [
+        (
+            format!("fixed {} req/s", args.pinned_rate),
+            &r.pinned_fixed,
+            true,
+        ),
+        ("saturation".to_string(), &r.pinned, false),
+    ] {
+        let (u, t) = medians(pair, |c| c.ns_per_request / 1000.0);
+        let target = if target {
+            format!("≤ +1.5 µs — {}", verdict(t - u <= 1.5))
+        } else {
+            String::new()
+        };
+        println!(
+            "| service CPU per request, MES alone on one CPU, {shape} (µs) | {u:.2} | {t:.2} | +{:.2} µs | {target} |",
+            t - u
+        );
+        let (u, t) = medians(pair, |c| c.requests as f64 / args.duration as f64);
+        println!(
+            "| pinned shape, {shape}: served (req/s) | {u:.0} | {t:.0} | {:.3} | |",
+            t / u
+        );
+    }
     let kernel_ns = median(r.agent_runs.iter().map(|run| {
         let hooks: u64 = run
             .programs
@@ -131,10 +144,15 @@ pub fn print(args: &BenchArgs, r: &Results) {
         args.rate
     );
     let rss_mib = r.peak_rss_kib as f64 / 1024.0;
+    let ring_mib = r.ring_rss_kib as f64 / 1024.0;
     println!(
         "| agent peak RSS, {} open connections (MiB) | | {rss_mib:.1} | | ≤ 48 — {} |",
         args.open_connections,
         verdict(rss_mib <= 48.0)
+    );
+    println!(
+        "| of which the ring buffer's mapping (its pages mapped twice, MiB) / the rest | | {ring_mib:.1} / {:.1} | | |",
+        rss_mib - ring_mib
     );
     for (i, run) in r.agent_runs.iter().enumerate() {
         let c = &run.counters;
