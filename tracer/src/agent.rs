@@ -151,6 +151,7 @@ pub fn publish_totals(metrics: &PipelineMetrics, counters: &AgentCounters) {
         ("oversized_heads", streams.http.oversized_heads),
         ("connections_evicted", streams.connections_evicted),
         ("requests_shed_over_memory", streams.shed_requests),
+        ("amqp_messages_shed_over_memory", streams.shed_messages),
         (
             "pending_requests_overflow",
             streams.http.pairing.pending_overflow,

@@ -32,6 +32,9 @@ pub(crate) struct Stream {
     channels: Vec<Channel>,
     /// Messages waiting for a confirm or an ack, over all channels.
     waiting: usize,
+    /// Bytes the messages being assembled and waiting hold, over all channels: kept as
+    /// they change, since the stage asks after every event.
+    held: usize,
 }
 
 fn slot(d: Direction) -> usize {
@@ -66,6 +69,7 @@ impl Stream {
             from_start: preface_from.is_some(),
             channels: Vec::new(),
             waiting: 0,
+            held: 0,
         };
         if let Some(d) = to_broker {
             stream.learn_sides(meta, d);
@@ -230,7 +234,18 @@ impl Stream {
             return;
         }
         if method == Method::ChannelOpen {
-            self.channels.retain(|c| c.id != channel);
+            // The id is reused: the old channel's close was missed, and what it still held
+            // ends as at a close.
+            if let Some(at) = self.channels.iter().position(|c| c.id == channel) {
+                let mut old = self.channels.swap_remove(at);
+                let mut cx = ChannelCx {
+                    meta,
+                    waiting: &mut self.waiting,
+                    held: &mut self.held,
+                    env,
+                };
+                old.end(Settlement::Reset, ts_ns, &mut cx.as_cx());
+            }
         }
         let from_start = self.from_start || method == Method::ChannelOpen;
         let (mut cx, ch) = self.channel_with(meta, channel, from_start, env);
@@ -366,6 +381,7 @@ impl Stream {
             ChannelCx {
                 meta,
                 waiting: &mut self.waiting,
+                held: &mut self.held,
                 env,
             },
             channel,
@@ -394,6 +410,40 @@ impl Stream {
                 ch.publishes_lost();
             }
         }
+    }
+
+    /// Bytes the connection's messages hold against the stage's byte budget: those being
+    /// assembled (names, properties, body prefix) and those waiting for their settlement.
+    pub fn held_bytes(&self) -> usize {
+        self.held
+    }
+
+    /// Drops every message being assembled or waiting (the stage is over its byte budget);
+    /// returns how many. `buffered`: per direction (send, recv), whether the caller's buffer
+    /// held part of a frame, now dropped: that direction looks for its next frames, the
+    /// other keeps its place (bodies are never buffered, so it may be inside one).
+    pub fn shed(&mut self, meta: &ConnMeta, buffered: [bool; 2], env: &mut Env<'_>) -> usize {
+        for d in [Direction::Send, Direction::Recv] {
+            if buffered[slot(d)] {
+                self.lose_sync(d, env);
+            }
+        }
+        let mut dropped = 0;
+        for ch in &mut self.channels {
+            let mut cx = ChannelCx {
+                meta,
+                waiting: &mut self.waiting,
+                held: &mut self.held,
+                env,
+            };
+            dropped += ch.shed(&mut cx.as_cx());
+        }
+        dropped
+    }
+
+    #[cfg(test)]
+    pub fn recount_held(&self) -> usize {
+        self.channels.iter().map(Channel::recount_held).sum()
     }
 
     /// `n` bytes of direction `d` were not captured; `buffered` is what the caller holds of
@@ -437,6 +487,7 @@ impl Stream {
             let mut cx = ChannelCx {
                 meta,
                 waiting: &mut self.waiting,
+                held: &mut self.held,
                 env,
             };
             ch.end(Settlement::Reset, ts_ns, &mut cx.as_cx());
@@ -453,6 +504,7 @@ impl Stream {
             let mut cx = ChannelCx {
                 meta,
                 waiting: &mut self.waiting,
+                held: &mut self.held,
                 env,
             };
             ch.expire(now_ns, timeout_ns, &mut cx.as_cx());
@@ -464,6 +516,7 @@ impl Stream {
 pub(super) struct ChannelCx<'s, 'm, 'e> {
     meta: &'m ConnMeta,
     waiting: &'s mut usize,
+    held: &'s mut usize,
     env: &'s mut Env<'e>,
 }
 
@@ -474,6 +527,7 @@ impl ChannelCx<'_, '_, '_> {
             max_body_bytes: self.env.max_body_bytes,
             max_unsettled: self.env.max_unsettled,
             waiting: self.waiting,
+            held: self.held,
             counters: self.env.counters,
             out: self.env.out,
         }
