@@ -238,12 +238,7 @@ impl Stream {
             // ends as at a close.
             if let Some(at) = self.channels.iter().position(|c| c.id == channel) {
                 let mut old = self.channels.swap_remove(at);
-                let mut cx = ChannelCx {
-                    meta,
-                    waiting: &mut self.waiting,
-                    held: &mut self.held,
-                    env,
-                };
+                let (_, mut cx) = self.parts(meta, env);
                 old.end(Settlement::Reset, ts_ns, &mut cx.as_cx());
             }
         }
@@ -376,16 +371,23 @@ impl Stream {
             }
             None => None,
         };
-        let channel = at.map(|at| &mut self.channels[at]);
-        (
-            ChannelCx {
-                meta,
-                waiting: &mut self.waiting,
-                held: &mut self.held,
-                env,
-            },
-            channel,
-        )
+        let (channels, cx) = self.parts(meta, env);
+        (cx, at.map(|at| &mut channels[at]))
+    }
+
+    /// The channels, and what they borrow of the connection and the stage while they work.
+    fn parts<'s, 'e, 'm>(
+        &'s mut self,
+        meta: &'m ConnMeta,
+        env: &'s mut Env<'e>,
+    ) -> (&'s mut Vec<Channel>, ChannelCx<'s, 'm, 'e>) {
+        let cx = ChannelCx {
+            meta,
+            waiting: &mut self.waiting,
+            held: &mut self.held,
+            env,
+        };
+        (&mut self.channels, cx)
     }
 
     fn frame_lost(&mut self, meta: &ConnMeta, d: Direction, channel: u16, env: &mut Env<'_>) {
@@ -428,17 +430,8 @@ impl Stream {
                 self.lose_sync(d, env);
             }
         }
-        let mut dropped = 0;
-        for ch in &mut self.channels {
-            let mut cx = ChannelCx {
-                meta,
-                waiting: &mut self.waiting,
-                held: &mut self.held,
-                env,
-            };
-            dropped += ch.shed(&mut cx.as_cx());
-        }
-        dropped
+        let (channels, mut cx) = self.parts(meta, env);
+        channels.iter_mut().map(|ch| ch.shed(&mut cx.as_cx())).sum()
     }
 
     #[cfg(test)]
@@ -483,16 +476,11 @@ impl Stream {
 
     /// The connection closed: every message still waiting is reported as reset.
     pub fn close(&mut self, meta: &ConnMeta, ts_ns: u64, env: &mut Env<'_>) {
-        for ch in &mut self.channels {
-            let mut cx = ChannelCx {
-                meta,
-                waiting: &mut self.waiting,
-                held: &mut self.held,
-                env,
-            };
+        let (channels, mut cx) = self.parts(meta, env);
+        for ch in channels.iter_mut() {
             ch.end(Settlement::Reset, ts_ns, &mut cx.as_cx());
         }
-        self.channels.clear();
+        channels.clear();
     }
 
     /// Gives up on messages unsettled for `timeout_ns`.
@@ -500,13 +488,8 @@ impl Stream {
         if self.waiting == 0 {
             return;
         }
-        for ch in self.channels.iter_mut().filter(|c| !c.is_idle()) {
-            let mut cx = ChannelCx {
-                meta,
-                waiting: &mut self.waiting,
-                held: &mut self.held,
-                env,
-            };
+        let (channels, mut cx) = self.parts(meta, env);
+        for ch in channels.iter_mut().filter(|c| !c.is_idle()) {
             ch.expire(now_ns, timeout_ns, &mut cx.as_cx());
         }
     }
