@@ -151,6 +151,7 @@ pub fn publish_totals(metrics: &PipelineMetrics, counters: &AgentCounters) {
         ("oversized_heads", streams.http.oversized_heads),
         ("connections_evicted", streams.connections_evicted),
         ("requests_shed_over_memory", streams.shed_requests),
+        ("amqp_messages_shed_over_memory", streams.shed_messages),
         (
             "pending_requests_overflow",
             streams.http.pairing.pending_overflow,
@@ -163,6 +164,7 @@ pub fn publish_totals(metrics: &PipelineMetrics, counters: &AgentCounters) {
         ("amqp_unsettled_overflow", streams.amqp.unsettled_overflow),
         ("sampling_ceiling", pipeline.sampling.dropped_ceiling),
         ("export_queue_full", export.dropped_queue_full),
+        ("export_queue_bytes", export.dropped_queue_bytes),
         ("export_failed", export.dropped_failed),
     ];
     metrics.set_totals(&PipelineTotals {

@@ -2,7 +2,8 @@
 //! lines on stdout, and go to in-process consumers (the lifecycle monitor).
 //!
 //! The traced apps must never wait for a backend: [`ExportHandle::submit`] puts a span in a
-//! bounded queue and returns; a full queue drops the span and counts it. One task drains the
+//! queue bounded in spans and in bytes (the spans' estimated size, until their batch is
+//! sent or given up) and returns; a full queue drops the span and counts it. One task drains the
 //! queue in batches and retries failed batches with exponential backoff, while new spans keep
 //! queueing (and, when the endpoint stays down, dropping, counted).
 
@@ -10,9 +11,10 @@ mod config;
 mod env;
 mod lines;
 mod otlp;
+mod size;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -42,6 +44,9 @@ pub struct ExportCounters {
     pub exported: u64,
     /// Spans dropped because the queue was full (endpoint slow or down).
     pub dropped_queue_full: u64,
+    /// Spans dropped because the queue held `max_queue_bytes` already (large spans, endpoint
+    /// slow or down).
+    pub dropped_queue_bytes: u64,
     /// Spans dropped because their batch failed for good.
     pub dropped_failed: u64,
     /// Spans the endpoint said it rejected (OTLP partial success).
@@ -55,11 +60,14 @@ pub struct ExportCounters {
 struct Stats {
     exported: AtomicU64,
     dropped_queue_full: AtomicU64,
+    dropped_queue_bytes: AtomicU64,
     dropped_failed: AtomicU64,
     rejected: AtomicU64,
     batches: AtomicU64,
     failed_batches: AtomicU64,
     retries: AtomicU64,
+    /// Estimated bytes of the spans queued or in the batch being sent.
+    queued_bytes: AtomicUsize,
 }
 
 impl Stats {
@@ -67,11 +75,25 @@ impl Stats {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Counts `bytes` in the queue unless that would pass `max`.
+    fn reserve(&self, bytes: usize, max: usize) -> bool {
+        self.queued_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |queued| {
+                queued.checked_add(bytes).filter(|total| *total <= max)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: usize) {
+        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
     fn snapshot(&self) -> ExportCounters {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         ExportCounters {
             exported: get(&self.exported),
             dropped_queue_full: get(&self.dropped_queue_full),
+            dropped_queue_bytes: get(&self.dropped_queue_bytes),
             dropped_failed: get(&self.dropped_failed),
             rejected: get(&self.rejected),
             batches: get(&self.batches),
@@ -82,7 +104,8 @@ impl Stats {
 }
 
 enum Command {
-    Span(SpanRecord),
+    /// A span and the bytes reserved for it.
+    Span(SpanRecord, usize),
     /// Send what is queued, then answer.
     Flush(oneshot::Sender<()>),
 }
@@ -92,19 +115,33 @@ enum Command {
 pub struct ExportHandle {
     tx: Option<mpsc::Sender<Command>>,
     stats: Arc<Stats>,
+    max_bytes: usize,
 }
 
 impl ExportHandle {
-    /// Queues a span for export, or drops and counts it when the queue is full.
+    /// Queues a span for export, or drops and counts it when the queue is full (in spans or
+    /// in bytes).
     pub fn submit(&self, span: SpanRecord) {
         let Some(tx) = &self.tx else { return };
-        if tx.try_send(Command::Span(span)).is_err() {
+        let bytes = size::span_bytes(&span);
+        if !self.stats.reserve(bytes, self.max_bytes) {
+            Stats::add(&self.stats.dropped_queue_bytes, 1);
+            return;
+        }
+        if tx.try_send(Command::Span(span, bytes)).is_err() {
+            self.stats.release(bytes);
             Stats::add(&self.stats.dropped_queue_full, 1);
         }
     }
 
     pub fn counters(&self) -> ExportCounters {
         self.stats.snapshot()
+    }
+
+    /// Estimated bytes of the spans waiting for export (queued, or in the batch being sent
+    /// or retried): at most `max_queue_bytes`.
+    pub fn queued_bytes(&self) -> usize {
+        self.stats.queued_bytes.load(Ordering::Relaxed)
     }
 }
 
@@ -131,6 +168,7 @@ impl Exporter {
                     handle: ExportHandle {
                         tx: None,
                         stats: Arc::default(),
+                        max_bytes: 0,
                     },
                     task: None,
                 });
@@ -155,6 +193,7 @@ impl Exporter {
             rx,
             backend,
             stats: stats.clone(),
+            batch_bytes: 0,
             batch_size: config.batch_size.max(1),
             flush_every: Duration::from_millis(config.flush_interval_ms.max(1)),
             max_retries: config.max_retries,
@@ -170,6 +209,7 @@ impl Exporter {
             handle: ExportHandle {
                 tx: Some(tx),
                 stats,
+                max_bytes: config.max_queue_bytes,
             },
             task: Some(task),
         }
@@ -206,6 +246,9 @@ struct Worker {
     rx: mpsc::Receiver<Command>,
     backend: Backend,
     stats: Arc<Stats>,
+    /// The bytes reserved for the spans of the batch: they stay counted in the queue's
+    /// bound until the batch is sent or given up (a dead endpoint's retries hold it).
+    batch_bytes: usize,
     batch_size: usize,
     flush_every: Duration,
     max_retries: u32,
@@ -229,8 +272,9 @@ impl Worker {
                 }
             };
             match command {
-                Some(Command::Span(span)) => {
+                Some(Command::Span(span, bytes)) => {
                     batch.push(span);
+                    self.batch_bytes += bytes;
                     if batch.len() >= self.batch_size {
                         self.send(&mut batch).await;
                         deadline = tokio::time::Instant::now() + self.flush_every;
@@ -295,6 +339,7 @@ impl Worker {
             }
         }
         batch.clear();
+        self.stats.release(std::mem::take(&mut self.batch_bytes));
     }
 }
 

@@ -206,6 +206,73 @@ async fn dead_endpoint_then_recovery(kind: ExportKind) {
     assert_eq!(exporter.shutdown(WAIT).await.exported, 3);
 }
 
+/// Spans with large attributes against a dead endpoint: what the exporter holds (queued and
+/// being retried) stays within `max_queue_bytes` at every moment, and every span beyond it
+/// is dropped and counted.
+async fn large_spans_stay_within_the_byte_bound(kind: ExportKind) {
+    let (grpc_addr, http_addr) = (free_port(), free_port());
+    let endpoint = match kind {
+        ExportKind::OtlpGrpc => format!("http://{grpc_addr}"),
+        _ => format!("http://{http_addr}/v1/traces"),
+    };
+    let max = 256 * 1024;
+    let config = ExportConfig {
+        queue_size: 4096,
+        max_queue_bytes: max,
+        batch_size: 4,
+        max_retries: 2,
+        retry_backoff_ms: 10,
+        timeout_ms: 2_000,
+        ..otlp_config(kind, endpoint)
+    };
+    config.validate().unwrap();
+    let exporter = Exporter::start(&config).unwrap();
+    let handle = exporter.handle();
+    let mut spans = order_spans("SO-8");
+    for span in &mut spans {
+        let big = tracer::spans::AttrValue::Str("u".repeat(20 * 1024));
+        span.attributes.insert("url.full".into(), big);
+    }
+    let total = 600;
+    for i in 0..total {
+        handle.submit(spans[i % spans.len()].clone());
+        let held = handle.queued_bytes();
+        assert!(held <= max, "{held} bytes held after span {i}");
+        if i % 16 == 0 {
+            // Let the export task take batches and fail them meanwhile.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    assert!(exporter.flush(WAIT).await);
+    let down = handle.counters();
+    assert_eq!(down.exported, 0);
+    assert!(down.dropped_queue_bytes > 0, "{down:?}");
+    assert_eq!(
+        down.dropped_queue_full, 0,
+        "the span count never bound: {down:?}"
+    );
+    assert_eq!(
+        down.dropped_queue_bytes + down.dropped_failed,
+        total as u64,
+        "every span accounted for: {down:?}"
+    );
+    assert_eq!(
+        handle.queued_bytes(),
+        0,
+        "given-up batches give their bytes back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_spans_to_a_dead_grpc_endpoint_stay_within_the_byte_bound() {
+    large_spans_stay_within_the_byte_bound(ExportKind::OtlpGrpc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_spans_to_a_dead_http_endpoint_stay_within_the_byte_bound() {
+    large_spans_stay_within_the_byte_bound(ExportKind::OtlpHttp).await;
+}
+
 #[tokio::test]
 async fn a_dead_grpc_endpoint_drops_and_counts_then_recovers() {
     dead_endpoint_then_recovery(ExportKind::OtlpGrpc).await;

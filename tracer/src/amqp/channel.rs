@@ -63,6 +63,22 @@ struct Assembling {
     start_ns: u64,
 }
 
+impl Assembling {
+    /// What the message holds against the stage's byte budget: its names, properties and
+    /// body prefix so far (what a [`Transfer`] made of it will hold).
+    fn held_bytes(&self) -> usize {
+        self.exchange.len()
+            + self.routing_key.len()
+            + self.properties.as_ref().map_or(0, Properties::encoded_len)
+            + self.body.len()
+    }
+}
+
+/// What a message waiting for its settlement holds against the stage's byte budget.
+fn transfer_bytes(t: &Transfer) -> usize {
+    t.exchange.len() + t.routing_key.len() + t.properties.encoded_len() + t.body.len()
+}
+
 #[derive(Debug)]
 struct Consumer {
     tag: Bytes,
@@ -88,6 +104,9 @@ pub(super) struct Channel {
     tags_unknown: bool,
     next_tag: u64,
     assembling: [Option<Assembling>; 2],
+    /// Per way: the highest tag of a waiting message shed over the byte budget, so that its
+    /// settlement, when it comes, is not counted unpaired.
+    shed_up_to: [u64; 2],
     unconfirmed: VecDeque<Waiting>,
     unacked: VecDeque<Waiting>,
     consumers: Vec<Consumer>,
@@ -102,11 +121,27 @@ pub(super) struct Cx<'a, 'e> {
     pub max_unsettled: usize,
     /// Messages waiting on the whole connection.
     pub waiting: &'a mut usize,
+    /// Bytes the connection's messages (assembling or waiting) hold.
+    pub held: &'a mut usize,
     pub counters: &'e mut Counters,
     pub out: &'e mut Vec<Record>,
 }
 
 impl Cx<'_, '_> {
+    fn hold(&mut self, n: usize) {
+        *self.held += n;
+    }
+
+    fn release(&mut self, n: usize) {
+        *self.held = self.held.saturating_sub(n);
+    }
+
+    /// A waiting message leaves the connection (settled, given up or shed).
+    fn unwait(&mut self, waiting: &Waiting) {
+        *self.waiting -= 1;
+        self.release(transfer_bytes(&waiting.transfer));
+    }
+
     fn emit(&mut self, mut transfer: Transfer, settlement: Settlement, ts_ns: u64) {
         transfer.settlement = settlement;
         transfer.end_ns = ts_ns.max(transfer.start_ns);
@@ -201,6 +236,7 @@ impl Channel {
         cx: &mut Cx<'_, '_>,
     ) {
         self.abandon(way, cx);
+        cx.hold(exchange.len() + routing_key.len());
         self.assembling[way.slot()] = Some(Assembling {
             begun,
             exchange,
@@ -217,6 +253,7 @@ impl Channel {
     /// A message whose content never fully came: its publish still counts for confirms.
     fn abandon(&mut self, way: Way, cx: &mut Cx<'_, '_>) {
         if let Some(message) = self.assembling[way.slot()].take() {
+            cx.release(message.held_bytes());
             cx.counters.incomplete_messages += 1;
             if matches!(message.begun, Begun::Publish) && self.confirm {
                 self.next_tag += 1;
@@ -236,7 +273,11 @@ impl Channel {
         let Some(message) = &mut self.assembling[way.slot()] else {
             return false;
         };
-        message.properties = Some(properties);
+        cx.hold(properties.encoded_len());
+        if let Some(old) = message.properties.replace(properties) {
+            // A second content header for one method: the first one's bytes are gone.
+            cx.release(old.encoded_len());
+        }
         message.body_size = body_size;
         if body_size == 0 {
             self.complete(way, ts_ns, cx);
@@ -255,7 +296,9 @@ impl Channel {
             message.truncated = true;
         }
         if room > 0 {
-            message.body.push(piece.slice(..piece.len().min(room)));
+            let kept = piece.len().min(room);
+            message.body.push(piece.slice(..kept));
+            cx.hold(kept);
         }
         if message.received >= message.body_size {
             self.complete(way, ts_ns, cx);
@@ -286,6 +329,7 @@ impl Channel {
         let Some(message) = self.assembling[way.slot()].take() else {
             return;
         };
+        cx.release(message.held_bytes());
         let (operation, queue, tag, redelivered, no_ack) = match &message.begun {
             Begun::Publish | Begun::Return { .. } => (Operation::Publish, None, None, false, false),
             Begun::Deliver {
@@ -391,6 +435,7 @@ impl Channel {
             return;
         }
         *cx.waiting += 1;
+        cx.hold(transfer_bytes(&waiting.transfer));
         match from {
             Way::FromBroker => self.unconfirmed.push_back(waiting),
             Way::ToBroker => self.unacked.push_back(waiting),
@@ -415,7 +460,7 @@ impl Channel {
         let mut settled = 0;
         let mut emit = |waiting: Waiting, cx: &mut Cx<'_, '_>| {
             settled += 1;
-            *cx.waiting -= 1;
+            cx.unwait(&waiting);
             let outcome = waiting.returned.map_or(settlement, |reply_code| {
                 resolve_returned(settlement, reply_code)
             });
@@ -435,7 +480,8 @@ impl Channel {
         {
             emit(waiting, cx);
         }
-        if settled == 0 {
+        let shed = tag != 0 && tag <= self.shed_up_to[way.slot()];
+        if settled == 0 && !shed {
             cx.counters.unpaired_settlements += 1;
         }
     }
@@ -453,12 +499,13 @@ impl Channel {
     /// The channel (or the connection) ended: what waits is reported with `settlement`.
     pub fn end(&mut self, settlement: Settlement, ts_ns: u64, cx: &mut Cx<'_, '_>) {
         for way in [Way::ToBroker, Way::FromBroker] {
-            if self.assembling[way.slot()].take().is_some() {
+            if let Some(message) = self.assembling[way.slot()].take() {
+                cx.release(message.held_bytes());
                 cx.counters.incomplete_messages += 1;
             }
         }
         for waiting in self.unconfirmed.drain(..).chain(self.unacked.drain(..)) {
-            *cx.waiting -= 1;
+            cx.unwait(&waiting);
             cx.emit(waiting.transfer, settlement, ts_ns);
         }
     }
@@ -471,11 +518,51 @@ impl Channel {
                 .is_some_and(|w| w.transfer.end_ns.saturating_add(timeout_ns) <= now_ns)
             {
                 if let Some(waiting) = queue.pop_front() {
-                    *cx.waiting -= 1;
+                    cx.unwait(&waiting);
                     cx.emit(waiting.transfer, Settlement::Timeout, now_ns);
                 }
             }
         }
+    }
+
+    /// Drops the messages being assembled and those waiting for their settlement (the stage
+    /// is over its byte budget); returns how many. Settlements of the dropped ones that come
+    /// later are expected, not unpaired.
+    pub fn shed(&mut self, cx: &mut Cx<'_, '_>) -> usize {
+        let mut dropped = 0;
+        for message in self.assembling.iter_mut().filter_map(Option::take) {
+            cx.release(message.held_bytes());
+            dropped += 1;
+        }
+        for (way, queue) in [
+            (Way::FromBroker, &mut self.unconfirmed),
+            (Way::ToBroker, &mut self.unacked),
+        ] {
+            for waiting in queue.drain(..) {
+                let up_to = &mut self.shed_up_to[way.slot()];
+                *up_to = (*up_to).max(waiting.tag);
+                cx.unwait(&waiting);
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
+    #[cfg(test)]
+    pub fn recount_held(&self) -> usize {
+        let assembling: usize = self
+            .assembling
+            .iter()
+            .flatten()
+            .map(Assembling::held_bytes)
+            .sum();
+        let waiting: usize = self
+            .unconfirmed
+            .iter()
+            .chain(&self.unacked)
+            .map(|w| transfer_bytes(&w.transfer))
+            .sum();
+        assembling + waiting
     }
 
     pub fn is_idle(&self) -> bool {

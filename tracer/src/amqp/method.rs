@@ -288,6 +288,11 @@ impl Properties {
         }
     }
 
+    /// Bytes the properties hold, as sent.
+    pub fn encoded_len(&self) -> usize {
+        self.encoded.len()
+    }
+
     /// A text property by its 0-9-1 name (`message-id`, `correlation-id`, …).
     pub fn text(&self, name: &str) -> Option<Bytes> {
         match self.find(name)? {

@@ -32,6 +32,9 @@ pub(crate) struct Stream {
     channels: Vec<Channel>,
     /// Messages waiting for a confirm or an ack, over all channels.
     waiting: usize,
+    /// Bytes the messages being assembled and waiting hold, over all channels: kept as
+    /// they change, since the stage asks after every event.
+    held: usize,
 }
 
 fn slot(d: Direction) -> usize {
@@ -66,6 +69,7 @@ impl Stream {
             from_start: preface_from.is_some(),
             channels: Vec::new(),
             waiting: 0,
+            held: 0,
         };
         if let Some(d) = to_broker {
             stream.learn_sides(meta, d);
@@ -230,7 +234,13 @@ impl Stream {
             return;
         }
         if method == Method::ChannelOpen {
-            self.channels.retain(|c| c.id != channel);
+            // The id is reused: the old channel's close was missed, and what it still held
+            // ends as at a close.
+            if let Some(at) = self.channels.iter().position(|c| c.id == channel) {
+                let mut old = self.channels.swap_remove(at);
+                let (_, mut cx) = self.parts(meta, env);
+                old.end(Settlement::Reset, ts_ns, &mut cx.as_cx());
+            }
         }
         let from_start = self.from_start || method == Method::ChannelOpen;
         let (mut cx, ch) = self.channel_with(meta, channel, from_start, env);
@@ -361,15 +371,23 @@ impl Stream {
             }
             None => None,
         };
-        let channel = at.map(|at| &mut self.channels[at]);
-        (
-            ChannelCx {
-                meta,
-                waiting: &mut self.waiting,
-                env,
-            },
-            channel,
-        )
+        let (channels, cx) = self.parts(meta, env);
+        (cx, at.map(|at| &mut channels[at]))
+    }
+
+    /// The channels, and what they borrow of the connection and the stage while they work.
+    fn parts<'s, 'e, 'm>(
+        &'s mut self,
+        meta: &'m ConnMeta,
+        env: &'s mut Env<'e>,
+    ) -> (&'s mut Vec<Channel>, ChannelCx<'s, 'm, 'e>) {
+        let cx = ChannelCx {
+            meta,
+            waiting: &mut self.waiting,
+            held: &mut self.held,
+            env,
+        };
+        (&mut self.channels, cx)
     }
 
     fn frame_lost(&mut self, meta: &ConnMeta, d: Direction, channel: u16, env: &mut Env<'_>) {
@@ -394,6 +412,31 @@ impl Stream {
                 ch.publishes_lost();
             }
         }
+    }
+
+    /// Bytes the connection's messages hold against the stage's byte budget: those being
+    /// assembled (names, properties, body prefix) and those waiting for their settlement.
+    pub fn held_bytes(&self) -> usize {
+        self.held
+    }
+
+    /// Drops every message being assembled or waiting (the stage is over its byte budget);
+    /// returns how many. `buffered`: per direction (send, recv), whether the caller's buffer
+    /// held part of a frame, now dropped: that direction looks for its next frames, the
+    /// other keeps its place (bodies are never buffered, so it may be inside one).
+    pub fn shed(&mut self, meta: &ConnMeta, buffered: [bool; 2], env: &mut Env<'_>) -> usize {
+        for d in [Direction::Send, Direction::Recv] {
+            if buffered[slot(d)] {
+                self.lose_sync(d, env);
+            }
+        }
+        let (channels, mut cx) = self.parts(meta, env);
+        channels.iter_mut().map(|ch| ch.shed(&mut cx.as_cx())).sum()
+    }
+
+    #[cfg(test)]
+    pub fn recount_held(&self) -> usize {
+        self.channels.iter().map(Channel::recount_held).sum()
     }
 
     /// `n` bytes of direction `d` were not captured; `buffered` is what the caller holds of
@@ -433,15 +476,11 @@ impl Stream {
 
     /// The connection closed: every message still waiting is reported as reset.
     pub fn close(&mut self, meta: &ConnMeta, ts_ns: u64, env: &mut Env<'_>) {
-        for ch in &mut self.channels {
-            let mut cx = ChannelCx {
-                meta,
-                waiting: &mut self.waiting,
-                env,
-            };
+        let (channels, mut cx) = self.parts(meta, env);
+        for ch in channels.iter_mut() {
             ch.end(Settlement::Reset, ts_ns, &mut cx.as_cx());
         }
-        self.channels.clear();
+        channels.clear();
     }
 
     /// Gives up on messages unsettled for `timeout_ns`.
@@ -449,12 +488,8 @@ impl Stream {
         if self.waiting == 0 {
             return;
         }
-        for ch in self.channels.iter_mut().filter(|c| !c.is_idle()) {
-            let mut cx = ChannelCx {
-                meta,
-                waiting: &mut self.waiting,
-                env,
-            };
+        let (channels, mut cx) = self.parts(meta, env);
+        for ch in channels.iter_mut().filter(|c| !c.is_idle()) {
             ch.expire(now_ns, timeout_ns, &mut cx.as_cx());
         }
     }
@@ -464,6 +499,7 @@ impl Stream {
 pub(super) struct ChannelCx<'s, 'm, 'e> {
     meta: &'m ConnMeta,
     waiting: &'s mut usize,
+    held: &'s mut usize,
     env: &'s mut Env<'e>,
 }
 
@@ -474,6 +510,7 @@ impl ChannelCx<'_, '_, '_> {
             max_body_bytes: self.env.max_body_bytes,
             max_unsettled: self.env.max_unsettled,
             waiting: self.waiting,
+            held: self.held,
             counters: self.env.counters,
             out: self.env.out,
         }

@@ -306,6 +306,18 @@ fn meta(role: Role) -> ConnMeta {
     }
 }
 
+/// The bounds every [`Driver`] runs with.
+fn driver_env<'a>(counters: &'a mut Counters, out: &'a mut Vec<Record>) -> Env<'a> {
+    Env {
+        max_frame_bytes: 16 * 1024,
+        max_body_bytes: 1024,
+        max_unsettled: 64,
+        max_buffered_bytes: 64 * 1024,
+        counters,
+        out,
+    }
+}
+
 /// Drives a [`Stream`] the way `streams` does: whole units parsed from each piece, the
 /// rest buffered.
 pub(crate) struct Driver {
@@ -328,14 +340,7 @@ impl Driver {
     }
 
     pub fn feed(&mut self, d: Direction, piece: &[u8], ts: u64) {
-        let mut env = Env {
-            max_frame_bytes: 16 * 1024,
-            max_body_bytes: 1024,
-            max_unsettled: 64,
-            max_buffered_bytes: 64 * 1024,
-            counters: &mut self.counters,
-            out: &mut self.out,
-        };
+        let mut env = driver_env(&mut self.counters, &mut self.out);
         let stream = self
             .stream
             .get_or_insert_with(|| Stream::new(&mut self.meta, None, &mut env));
@@ -343,17 +348,15 @@ impl Driver {
         buf.extend_from_slice(piece);
         stream.run(&mut self.meta, d, buf, ts, &mut env);
         assert!(buf.len() <= 64 * 1024, "buffer bounded");
+        assert_eq!(
+            stream.held_bytes(),
+            stream.recount_held(),
+            "held kept exact"
+        );
     }
 
     pub fn gap(&mut self, d: Direction, n: u64, ts: u64) {
-        let mut env = Env {
-            max_frame_bytes: 16 * 1024,
-            max_body_bytes: 1024,
-            max_unsettled: 64,
-            max_buffered_bytes: 64 * 1024,
-            counters: &mut self.counters,
-            out: &mut self.out,
-        };
+        let mut env = driver_env(&mut self.counters, &mut self.out);
         let buf = &mut self.bufs[usize::from(d == Direction::Recv)];
         if let Some(stream) = &mut self.stream
             && stream.gap(&self.meta, d, n, buf, ts, &mut env)
@@ -363,17 +366,36 @@ impl Driver {
     }
 
     pub fn close(&mut self, ts: u64) {
-        let mut env = Env {
-            max_frame_bytes: 16 * 1024,
-            max_body_bytes: 1024,
-            max_unsettled: 64,
-            max_buffered_bytes: 64 * 1024,
-            counters: &mut self.counters,
-            out: &mut self.out,
-        };
+        let mut env = driver_env(&mut self.counters, &mut self.out);
         if let Some(stream) = &mut self.stream {
             stream.close(&self.meta, ts, &mut env);
+            assert_eq!(stream.held_bytes(), 0, "a closed connection holds nothing");
         }
+    }
+
+    /// Sheds what the connection holds, as `streams` does over its byte budget; the
+    /// buffers of partial frames go too.
+    pub fn shed(&mut self) -> usize {
+        let mut env = driver_env(&mut self.counters, &mut self.out);
+        let buffered = self.bufs.each_mut().map(|b| {
+            let held = !b.is_empty();
+            b.clear();
+            held
+        });
+        let Some(stream) = &mut self.stream else {
+            return 0;
+        };
+        let dropped = stream.shed(&self.meta, buffered, &mut env);
+        assert_eq!(
+            stream.held_bytes(),
+            0,
+            "shedding gives back all that was held"
+        );
+        dropped
+    }
+
+    pub fn held_bytes(&self) -> usize {
+        self.stream.as_ref().map_or(0, Stream::held_bytes)
     }
 
     pub fn transfers(&self) -> Vec<&Transfer> {
@@ -592,6 +614,41 @@ fn unsettled_messages_are_reset_at_close_and_bounded() {
             .all(|t| t.settlement == Settlement::Reset)
     );
     assert_eq!(run.counters.unsettled_overflow, 36);
+}
+
+#[test]
+fn unsettled_messages_are_held_until_settled_or_shed() {
+    let body = [b'b'; 900];
+    let mut run = Driver::new(Role::Client);
+    run.feed(Direction::Send, PREFACE, 1);
+    run.feed(Direction::Send, &method(1, 85, 10, &[0]), 2);
+    for i in 0..10 {
+        run.feed(Direction::Send, &publish(1, "x", "k", &body, "m"), 3 + i);
+    }
+    // Each waits with its names, properties and body prefix.
+    let held = run.held_bytes();
+    assert!((10 * 900..10 * 1000).contains(&held), "{held}");
+    run.feed(Direction::Recv, &ack(1, 4, true), 20);
+    assert_eq!(run.transfers().len(), 4);
+    assert_eq!(run.held_bytes(), held / 10 * 6);
+    assert_eq!(run.shed(), 6);
+    assert_eq!(run.held_bytes(), 0);
+    // No frame was cut: both directions keep their place and the numbering. The confirms
+    // of the shed ones are expected, not unpaired; the next publishes pair as before.
+    run.feed(Direction::Recv, &ack(1, 10, true), 30);
+    run.feed(Direction::Send, &publish(1, "x", "k", &body, "m"), 31);
+    run.feed(Direction::Send, &publish(1, "x", "k", &body, "m"), 32);
+    run.feed(Direction::Recv, &ack(1, 12, true), 33);
+    run.close(40);
+    assert_eq!(run.counters.unpaired_settlements, 0);
+    assert_eq!(run.counters.resyncs, 0);
+    let tags: Vec<_> = run.transfers().iter().map(|t| t.delivery_tag).collect();
+    assert_eq!(tags[4..], [Some(11), Some(12)]);
+    assert!(
+        run.transfers()
+            .iter()
+            .all(|t| t.settlement == Settlement::Acked)
+    );
 }
 
 proptest::proptest! {

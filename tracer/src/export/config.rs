@@ -75,6 +75,12 @@ pub struct ExportConfig {
     /// Spans waiting for export; beyond it new spans are dropped and counted, never waited for.
     #[serde(default = "default_queue_size")]
     pub queue_size: usize,
+    /// Bytes the spans waiting for export may hold (estimated from their names and
+    /// attributes), the batch being sent or retried included; beyond it new spans are dropped
+    /// and counted (`dropped_queue_bytes`). Bounds the agent's memory when spans are large
+    /// and the endpoint is down.
+    #[serde(default = "default_max_queue_bytes")]
+    pub max_queue_bytes: usize,
     /// Most spans per export request.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
@@ -108,6 +114,11 @@ fn default_timeout_ms() -> u64 {
 fn default_queue_size() -> usize {
     65_536
 }
+fn default_max_queue_bytes() -> usize {
+    32 << 20
+}
+/// Room for one large span: a smaller byte bound would drop them all.
+const MIN_QUEUE_BYTES: usize = 64 * 1024;
 fn default_batch_size() -> usize {
     512
 }
@@ -139,6 +150,7 @@ impl Default for ExportConfig {
             insecure: false,
             timeout_ms: default_timeout_ms(),
             queue_size: default_queue_size(),
+            max_queue_bytes: default_max_queue_bytes(),
             batch_size: default_batch_size(),
             flush_interval_ms: default_flush_ms(),
             max_retries: default_retries(),
@@ -165,6 +177,7 @@ impl fmt::Debug for ExportConfig {
             .field("insecure", &self.insecure)
             .field("timeout_ms", &self.timeout_ms)
             .field("queue_size", &self.queue_size)
+            .field("max_queue_bytes", &self.max_queue_bytes)
             .field("batch_size", &self.batch_size)
             .field("flush_interval_ms", &self.flush_interval_ms)
             .field("max_retries", &self.max_retries)
@@ -191,6 +204,13 @@ impl ExportConfig {
         }
         if self.queue_size > 10_000_000 || self.batch_size > self.queue_size {
             return Err("export: keep batch_size <= queue_size <= 10000000".into());
+        }
+        if self.max_queue_bytes < MIN_QUEUE_BYTES {
+            return Err(format!(
+                "export: max_queue_bytes ({}) must be at least {MIN_QUEUE_BYTES}: room for a \
+                 large span",
+                self.max_queue_bytes
+            ));
         }
         if self.client_cert.is_some() != self.client_key.is_some() {
             return Err(

@@ -465,6 +465,31 @@ fn record(service: &str, name: &str) -> SpanRecord {
 }
 
 #[test]
+fn a_span_is_estimated_at_least_at_what_its_text_holds() {
+    let small = record("a", "1");
+    let mut large = small.clone();
+    large
+        .attributes
+        .insert("url.full".into(), AttrValue::Str("u".repeat(10_000)));
+    let (small, large) = (size::span_bytes(&small), size::span_bytes(&large));
+    assert!(small >= std::mem::size_of::<SpanRecord>());
+    assert!(large >= small + 10_000, "{small} {large}");
+    assert!(large < small + 10_200, "{small} {large}");
+}
+
+#[test]
+fn max_queue_bytes_parses_and_must_fit_a_span() {
+    let config: ExportConfig = toml::from_str("max_queue_bytes = 1048576\n").unwrap();
+    assert_eq!(config.max_queue_bytes, 1 << 20);
+    assert_eq!(ExportConfig::default().max_queue_bytes, 32 << 20);
+    let tiny = ExportConfig {
+        max_queue_bytes: 100,
+        ..ExportConfig::default()
+    };
+    assert!(tiny.validate().unwrap_err().contains("max_queue_bytes"));
+}
+
+#[test]
 fn requests_group_spans_by_resource() {
     let request = to_request(&[record("a", "1"), record("b", "2"), record("a", "3")]);
     let names: Vec<Vec<&str>> = request

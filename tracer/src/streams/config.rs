@@ -13,10 +13,12 @@ pub struct StreamsConfig {
     /// Connections followed at once. A new one beyond this makes the agent forget the least
     /// recently active (`connections_evicted`).
     pub max_connections: usize,
-    /// Bytes held over all connections at once: reassembly buffers and the HTTP messages
-    /// being assembled (heads, body prefixes). Beyond it the largest holders drop what they
-    /// hold, whole messages at a time, and resync (`connections_shed`, `shed_bytes`,
-    /// `shed_requests`): an agent facing many slow, huge messages stays within its memory.
+    /// Bytes held over all connections at once: reassembly buffers (partial frames
+    /// included), the HTTP messages being assembled (heads, body prefixes) and the AMQP
+    /// messages being assembled or waiting for their settlement (names, properties, body
+    /// prefixes). Beyond it the largest holders drop what they hold, whole messages at a
+    /// time, and resync (`connections_shed`, `shed_bytes`, `shed_requests`,
+    /// `shed_messages`): an agent facing many slow, huge messages stays within its memory.
     /// At least `max_buffered_bytes` + `max_body_bytes`, so one connection fits.
     pub max_total_bytes: usize,
     /// Bytes held per connection and direction while a head, a chunk-size line or a
@@ -46,7 +48,8 @@ pub struct StreamsConfig {
     /// consumer that never acks (an overloaded one) shows as such.
     pub ack_timeout_ms: u64,
     /// AMQP: messages waiting for a confirm or an ack on one connection; more are dropped
-    /// (`unsettled_overflow`). Set it above the consumers' prefetch.
+    /// (`unsettled_overflow`). Set it above the consumers' prefetch. Their bytes count in
+    /// `max_total_bytes` too.
     pub max_unsettled_messages: usize,
 }
 

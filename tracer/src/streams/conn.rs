@@ -27,6 +27,15 @@ pub(super) struct Conn {
     pub accounted: usize,
 }
 
+/// What [`Conn::shed`] dropped besides bytes.
+#[derive(Debug, Default)]
+pub(super) struct Shed {
+    /// HTTP requests (a head still coming counts as one).
+    pub requests: usize,
+    /// AMQP messages being assembled or waiting for their settlement.
+    pub messages: usize,
+}
+
 /// How long records may wait for their end, per protocol.
 pub(super) struct Timeouts {
     pub response_ns: u64,
@@ -71,32 +80,34 @@ impl Conn {
     }
 
     /// What the connection holds against `[streams] max_total_bytes`: its buffers (their
-    /// allocation) and the HTTP messages being assembled. AMQP messages waiting for their
-    /// settlement are bounded per connection by `max_unsettled_messages` instead.
+    /// allocation, partial frames included), the HTTP messages being assembled, and the
+    /// AMQP messages being assembled or waiting for their settlement.
     pub fn held_bytes(&self) -> usize {
         let messages = match &self.protocol {
             Protocol::Http(stream) => stream.held_bytes(),
-            Protocol::Amqp(_) | Protocol::Ignored => 0,
+            Protocol::Amqp(stream) => stream.held_bytes(),
+            Protocol::Ignored => 0,
         };
         self.send.buf.capacity() + self.recv.buf.capacity() + messages
     }
 
     /// Drops everything the connection holds (the stage is over its byte budget): buffers and
-    /// messages being assembled, whole; each direction then looks for the next message start.
-    /// Returns the HTTP requests dropped (a head still coming counts as one).
-    pub fn shed(&mut self, env: &mut Env<'_>) -> usize {
+    /// messages being assembled or waiting, whole; a direction whose buffer held part of a
+    /// unit then looks for the next message start.
+    pub fn shed(&mut self, env: &mut Env<'_>) -> Shed {
         let buffered = [!self.send.buf.is_empty(), !self.recv.buf.is_empty()];
         self.send = Dir::default();
         self.recv = Dir::default();
         match &mut self.protocol {
-            Protocol::Http(stream) => stream.shed(buffered, &mut env.http()),
-            Protocol::Amqp(stream) => {
-                for d in [Direction::Send, Direction::Recv] {
-                    stream.lose_sync(d, &mut env.amqp());
-                }
-                0
-            }
-            Protocol::Ignored => 0,
+            Protocol::Http(stream) => Shed {
+                requests: stream.shed(buffered, &mut env.http()),
+                messages: 0,
+            },
+            Protocol::Amqp(stream) => Shed {
+                requests: 0,
+                messages: stream.shed(&self.meta, buffered, &mut env.amqp()),
+            },
+            Protocol::Ignored => Shed::default(),
         }
     }
 

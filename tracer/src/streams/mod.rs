@@ -51,6 +51,9 @@ pub struct StreamCounters {
     /// HTTP requests dropped with them, their heads read whole or in part (no exchange is
     /// reported for them).
     pub shed_requests: u64,
+    /// AMQP messages dropped with them, being assembled or waiting for their settlement (no
+    /// transfer is reported for them).
+    pub shed_messages: u64,
     #[serde(flatten)]
     pub http: http::Counters,
     pub amqp: amqp::Counters,
@@ -133,8 +136,8 @@ impl Streams {
         self.conns.values().map(Conn::buffered_bytes).sum()
     }
 
-    /// Bytes held against `max_total_bytes`: buffer allocations and the HTTP messages being
-    /// assembled, over all connections.
+    /// Bytes held against `max_total_bytes`: buffer allocations and the messages being
+    /// assembled or (AMQP) waiting for their settlement, over all connections.
     pub fn held_bytes(&self) -> usize {
         self.held
     }
@@ -279,11 +282,12 @@ fn shed(conns: &mut LinkedHashMap<ConnKey, Conn>, held: &mut usize, env: &mut En
             continue;
         };
         let before = conn.accounted;
-        let requests = conn.shed(env);
+        let dropped = conn.shed(env);
         account(held, conn);
         env.counters.connections_shed += 1;
         env.counters.shed_bytes += before.saturating_sub(conn.accounted) as u64;
-        env.counters.shed_requests += requests as u64;
+        env.counters.shed_requests += dropped.requests as u64;
+        env.counters.shed_messages += dropped.messages as u64;
     }
 }
 

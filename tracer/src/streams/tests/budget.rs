@@ -110,3 +110,55 @@ fn a_shed_connection_goes_on_with_its_next_message() {
     assert_eq!(exchanges[0].request.head.target, "/next");
     assert_eq!(exchanges[0].status(), Some(200));
 }
+
+#[test]
+fn amqp_messages_waiting_for_confirms_count_and_are_shed_whole() {
+    use crate::amqp::tests::{Writer, publish, publisher_conversation};
+    let mut run = Run::new(budget_config());
+    let (conns, publishes) = (40, 30);
+    let body = vec![b'j'; 4096];
+    // Handshake and `confirm.select` on channel 1, then publishes the broker never confirms.
+    let handshake: Vec<_> = publisher_conversation().into_iter().take(4).collect();
+    for i in 0..conns {
+        run.feed(open(key(i), Role::Client, 1));
+        for (from, bytes) in &handshake {
+            let d = match from {
+                Writer::Client => Direction::Send,
+                Writer::Broker => Direction::Recv,
+            };
+            run.feed(data(key(i), d, 2, bytes, bytes.len()));
+        }
+    }
+    for n in 0..publishes {
+        for i in 0..conns {
+            let message = publish(1, "shop.priced-orders", "priced.eu", &body, "m");
+            run.feed(data(
+                key(i),
+                Direction::Send,
+                10 + n,
+                &message,
+                message.len(),
+            ));
+            let held = run.streams.held_bytes();
+            assert!(held <= BUDGET, "{held} held");
+        }
+    }
+    let counters = run.streams.counters().clone();
+    assert!(counters.connections_shed > 0 && counters.shed_bytes > 0);
+    assert_eq!(counters.shed_requests, 0);
+    assert_eq!(counters.amqp.resyncs, 0, "no frame was cut by the shedding");
+    for i in 0..conns {
+        run.feed(close(key(i), 100));
+    }
+    assert_eq!(run.streams.held_bytes(), 0);
+    // Every publish is either reported (reset at the close) or counted shed, never both.
+    let reported = run
+        .out
+        .iter()
+        .filter(|r| matches!(r, Record::Amqp(_)))
+        .count() as u64;
+    assert_eq!(
+        reported + counters.shed_messages,
+        (conns as u64) * publishes
+    );
+}
