@@ -165,7 +165,11 @@ impl Agent {
                         .and_then(|v| v.parse::<u64>().ok())
                         .unwrap_or(0);
                 }
-            } else if line.split_whitespace().next().is_some_and(|f| f.contains('-')) {
+            } else if line
+                .split_whitespace()
+                .next()
+                .is_some_and(|f| f.contains('-'))
+            {
                 in_map = line.ends_with("anon_inode:bpf-map");
             }
         }
