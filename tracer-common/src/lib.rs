@@ -7,6 +7,7 @@
 /// Ring buffer entry classes. `bpf_ringbuf_reserve` needs a constant size, so the kernel
 /// picks the smallest class that fits the bytes it will copy; small requests then cost a
 /// small reservation instead of a full one.
+pub const PAYLOAD_TINY: usize = 256;
 pub const PAYLOAD_SMALL: usize = 512;
 pub const PAYLOAD_MEDIUM: usize = 4096;
 /// Upper bound of one captured chunk. The per-service caps (`Target`) may be lower, never
@@ -252,7 +253,9 @@ const _: () = assert!(core::mem::size_of::<SockInfo>() == 16);
 const _: () = assert!(core::mem::size_of::<Target>() == 8);
 const _: () = assert!(core::mem::size_of::<SslCall>() == 32);
 const _: () = assert!(core::mem::size_of::<SslKey>() == 16);
-const _: () = assert!(PAYLOAD_SMALL < PAYLOAD_MEDIUM && PAYLOAD_MEDIUM < PAYLOAD_MAX);
+const _: () = assert!(
+    PAYLOAD_TINY < PAYLOAD_SMALL && PAYLOAD_SMALL < PAYLOAD_MEDIUM && PAYLOAD_MEDIUM < PAYLOAD_MAX
+);
 const _: () = assert!(PAYLOAD_MAX <= u16::MAX as usize);
 
 #[cfg(feature = "user")]

@@ -3,8 +3,8 @@
 
 use aya_ebpf::helpers::generated::{bpf_ktime_get_ns, bpf_probe_read_user};
 use tracer_common::{
-    DataEvent, EventHeader, MAX_IOVECS, PAYLOAD_MAX, PAYLOAD_MEDIUM, PAYLOAD_SMALL, SockAddr,
-    SockInfo, config, counter, kind,
+    DataEvent, EventHeader, MAX_IOVECS, PAYLOAD_MAX, PAYLOAD_MEDIUM, PAYLOAD_SMALL, PAYLOAD_TINY,
+    SockAddr, SockInfo, config, counter, kind,
 };
 
 use crate::maps::{EVENTS, count, setting};
@@ -89,7 +89,9 @@ pub struct Buffers {
 
 /// One data event for the whole call: the start of its bytes, copied buffer after buffer, up
 /// to `origin.cap`; `len` says how many the call moved. (One event per call rather than per
-/// buffer: the ring operations, not the copies, are most of an event's cost.)
+/// buffer: the ring operations, not the copies, are most of an event's cost.) The entry is
+/// the smallest size class that holds the copy: the ring's room is counted in entries' full
+/// sizes, whatever they hold.
 #[inline(always)]
 pub fn data_event(origin: &Origin, bufs: &Buffers) {
     let want = if bufs.total > origin.cap {
@@ -98,13 +100,68 @@ pub fn data_event(origin: &Origin, bufs: &Buffers) {
     } else {
         bufs.total
     };
-    if want <= PAYLOAD_SMALL as u64 {
+    if bufs.count == 1 {
+        if want <= PAYLOAD_TINY as u64 {
+            single::<PAYLOAD_TINY>(origin, bufs, want);
+        } else if want <= PAYLOAD_SMALL as u64 {
+            single::<PAYLOAD_SMALL>(origin, bufs, want);
+        } else if want <= PAYLOAD_MEDIUM as u64 {
+            single::<PAYLOAD_MEDIUM>(origin, bufs, want);
+        } else {
+            single::<PAYLOAD_MAX>(origin, bufs, want);
+        }
+    } else if want <= PAYLOAD_TINY as u64 {
+        sized::<PAYLOAD_TINY, { 2 * PAYLOAD_TINY }>(origin, bufs, want);
+    } else if want <= PAYLOAD_SMALL as u64 {
         sized::<PAYLOAD_SMALL, { 2 * PAYLOAD_SMALL }>(origin, bufs, want);
     } else if want <= PAYLOAD_MEDIUM as u64 {
         sized::<PAYLOAD_MEDIUM, { 2 * PAYLOAD_MEDIUM }>(origin, bufs, want);
     } else {
         sized::<PAYLOAD_MAX, { 2 * PAYLOAD_MAX }>(origin, bufs, want);
     }
+}
+
+/// A one-buffer call into an entry of class `N`: its one copy starts at the payload's start,
+/// so the payload needs no slack.
+#[inline(always)]
+fn single<const N: usize>(origin: &Origin, bufs: &Buffers, want: u64) {
+    let Some(mut entry) = EVENTS.reserve::<DataEvent<N>>(0) else {
+        count(counter::RING_FULL);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // As in `sized`: an unsigned bound the verifier sees right before the copy.
+    // SAFETY: a read of a local.
+    let size = unsafe { core::ptr::read_volatile(&want) };
+    let size = if size > N as u64 {
+        N as u32
+    } else {
+        size as u32
+    };
+    // SAFETY: `event` points at a reserved entry whose payload holds `N ≥ size` bytes; a bad
+    // user pointer makes the helper fail, it never faults.
+    let failed = unsafe {
+        bpf_probe_read_user(
+            (*event).payload.as_mut_ptr().cast(),
+            size,
+            bufs.iov[0][0] as *const core::ffi::c_void,
+        )
+    } != 0;
+    let copied = if failed {
+        count(counter::READ_FAILED);
+        count(counter::IOVECS_CUT);
+        0
+    } else {
+        u64::from(size)
+    };
+    // SAFETY: the header is the entry's first field.
+    finish(
+        origin,
+        bufs,
+        unsafe { core::ptr::addr_of_mut!((*event).header) },
+        copied,
+    );
+    entry.submit(wakeup());
 }
 
 /// Copies into an entry of class `N` whose payload area is `SLACK = 2N` bytes: each copy
@@ -157,18 +214,35 @@ fn sized<const N: usize, const SLACK: usize>(origin: &Origin, bufs: &Buffers, wa
         count(counter::IOVECS_CUT);
     }
     // SAFETY: as above; the header is the entry's first field.
+    finish(
+        origin,
+        bufs,
+        unsafe { core::ptr::addr_of_mut!((*event).header) },
+        copied,
+    );
+    entry.submit(wakeup());
+}
+
+/// Fills a data entry's header once its payload is copied.
+#[inline(always)]
+fn finish(origin: &Origin, bufs: &Buffers, header: *mut EventHeader, copied: u64) {
+    origin.write_header(header, kind::DATA);
+    // SAFETY: `header` points into a reserved entry.
     unsafe {
-        let header = core::ptr::addr_of_mut!((*event).header);
-        origin.write_header(header, kind::DATA);
         (*header).direction = bufs.direction;
         (*header).len = bufs.total;
         (*header).captured = copied as u32;
     }
-    let pending = EVENTS.query(BPF_RB_AVAIL_DATA);
-    entry.submit(if pending >= setting(config::WAKEUP_BYTES) {
+    count(counter::DATA_EVENTS);
+}
+
+/// Wakes the agent only once a good part of the ring is waiting: a wake-up per event would
+/// cost the traced process an interrupt each.
+#[inline(always)]
+fn wakeup() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= setting(config::WAKEUP_BYTES) {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
-    });
-    count(counter::DATA_EVENTS);
+    }
 }

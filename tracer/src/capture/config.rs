@@ -28,6 +28,7 @@ pub struct CaptureConfig {
     pub body_bytes: u32,
     /// Kernel→agent ring buffer size in bytes: a power of two, 64 KiB … 1 GiB. When the
     /// agent falls behind, events that do not fit are dropped and counted (`ring_full`).
+    /// The agent's RSS shows it twice: the kernel maps its pages twice.
     pub ring_buffer_bytes: u32,
     /// How often /proc is scanned for new, restarted and exited targets.
     pub scan_interval_ms: u64,
@@ -74,7 +75,7 @@ impl Default for CaptureConfig {
             payload_cap: PAYLOAD_MAX as u32,
             head_bytes: 4096,
             body_bytes: 1024,
-            ring_buffer_bytes: 16 << 20,
+            ring_buffer_bytes: 8 << 20,
             scan_interval_ms: 1000,
             queue_batches: 256,
             tls: true,
