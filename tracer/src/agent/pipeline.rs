@@ -60,8 +60,11 @@ impl Pipeline {
             tokio::select! {
                 batch = events.recv() => match batch {
                     Some(batch) => {
+                        // Once the reader is gone (shutdown) nothing more comes: what is
+                        // queued is drained whole, not shed.
+                        let queued = if events.is_closed() { 0 } else { events.len() };
                         let backlog = Backlog {
-                            queued: events.len(),
+                            queued,
                             capacity: events.max_capacity(),
                         };
                         self.on_batch(batch, backlog);
