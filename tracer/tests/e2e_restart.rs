@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use monitor_common::{get_json, get_metrics, parse_time};
-use testbed_run::{Run, free_base_port, scratch};
-use tracer_run::{TracerRun, config, free_port, longest_limit};
+use testbed_run::{Run, free_base_port, free_port, scratch};
+use tracer_run::{TracerRun, config, longest_limit};
 
 /// What the API shows of one order: status, first seen, detections by id.
 #[derive(Debug, PartialEq)]

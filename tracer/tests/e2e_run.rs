@@ -22,9 +22,9 @@ use otlp_receiver::OtlpReceiver;
 use testbed::messagelog::read_message_log;
 use testbed::requestlog::read_request_log;
 use testbed::truth::read_truth;
-use testbed_run::{Run, free_base_port, scratch};
+use testbed_run::{Run, free_base_port, free_port, scratch};
 use tracer::lifecycle::MONITOR_SERVICE;
-use tracer_run::{TracerRun, config, free_port, longest_limit};
+use tracer_run::{TracerRun, config, longest_limit};
 
 /// One traced run at a time: two brokers and two agents side by side starve two cores.
 static ONE_RUN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

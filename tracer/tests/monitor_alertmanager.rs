@@ -6,6 +6,9 @@
 #[path = "support/alertmanager.rs"]
 mod alertmanager;
 mod monitor_common;
+// The Alertmanager helper takes its port from there.
+#[path = "support/testbed_run.rs"]
+mod testbed_run;
 
 use std::time::Duration;
 

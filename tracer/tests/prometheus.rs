@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use alertmanager::{free_port, spawn};
+use alertmanager::spawn;
 use serde_json::{Value, json};
-use testbed_run::{bin_dir, free_base_port, scratch};
+use testbed_run::{bin_dir, free_base_port, free_port, scratch};
 
 fn alerts_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/alerts")

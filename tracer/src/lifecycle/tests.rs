@@ -2,7 +2,7 @@
 //! detection, a healthy order none.
 
 use super::*;
-use crate::spans::{Attributes, order_root_span_id, order_trace_id};
+use crate::spans::{Attributes, SpanKind, SpanStatus, order_root_span_id, order_trace_id};
 
 #[path = "../../tests/monitor_common/walk.rs"]
 mod walk;

@@ -1,6 +1,6 @@
 use super::*;
 use crate::capture::Role;
-use crate::http::Outcome;
+use crate::http::{Exchange, Outcome};
 use crate::spans::fixtures::{ExchangeFixture, exchange};
 
 fn testbed() -> RuleSet {

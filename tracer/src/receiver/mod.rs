@@ -28,7 +28,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1 as otlp;
 use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -481,94 +480,19 @@ pub fn spans_from_otlp(request: &ExportTraceServiceRequest) -> Vec<SpanRecord> {
     out
 }
 
-fn key_values(attributes: &Attributes) -> Vec<KeyValue> {
-    attributes
-        .iter()
-        .map(|(key, value)| KeyValue {
-            key: key.to_string(),
-            value: Some(AnyValue {
-                value: Some(match value {
-                    AttrValue::Str(s) => any_value::Value::StringValue(s.clone()),
-                    AttrValue::Bool(b) => any_value::Value::BoolValue(*b),
-                    AttrValue::Int(i) => any_value::Value::IntValue(*i),
-                    AttrValue::Double(d) => any_value::Value::DoubleValue(*d),
-                }),
-            }),
-            ..Default::default()
-        })
-        .collect()
-}
-
-/// Spans → OTLP, one resource per distinct resource (the monitor's root spans; tests).
+/// Spans → OTLP as the exporter builds them, one resource per distinct resource (the
+/// monitor's root spans; tests), without the exporter's instrumentation scope: the monitor
+/// forwards its root spans upstream scope-less, as it always has.
 pub fn otlp_from_spans(spans: &[SpanRecord]) -> ExportTraceServiceRequest {
-    let mut groups: Vec<(&Attributes, Vec<otlp::Span>)> = Vec::new();
-    for span in spans {
-        let converted = otlp::Span {
-            trace_id: span.trace_id.to_vec(),
-            span_id: span.span_id.to_vec(),
-            parent_span_id: span.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
-            name: span.name.clone(),
-            kind: match span.kind {
-                SpanKind::Server => otlp::span::SpanKind::Server,
-                SpanKind::Client => otlp::span::SpanKind::Client,
-                SpanKind::Producer => otlp::span::SpanKind::Producer,
-                SpanKind::Consumer => otlp::span::SpanKind::Consumer,
-                SpanKind::Internal => otlp::span::SpanKind::Internal,
-            } as i32,
-            start_time_unix_nano: span.start_unix_nano,
-            end_time_unix_nano: span.end_unix_nano,
-            attributes: key_values(&span.attributes),
-            events: span
-                .events
-                .iter()
-                .map(|e| otlp::span::Event {
-                    time_unix_nano: e.time_unix_nano,
-                    name: e.name.clone(),
-                    attributes: key_values(&e.attributes),
-                    dropped_attributes_count: 0,
-                })
-                .collect(),
-            links: span
-                .links
-                .iter()
-                .map(|l| otlp::span::Link {
-                    trace_id: l.trace_id.to_vec(),
-                    span_id: l.span_id.to_vec(),
-                    ..Default::default()
-                })
-                .collect(),
-            status: Some(otlp::Status {
-                message: String::new(),
-                code: match span.status {
-                    SpanStatus::Unset => otlp::status::StatusCode::Unset,
-                    SpanStatus::Ok => otlp::status::StatusCode::Ok,
-                    SpanStatus::Error => otlp::status::StatusCode::Error,
-                } as i32,
-            }),
-            ..Default::default()
-        };
-        match groups.iter_mut().find(|(r, _)| *r == &span.resource) {
-            Some((_, list)) => list.push(converted),
-            None => groups.push((&span.resource, vec![converted])),
-        }
+    let mut request = crate::export::to_request(spans);
+    for scope_spans in request
+        .resource_spans
+        .iter_mut()
+        .flat_map(|resource_spans| &mut resource_spans.scope_spans)
+    {
+        scope_spans.scope = None;
     }
-    ExportTraceServiceRequest {
-        resource_spans: groups
-            .into_iter()
-            .map(|(resource, spans)| otlp::ResourceSpans {
-                resource: Some(Resource {
-                    attributes: key_values(resource),
-                    ..Default::default()
-                }),
-                scope_spans: vec![otlp::ScopeSpans {
-                    scope: None,
-                    spans,
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
-            })
-            .collect(),
-    }
+    request
 }
 
 /// Binds a listener with an error that names the flag to change.

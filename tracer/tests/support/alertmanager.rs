@@ -6,6 +6,8 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 
+use super::testbed_run::free_port;
+
 /// A process a test started, stopped (SIGTERM) by its PID when dropped.
 pub struct Owned(pub Child);
 
@@ -28,14 +30,6 @@ pub fn spawn(program: &Path, args: &[String], log: &Path) -> Owned {
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
     Owned(child)
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Alertmanager with one null receiver; returns it and its URL.

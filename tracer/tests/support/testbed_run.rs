@@ -34,6 +34,15 @@ pub fn free_base_port() -> u16 {
     }
 }
 
+/// A free loopback port (bound, then released for a child process to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A scratch directory for one test.
 pub fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("order-tracer-{name}-{}", std::process::id()));

@@ -65,15 +65,6 @@ pub fn longest_limit(config: &tracer::config::Config) -> Duration {
     Duration::from_secs_f64(longest + config.lifecycle.reorder_secs + 5.0)
 }
 
-/// A free loopback port for the API.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 pub struct TracerRun {
     child: Child,
     log: std::path::PathBuf,
