@@ -1,21 +1,24 @@
 //! The agent: wires capture → streams → protocols (http, amqp) → orders → spans →
 //! sampling/export.
 //!
-//! One task does all the per-event work in order (streams, parsing, rules, span building),
-//! so nothing is shared on the hot path; the capture reader and the exporter run beside it,
-//! joined by bounded queues that drop and count rather than wait.
+//! One task does all the per-event work in order (streams, parsing, rules, span building:
+//! `pipeline`), so nothing is shared on the hot path; the capture reader and the exporter run
+//! beside it, joined by bounded queues that drop and count rather than wait. Behind the
+//! reader, the pipeline sheds whole exchanges, sampled-out orders first (`overload`).
+
+mod overload;
+mod pipeline;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::capture::counters::CaptureProgress;
-use crate::capture::{Capture, CaptureCounters, CaptureEvent, PayloadCaps, Role};
-use crate::clock::{monotonic_now_ns, monotonic_to_unix_offset_ns};
+use crate::capture::{Capture, CaptureCounters, PayloadCaps, Role};
+use crate::clock::monotonic_to_unix_offset_ns;
 use crate::config::Config;
 use crate::export::{
     ExportCounters, ExportHandle, ExportKind, ExportUse, Exporter, Fanout, SpanConsumer,
@@ -23,10 +26,11 @@ use crate::export::{
 use crate::orders::RuleSet;
 use crate::pipeline_metrics::{PipelineCounters as PipelineMetrics, PipelineTotals};
 use crate::process::wait_for_shutdown;
-use crate::protocol::Record;
 use crate::sampling::{Sampler, SamplingCounters};
-use crate::spans::{MatchOutcome, Redactor, SpanBuilder, local_host_name};
+use crate::spans::{Redactor, SpanBuilder, local_host_name};
 use crate::streams::{StreamCounters, Streams};
+pub use overload::Backlog;
+pub use pipeline::Pipeline;
 
 /// How often in-flight requests are checked for time-outs and counters are published.
 const TICK: Duration = Duration::from_millis(250);
@@ -162,6 +166,11 @@ pub fn publish_totals(metrics: &PipelineMetrics, counters: &AgentCounters) {
         ),
         ("amqp_oversized_frames", streams.amqp.oversized_frames),
         ("amqp_unsettled_overflow", streams.amqp.unsettled_overflow),
+        (
+            "overload_shed_sampled_out",
+            pipeline.pipeline.shed_sampled_out,
+        ),
+        ("overload_shed_exchanges", pipeline.pipeline.shed_exchanges),
         ("sampling_ceiling", pipeline.sampling.dropped_ceiling),
         ("export_queue_full", export.dropped_queue_full),
         ("export_queue_bytes", export.dropped_queue_bytes),
@@ -223,6 +232,12 @@ pub struct PipelineCounters {
     pub spans: u64,
     /// Spans the in-process monitor could not take (its queue was full).
     pub monitor_drops: u64,
+    /// Exchanges of orders sampled out by ratio, shed unbuilt while the pipeline was behind
+    /// the capture reader (its queue past half full): the in-process monitor did not see them.
+    pub shed_sampled_out: u64,
+    /// Exchanges shed unclassified while the pipeline was far behind (the queue past three
+    /// quarters full).
+    pub shed_exchanges: u64,
 }
 
 /// A running agent: capture, the pipeline task, the exporter.
@@ -264,17 +279,9 @@ impl Agent {
             .take_events()
             .context("the capture's event queue was already taken")?;
         let (snapshot_tx, snapshot) = watch::channel(PipelineSnapshot::default());
-        let stages = Stages {
-            streams: Streams::new(config.streams.clone()).keeping_headers(builder.headers_read()),
-            builder,
-            fanout,
-            counters: PipelineCounters::default(),
-            records: Vec::new(),
-            progress: capture.progress(),
-            unix_offset,
-            last_event_ns: 0,
-        };
-        let pipeline = tokio::spawn(stages.run(events, snapshot_tx));
+        let streams = Streams::new(config.streams.clone()).keeping_headers(builder.headers_read());
+        let stages = Pipeline::new(streams, builder, fanout, unix_offset);
+        let pipeline = tokio::spawn(stages.run(events, capture.progress(), snapshot_tx));
         Ok(Self {
             capture,
             pipeline,
@@ -318,99 +325,6 @@ impl Agent {
             capture: capture_counters,
             pipeline,
             export: exporter.shutdown(SHUTDOWN_FLUSH).await,
-        }
-    }
-}
-
-/// The per-event stages, owned by one task.
-struct Stages {
-    streams: Streams,
-    builder: SpanBuilder,
-    fanout: Fanout,
-    counters: PipelineCounters,
-    /// Reused output buffer of the streams stage.
-    records: Vec<Record>,
-    progress: CaptureProgress,
-    /// CLOCK_MONOTONIC to unix ns, as the spans are stamped.
-    unix_offset: i128,
-    /// CLOCK_MONOTONIC ns of the newest event processed.
-    last_event_ns: u64,
-}
-
-impl Stages {
-    async fn run(
-        mut self,
-        mut events: mpsc::Receiver<Vec<CaptureEvent>>,
-        snapshot: watch::Sender<PipelineSnapshot>,
-    ) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                batch = events.recv() => match batch {
-                    Some(batch) => self.on_batch(batch),
-                    None => break,
-                },
-                _ = tick.tick() => {
-                    self.streams.expire(monotonic_now_ns(), &mut self.records);
-                    self.on_records();
-                    self.watermark(&events);
-                    snapshot.send_replace(self.snapshot());
-                }
-            }
-        }
-        snapshot.send_replace(self.snapshot());
-    }
-
-    /// Tells the in-process consumers how far the evidence has got: up to what the reader
-    /// had drained when nothing is left queued, else up to the newest event processed.
-    fn watermark(&mut self, events: &mpsc::Receiver<Vec<CaptureEvent>>) {
-        // Read before looking at the queue: the reader stores it after queueing.
-        let drained = self.progress.drained_at_ns();
-        let up_to = if events.is_empty() {
-            drained.max(self.last_event_ns)
-        } else {
-            self.last_event_ns
-        };
-        if up_to > 0 {
-            self.fanout
-                .watermark((up_to as i128 + self.unix_offset).max(0) as u64);
-        }
-    }
-
-    fn on_batch(&mut self, batch: Vec<CaptureEvent>) {
-        if let Some(newest) = batch.iter().map(CaptureEvent::ts_ns).max() {
-            self.last_event_ns = self.last_event_ns.max(newest);
-        }
-        for event in batch {
-            self.streams.on_event(event, &mut self.records);
-        }
-        self.on_records();
-    }
-
-    fn on_records(&mut self) {
-        for record in self.records.drain(..) {
-            let (outcome, span) = self.builder.build(&record);
-            match outcome {
-                MatchOutcome::Order => self.counters.order_exchanges += 1,
-                MatchOutcome::NoOrderId => self.counters.no_order_id += 1,
-                MatchOutcome::Unmatched => self.counters.unmatched += 1,
-            }
-            if let Some(span) = span {
-                self.counters.spans += 1;
-                self.fanout.submit(span);
-            }
-        }
-    }
-
-    fn snapshot(&self) -> PipelineSnapshot {
-        PipelineSnapshot {
-            streams: self.streams.counters().clone(),
-            pipeline: PipelineCounters {
-                monitor_drops: self.fanout.consumer_drops(),
-                ..self.counters
-            },
-            sampling: self.fanout.sampler().counters().clone(),
         }
     }
 }

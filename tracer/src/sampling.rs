@@ -208,10 +208,7 @@ impl Sampler {
             _ => "",
         };
         let settings = self.config.services.get(service);
-        let ratio = settings
-            .and_then(|s| s.ratio)
-            .unwrap_or(self.config.default_ratio);
-        if !keep_by_ratio(&span.trace_id, ratio) {
+        if !keep_by_ratio(&span.trace_id, self.ratio(settings)) {
             self.counters.dropped_ratio += 1;
             // Only order spans can be recalled: other spans have no order to have an error.
             if span.parent_span_id.is_some() {
@@ -231,6 +228,22 @@ impl Sampler {
         }
         self.counters.kept += 1;
         out.push(span);
+    }
+
+    /// Whether the ratio drops `service`'s spans of the order with `trace_id`, no error
+    /// having pinned it: told before any span is built, for the overloaded pipeline to shed
+    /// such orders' exchanges first. An important span would still be kept: the caller
+    /// judges that from the exchange.
+    pub fn drops_by_ratio(&self, service: &str, trace_id: &[u8; 16]) -> bool {
+        let ratio = self.ratio(self.config.services.get(service));
+        !self.pinned.contains(trace_id) && !keep_by_ratio(trace_id, ratio)
+    }
+
+    /// The ratio of a service with these settings (`None`: none of its own).
+    fn ratio(&self, settings: Option<&ServiceSampling>) -> f64 {
+        settings
+            .and_then(|s| s.ratio)
+            .unwrap_or(self.config.default_ratio)
     }
 
     fn keep_important(&mut self, span: SpanRecord, out: &mut Vec<SpanRecord>) {

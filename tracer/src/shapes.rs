@@ -258,7 +258,11 @@ impl EvidenceLosses {
             + capture.read_failed
             + capture.decode_errors
             + streams.dropped_over_budget
-            + streams.connections_evicted;
+            + streams.connections_evicted
+            + streams.shed_requests
+            + streams.shed_messages
+            + counters.pipeline.pipeline.shed_sampled_out
+            + counters.pipeline.pipeline.shed_exchanges;
         let now = crate::clock::unix_now();
         let gap = (lost > self.lost).then_some(Gap {
             start: self.looked_at,

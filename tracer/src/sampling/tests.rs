@@ -235,3 +235,33 @@ fn config_is_validated() {
         assert!(err.contains(expected), "{expected:?} in {err}");
     }
 }
+
+#[test]
+fn drops_by_ratio_tells_before_the_span_what_offer_decides() {
+    let mut sampling = config(0.3);
+    sampling.services.insert(
+        "mes-api".into(),
+        ServiceSampling {
+            ratio: Some(0.8),
+            max_spans_per_second: None,
+        },
+    );
+    let mut sampler = Sampler::new(sampling);
+    let now = Instant::now();
+    for n in 0..200 {
+        let order = format!("SO-{n}");
+        for service in SERVICES {
+            let told = sampler.drops_by_ratio(service, &order_trace_id(&order));
+            let mut out = Vec::new();
+            sampler.offer(span(&order, service, false), now, &mut out);
+            assert_eq!(told, out.is_empty(), "{order} {service}");
+        }
+    }
+    // An error pins its order: the rest of it is no longer told dropped.
+    let pinned = (0..200)
+        .map(|n| format!("SO-{n}"))
+        .find(|o| sampler.drops_by_ratio("shop-api", &order_trace_id(o)))
+        .unwrap();
+    sampler.offer(span(&pinned, "shop-api", true), now, &mut Vec::new());
+    assert!(!sampler.drops_by_ratio("shop-api", &order_trace_id(&pinned)));
+}
