@@ -130,30 +130,15 @@ fn single<const N: usize>(origin: &Origin, bufs: &Buffers, want: u64) {
         return;
     };
     let event = entry.as_mut_ptr();
-    // As in `sized`: an unsigned bound the verifier sees right before the copy.
-    // SAFETY: a read of a local.
-    let size = unsafe { core::ptr::read_volatile(&want) };
-    let size = if size > N as u64 {
-        N as u32
-    } else {
-        size as u32
-    };
-    // SAFETY: `event` points at a reserved entry whose payload holds `N ≥ size` bytes; a bad
-    // user pointer makes the helper fail, it never faults.
-    let failed = unsafe {
-        bpf_probe_read_user(
-            (*event).payload.as_mut_ptr().cast(),
-            size,
-            bufs.iov[0][0] as *const core::ffi::c_void,
-        )
-    } != 0;
-    let copied = if failed {
-        count(counter::READ_FAILED);
-        count(counter::IOVECS_CUT);
-        0
-    } else {
-        u64::from(size)
-    };
+    // SAFETY: the entry's payload holds `N` bytes from its start.
+    let copied =
+        match unsafe { copy_user::<N>((*event).payload.as_mut_ptr(), want, bufs.iov[0][0]) } {
+            Some(size) => u64::from(size),
+            None => {
+                count(counter::IOVECS_CUT);
+                0
+            }
+        };
     // SAFETY: the header is the entry's first field.
     finish(
         origin,
@@ -182,30 +167,17 @@ fn sized<const N: usize, const SLACK: usize>(origin: &Origin, bufs: &Buffers, wa
         let [base, len] = bufs.iov[i];
         let left = want - copied;
         let size = if len < left { len } else { left };
-        // The verifier needs an unsigned bound right before the copy; it cannot see the one
-        // above, and LLVM would drop a second one it can prove redundant unless the value
-        // comes back through memory.
-        // SAFETY: a read of a local.
-        let size = unsafe { core::ptr::read_volatile(&size) };
-        let size = if size > N as u64 {
-            N as u32
-        } else {
-            size as u32
-        };
-        // SAFETY: `event` points at a reserved entry whose payload holds `SLACK` bytes;
-        // `copied < N` and `size ≤ N` keep the copy inside it. A bad user pointer makes the
-        // helper fail, it never faults.
-        let failed = unsafe {
-            bpf_probe_read_user(
-                (*event).payload.as_mut_ptr().add(copied as usize).cast(),
+        // SAFETY: `copied < N` and the payload holds `SLACK = 2N` bytes, so `N` fit from
+        // `copied` on.
+        let Some(size) = (unsafe {
+            copy_user::<N>(
+                (*event).payload.as_mut_ptr().add(copied as usize),
                 size,
-                base as *const core::ffi::c_void,
+                base,
             )
-        } != 0;
-        if failed {
-            count(counter::READ_FAILED);
+        }) else {
             break;
-        }
+        };
         copied += u64::from(size);
     }
     if copied < want {
@@ -221,6 +193,35 @@ fn sized<const N: usize, const SLACK: usize>(origin: &Origin, bufs: &Buffers, wa
         copied,
     );
     entry.submit(wakeup());
+}
+
+/// Copies up to `N` of `size` bytes from user address `src` to `dst`; the bytes copied, or
+/// `None` (counted) when the user memory could not be read.
+///
+/// # Safety
+/// `dst` must have room for `N` bytes.
+#[inline(always)]
+unsafe fn copy_user<const N: usize>(dst: *mut u8, size: u64, src: u64) -> Option<u32> {
+    // The verifier needs an unsigned bound right before the copy; it cannot see the caller's,
+    // and LLVM would drop a second one it can prove redundant unless the value comes back
+    // through memory.
+    // SAFETY: a read of a local.
+    let size = unsafe { core::ptr::read_volatile(&size) };
+    let size = if size > N as u64 {
+        N as u32
+    } else {
+        size as u32
+    };
+    // SAFETY: `dst` has room for `N ≥ size` bytes (the caller's promise); a bad user pointer
+    // makes the helper fail, it never faults.
+    let failed =
+        unsafe { bpf_probe_read_user(dst.cast(), size, src as *const core::ffi::c_void) } != 0;
+    if failed {
+        count(counter::READ_FAILED);
+        None
+    } else {
+        Some(size)
+    }
 }
 
 /// Fills a data entry's header once its payload is copied.
