@@ -13,7 +13,8 @@ use crate::export::Fanout;
 use crate::http::Outcome;
 use crate::orders::Classification;
 use crate::protocol::Record;
-use crate::spans::{MatchOutcome, SpanBuilder, order_trace_id};
+use crate::sampling::Sampler;
+use crate::spans::{MatchOutcome, SpanBuilder, SpanRecord, order_trace_id};
 use crate::streams::Streams;
 
 /// The agent's pipeline: capture events in, spans out to the fanout.
@@ -133,15 +134,16 @@ impl Pipeline {
             }
             Level::SampledOut => {
                 for record in self.records.drain(..) {
-                    if sampled_out(&self.builder, &self.fanout, &record) {
+                    let sampler = self.fanout.sampler();
+                    let mut shed = false;
+                    let (outcome, span) = self.builder.build_unless(&record, |classification| {
+                        shed = sampled_out(sampler, &record, classification);
+                        shed
+                    });
+                    if shed {
                         self.counters.shed_sampled_out += 1;
                     } else {
-                        build(
-                            &mut self.builder,
-                            &mut self.fanout,
-                            &mut self.counters,
-                            &record,
-                        );
+                        hand_on(&mut self.fanout, &mut self.counters, outcome, span);
                     }
                 }
             }
@@ -172,6 +174,16 @@ fn build(
     record: &Record,
 ) {
     let (outcome, span) = builder.build(record);
+    hand_on(fanout, counters, outcome, span);
+}
+
+/// Counts a built record and hands its span on.
+fn hand_on(
+    fanout: &mut Fanout,
+    counters: &mut PipelineCounters,
+    outcome: MatchOutcome,
+    span: Option<SpanRecord>,
+) {
     match outcome {
         MatchOutcome::Order => counters.order_exchanges += 1,
         MatchOutcome::NoOrderId => counters.no_order_id += 1,
@@ -185,11 +197,11 @@ fn build(
 
 /// Whether the record is of an order the sampler drops by ratio, and no error that sampling
 /// would keep whatever the ratio: such exchanges are shed first.
-fn sampled_out(builder: &SpanBuilder, fanout: &Fanout, record: &Record) -> bool {
+fn sampled_out(sampler: &Sampler, record: &Record, classification: &Classification<'_>) -> bool {
     if may_be_important(record) {
         return false;
     }
-    let Classification::Order(order) = builder.rules().classify(record) else {
+    let Classification::Order(order) = classification else {
         // No order, no sampling decision to go by.
         return false;
     };
@@ -197,9 +209,7 @@ fn sampled_out(builder: &SpanBuilder, fanout: &Fanout, record: &Record) -> bool 
         Record::Http(exchange) => &exchange.service,
         Record::Amqp(transfer) => &transfer.meta.service,
     };
-    fanout
-        .sampler()
-        .drops_by_ratio(service, &order_trace_id(&order.order_id))
+    sampler.drops_by_ratio(service, &order_trace_id(&order.order_id))
 }
 
 /// Errors and failed lookups make important spans, which sampling keeps whatever the ratio

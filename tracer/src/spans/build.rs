@@ -164,6 +164,16 @@ impl SpanBuilder {
         &mut self,
         record: impl Into<RecordRef<'a>>,
     ) -> (MatchOutcome, Option<SpanRecord>) {
+        self.build_unless(record, |_| false)
+    }
+
+    /// As [`SpanBuilder::build`], but no span when `shed` says yes to the record's
+    /// classification: a caller deciding from it (overload) classifies once.
+    pub fn build_unless<'a>(
+        &mut self,
+        record: impl Into<RecordRef<'a>>,
+        shed: impl FnOnce(&Classification<'_>) -> bool,
+    ) -> (MatchOutcome, Option<SpanRecord>) {
         let record = record.into();
         let classification = self.rules.classify(record);
         let outcome = match &classification {
@@ -171,6 +181,9 @@ impl SpanBuilder {
             Classification::NoOrderId { .. } => MatchOutcome::NoOrderId,
             Classification::Unmatched => MatchOutcome::Unmatched,
         };
+        if shed(&classification) {
+            return (outcome, None);
+        }
         let service = match record {
             RecordRef::Http(exchange) => &exchange.service,
             RecordRef::Amqp(transfer) => &transfer.meta.service,
