@@ -34,6 +34,15 @@ fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "**missed**" }
 }
 
+/// The target column of a row that has a target only in some shapes: empty in the others.
+fn target_cell(applies: bool, bound: &str, met: bool) -> String {
+    if applies {
+        format!("{bound} — {}", verdict(met))
+    } else {
+        String::new()
+    }
+}
+
 pub fn print(args: &BenchArgs, r: &Results) {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!();
@@ -56,11 +65,7 @@ pub fn print(args: &BenchArgs, r: &Results) {
         ("saturation".to_string(), &r.pinned, false),
     ] {
         let (u, t) = medians(pair, |c| c.ns_per_request / 1000.0);
-        let target = if target {
-            format!("≤ +1.5 µs — {}", verdict(t - u <= 1.5))
-        } else {
-            String::new()
-        };
+        let target = target_cell(target, "≤ +1.5 µs", t - u <= 1.5);
         println!(
             "| service CPU per request, MES alone on one CPU, {shape} (µs) | {u:.2} | {t:.2} | +{:.2} µs | {target} |",
             t - u
@@ -127,11 +132,11 @@ pub fn print(args: &BenchArgs, r: &Results) {
             ("p99", |w: &WrkRow| w.p99_us),
         ] {
             let (u, t) = medians(pair, f);
-            let target = if label == "fixed rate" && pct == "p99" {
-                format!("≤ +50 µs — {}", verdict(t - u <= 50.0))
-            } else {
-                String::new()
-            };
+            let target = target_cell(
+                label == "fixed rate" && pct == "p99",
+                "≤ +50 µs",
+                t - u <= 50.0,
+            );
             println!(
                 "| {label} {pct} latency (µs) | {u:.0} | {t:.0} | {:+.0} µs | {target} |",
                 t - u
