@@ -2,6 +2,7 @@
 //! entry cannot live on the 512-byte BPF stack).
 
 use aya_ebpf::helpers::generated::{bpf_ktime_get_ns, bpf_probe_read_user};
+use aya_ebpf::maps::ring_buf::RingBufEntry;
 use tracer_common::{
     DataEvent, EventHeader, MAX_IOVECS, PAYLOAD_MAX, PAYLOAD_MEDIUM, PAYLOAD_SMALL, PAYLOAD_TINY,
     SockAddr, SockInfo, config, counter, kind,
@@ -139,14 +140,7 @@ fn single<const N: usize>(origin: &Origin, bufs: &Buffers, want: u64) {
                 0
             }
         };
-    // SAFETY: the header is the entry's first field.
-    finish(
-        origin,
-        bufs,
-        unsafe { core::ptr::addr_of_mut!((*event).header) },
-        copied,
-    );
-    entry.submit(wakeup());
+    submit(origin, bufs, entry, copied);
 }
 
 /// Copies into an entry of class `N` whose payload area is `SLACK = 2N` bytes: each copy
@@ -185,14 +179,7 @@ fn sized<const N: usize, const SLACK: usize>(origin: &Origin, bufs: &Buffers, wa
         // read) are counted in `len`, not copied.
         count(counter::IOVECS_CUT);
     }
-    // SAFETY: as above; the header is the entry's first field.
-    finish(
-        origin,
-        bufs,
-        unsafe { core::ptr::addr_of_mut!((*event).header) },
-        copied,
-    );
-    entry.submit(wakeup());
+    submit(origin, bufs, entry, copied);
 }
 
 /// Copies up to `N` of `size` bytes from user address `src` to `dst`; the bytes copied, or
@@ -224,17 +211,25 @@ unsafe fn copy_user<const N: usize>(dst: *mut u8, size: u64, src: u64) -> Option
     }
 }
 
-/// Fills a data entry's header once its payload is copied.
+/// Fills a data entry's header once its payload is copied, and hands it to the agent.
 #[inline(always)]
-fn finish(origin: &Origin, bufs: &Buffers, header: *mut EventHeader, copied: u64) {
+fn submit<const K: usize>(
+    origin: &Origin,
+    bufs: &Buffers,
+    mut entry: RingBufEntry<DataEvent<K>>,
+    copied: u64,
+) {
+    // SAFETY: the header is the reserved entry's first field.
+    let header = unsafe { core::ptr::addr_of_mut!((*entry.as_mut_ptr()).header) };
     origin.write_header(header, kind::DATA);
-    // SAFETY: `header` points into a reserved entry.
+    // SAFETY: as above.
     unsafe {
         (*header).direction = bufs.direction;
         (*header).len = bufs.total;
         (*header).captured = copied as u32;
     }
     count(counter::DATA_EVENTS);
+    entry.submit(wakeup());
 }
 
 /// Wakes the agent only once a good part of the ring is waiting: a wake-up per event would
