@@ -304,6 +304,7 @@ fn run_starts_checks_and_stops_its_own_services() {
     let dir = std::env::temp_dir().join(format!("testbed-own-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (truth, log) = (dir.join("truth.jsonl"), dir.join("requests.jsonl"));
+    let messages = dir.join("messages.jsonl");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_testbed"))
         .args([
             "run", "--orders", "30", "--rate", "60", "--faults", "all=0.05", "--check",
@@ -320,13 +321,17 @@ fn run_starts_checks_and_stops_its_own_services() {
         .arg(&truth)
         .arg("--request-log")
         .arg(&log)
+        .arg("--message-log")
+        .arg(&messages)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
+    // The broker's side of a failed walk is in what the services logged of each message.
     assert!(
         out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+        "{stdout}{}\nmessages:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&messages).unwrap_or_default()
     );
     assert!(
         stdout.contains("final status:") && stdout.contains("check: "),

@@ -541,6 +541,9 @@ impl OrderWalk<'_> {
             &format!("/queue/v1/topics/{topic}/deliveries/{}", self.id),
         );
         let deadline = tokio::time::Instant::now() + w.timings.delivery_deadline();
+        // What the queue process last said tells a publisher that never reported (no
+        // confirm came back) from a consumer that never got the message.
+        let mut last_seen = None;
         loop {
             let resp = w
                 .client
@@ -555,6 +558,7 @@ impl OrderWalk<'_> {
                 if answer.state == want {
                     return Ok(());
                 }
+                last_seen = Some(answer.state);
                 // Only a confirm may still be followed by the consumer's word.
                 if answer.state != Delivery::Confirmed {
                     return Err(format!(
@@ -564,8 +568,14 @@ impl OrderWalk<'_> {
                 }
             }
             if tokio::time::Instant::now() > deadline {
+                let stuck = match last_seen {
+                    Some(state) => {
+                        format!("its publisher reported {state:?}, its consumer nothing")
+                    }
+                    None => "neither its publisher nor its consumer reported".to_owned(),
+                };
                 return Err(format!(
-                    "{topic} message of {} never went through the queue",
+                    "{topic} message of {} never went through the queue ({stuck})",
                     self.id
                 ));
             }

@@ -392,7 +392,7 @@ impl Channel {
                     cx,
                 );
             }
-            Begun::Publish if self.confirm => self.next_tag += 1,
+            // Without a numbering to pair its confirm by, a publish is reported as sent.
             Begun::Publish => cx.emit(transfer, Settlement::Sent, ts_ns),
             Begun::Return { reply_code } => {
                 let same = |w: &&mut Waiting| {

@@ -595,6 +595,39 @@ fn a_gap_inside_a_large_body_is_stepped_over() {
 }
 
 #[test]
+fn publishes_after_a_lost_publish_on_a_confirm_channel_are_reported_sent() {
+    let mut run = Driver::new(Role::Client);
+    run.feed(Direction::Send, PREFACE, 1);
+    run.feed(Direction::Send, &method(1, 85, 10, &[0]), 2);
+    run.feed(Direction::Send, &publish(1, "x", "k", b"{}", "m-0"), 3);
+    // The kernel side lost the middle of the next publish's method frame.
+    let lost = publish(1, "x", "k", b"{}", "m-1");
+    run.feed(Direction::Send, &lost[..10], 4);
+    run.gap(Direction::Send, (lost.len() - 10) as u64, 4);
+    for (i, id) in ["m-2", "m-3"].iter().enumerate() {
+        run.feed(
+            Direction::Send,
+            &publish(1, "x", "k", b"{}", id),
+            5 + i as u64,
+        );
+    }
+    let sent: Vec<_> = run
+        .transfers()
+        .iter()
+        .map(|t| (t.property("message-id"), t.settlement))
+        .collect();
+    let id = |s: &'static str| Some(s.as_bytes().into());
+    assert_eq!(
+        sent,
+        [(id("m-2"), Settlement::Sent), (id("m-3"), Settlement::Sent)]
+    );
+    // The one published before the loss still waits for its confirm.
+    run.close(10);
+    assert_eq!(run.transfers().len(), 3);
+    assert_eq!(run.transfers()[2].settlement, Settlement::Reset);
+}
+
+#[test]
 fn unsettled_messages_are_reset_at_close_and_bounded() {
     let mut run = Driver::new(Role::Client);
     run.feed(Direction::Send, PREFACE, 1);
