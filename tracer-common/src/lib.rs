@@ -81,6 +81,14 @@ pub mod sock_flag {
 }
 
 /// `EventHeader::flags`.
+/// `Target::flags`.
+pub mod target_flag {
+    /// The process has called the TLS library since it became a target (set by the TLS
+    /// probes' entry): only then does a socket call ask whether it runs inside a TLS call of
+    /// its thread. Other targets are spared that lookup on every call.
+    pub const TLS_CALLS: u8 = 1;
+}
+
 pub mod event_flag {
     /// The payload is TLS plaintext, read from the TLS library rather than the socket.
     pub const TLS: u8 = 1;
@@ -122,10 +130,7 @@ pub mod config {
     /// Unread ring-buffer bytes at which a data event wakes the agent; below it the agent
     /// finds the event on its next poll (`POLL_INTERVAL_MS`). Open/close always wake it.
     pub const WAKEUP_BYTES: u32 = 2;
-    /// Non-zero: TLS probes may be attached, so a socket call asks whether it runs inside a
-    /// TLS call of its thread. Zero spares the socket calls that lookup.
-    pub const TLS: u32 = 3;
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 3;
 }
 
 /// A socket address as the kernel saw it: IPv4 lives in the first 4 bytes of `addr`, IPv6
@@ -204,6 +209,9 @@ pub struct Target {
     /// On connections this process made (≤ `PAYLOAD_MAX`); connections of unknown role get
     /// the larger of the two.
     pub client_cap: u16,
+    /// `target_flag` bits, set by the kernel; the agent writes 0.
+    pub flags: u8,
+    pub _pad: [u8; 3],
 }
 
 /// A TLS read, write or handshake in flight on one thread (keyed by pid_tgid), from its
@@ -250,7 +258,7 @@ const _: () = assert!(core::mem::size_of::<SockAddr>() == 24);
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 80);
 const _: () = assert!(core::mem::size_of::<DataEvent<PAYLOAD_MAX>>() == 80 + PAYLOAD_MAX);
 const _: () = assert!(core::mem::size_of::<SockInfo>() == 16);
-const _: () = assert!(core::mem::size_of::<Target>() == 8);
+const _: () = assert!(core::mem::size_of::<Target>() == 12);
 const _: () = assert!(core::mem::size_of::<SslCall>() == 32);
 const _: () = assert!(core::mem::size_of::<SslKey>() == 16);
 const _: () = assert!(

@@ -11,7 +11,7 @@ use aya_ebpf::{EbpfContext, programs::TracePointContext};
 use aya_log_ebpf::debug;
 use tracer_common::{
     AF_INET, AF_INET6, MAX_IOVECS, SockAddr, SockInfo, Target, config, counter, kind, role,
-    sock_flag, sock_key,
+    sock_flag, sock_key, target_flag,
 };
 
 use crate::arch::Regs;
@@ -49,7 +49,7 @@ pub enum Shape {
 #[derive(Clone, Copy)]
 pub struct Caller {
     pub pid_tgid: u64,
-    target: Target,
+    pub target: Target,
 }
 
 impl Caller {
@@ -134,7 +134,9 @@ pub fn try_exit_data(
     }
     // Inside a TLS call, or on a socket known to carry TLS: ciphertext, which the TLS
     // probes replace by the plaintext.
-    if setting(config::TLS) != 0 && crate::tls::inside_tls_call(&caller, fd as i32, sock) {
+    if caller.target.flags & target_flag::TLS_CALLS != 0
+        && crate::tls::inside_tls_call(&caller, fd as i32, sock)
+    {
         return Ok(());
     }
     if sock.flags & sock_flag::TLS != 0 {

@@ -3,7 +3,8 @@
 //! exactly as a socket call's bytes are, into a data event flagged TLS.
 //!
 //! Which connection a call is on comes from the socket syscall OpenSSL makes inside it, on
-//! the same thread: the syscall hooks see the call in flight (`SSL_CALLS`), record its fd, and
+//! the same thread: the syscall hooks of a process that has called the TLS library
+//! (`target_flag::TLS_CALLS`) see the call in flight (`SSL_CALLS`), record its fd, and
 //! remember the socket as carrying TLS, whose ciphertext they no longer copy. A read served
 //! from OpenSSL's own buffer makes no syscall: the fd last seen for that `SSL*`
 //! (`SSL_FDS`, seeded by `SSL_set_fd` too) answers then.
@@ -12,10 +13,11 @@ use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user};
 use aya_ebpf::programs::{ProbeContext, RetProbeContext};
 use tracer_common::{
     MAX_IOVECS, SockInfo, SslCall, SslKey, counter, direction, event_flag, sock_flag, sock_key,
+    target_flag,
 };
 
 use crate::emit::{Buffers, data_event, now_ns};
-use crate::maps::{SOCKETS, SSL_CALLS, SSL_FDS, count};
+use crate::maps::{SOCKETS, SSL_CALLS, SSL_FDS, TARGETS, count};
 use crate::syscalls::{Caller, caller, origin, socket};
 
 /// `BPF_NOEXIST`: a handshake started inside another call keeps that call's entry.
@@ -38,6 +40,13 @@ pub fn try_enter(ctx: &ProbeContext, call: Call) -> Result<(), i64> {
     let Some(caller) = caller() else {
         return Ok(());
     };
+    if caller.target.flags & target_flag::TLS_CALLS == 0
+        && let Some(target) = TARGETS.get_ptr_mut(caller.tgid())
+    {
+        // SAFETY: a valid entry of the map. Set before the socket calls inside this call,
+        // which read it to know they must look for it.
+        unsafe { (*target).flags |= target_flag::TLS_CALLS };
+    }
     let arg = |n: usize| ctx.arg::<u64>(n).unwrap_or(0);
     let (dir, moved) = match call {
         Call::Plain(dir) => (dir, 0),

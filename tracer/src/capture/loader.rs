@@ -134,14 +134,6 @@ pub fn load(
     })?;
     attach(&mut ebpf)?;
     let tls = settings.tls && load_tls(&mut ebpf);
-    if tls {
-        config_map
-            .set(config::TLS, 1, 0)
-            .map_err(|source| CaptureError::Map {
-                name: "CONFIG",
-                source,
-            })?;
-    }
     Ok(Loaded {
         ebpf,
         ring,

@@ -32,7 +32,10 @@ impl KernelTables {
         name: &Arc<str>,
         out: &mut Vec<CaptureEvent>,
     ) -> Result<(), MapError> {
-        self.targets.insert(pid, target, 0)?;
+        // A process the kernel picked up at exec may be inside a TLS call already: its
+        // flags stay (the window between this read and the write is the agent's only).
+        let flags = self.targets.get(&pid, 0).map_or(0, |known| known.flags);
+        self.targets.insert(pid, Target { flags, ..target }, 0)?;
         self.set_bit(pid, true)?;
         self.seed(pid, name, out);
         Ok(())

@@ -119,6 +119,7 @@ impl Targets {
                     service: index as u32,
                     server_cap: kernel_cap(caps.server),
                     client_cap: kernel_cap(caps.client),
+                    ..Target::default()
                 }
             })
             .collect();
