@@ -5,9 +5,10 @@ server CERT KEY [--late-ssl]: a keep-alive HTTPS server, one thread per connecti
   GET /len/N answers N bytes (byte i = i % 251) with a Content-Length. Prints "port P".
   With --late-ssl it prints "plain PID", waits for "go" on stdin and only then imports
   ssl (which loads libssl: a dlopen after start).
-client PORT THREADS REQUESTS: THREADS connections at once, each sending REQUESTS requests
-  two at a time in one write (one TLS record), reading the answers 100 bytes at a time (most
-  reads are served from OpenSSL's buffer). Prints "ok".
+client PORT THREADS REQUESTS [--wait]: THREADS connections at once, each sending REQUESTS
+  requests two at a time in one write (one TLS record), reading the answers 100 bytes at a
+  time (most reads are served from OpenSSL's buffer). Prints "ok". With --wait it prints
+  "ready" and connects only after a line on stdin.
 """
 import sys
 
@@ -65,8 +66,12 @@ def recv(conn):
     return data
 
 
-def client(port, threads, requests):
+def client(port, threads, requests, wait):
     import socket, ssl, threading
+
+    if wait:
+        print("ready", flush=True)
+        sys.stdin.readline()
 
     context = ssl.create_default_context()
     context.check_hostname = False
@@ -104,4 +109,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "server":
         serve(sys.argv[2], sys.argv[3], "--late-ssl" in sys.argv)
     else:
-        client(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+        client(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), "--wait" in sys.argv)
