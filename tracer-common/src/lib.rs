@@ -10,6 +10,9 @@
 pub const PAYLOAD_TINY: usize = 256;
 pub const PAYLOAD_SMALL: usize = 512;
 pub const PAYLOAD_MEDIUM: usize = 4096;
+/// Holds a head plus the start of a body at the default caps (4 KiB + 1 KiB), which would
+/// otherwise take a `PAYLOAD_MAX` entry, three quarters of it empty, for every large read.
+pub const PAYLOAD_LARGE: usize = 8192;
 /// Upper bound of one captured chunk. The per-service caps (`Target`) may be lower, never
 /// higher.
 pub const PAYLOAD_MAX: usize = 16384;
@@ -262,7 +265,10 @@ const _: () = assert!(core::mem::size_of::<Target>() == 12);
 const _: () = assert!(core::mem::size_of::<SslCall>() == 32);
 const _: () = assert!(core::mem::size_of::<SslKey>() == 16);
 const _: () = assert!(
-    PAYLOAD_TINY < PAYLOAD_SMALL && PAYLOAD_SMALL < PAYLOAD_MEDIUM && PAYLOAD_MEDIUM < PAYLOAD_MAX
+    PAYLOAD_TINY < PAYLOAD_SMALL
+        && PAYLOAD_SMALL < PAYLOAD_MEDIUM
+        && PAYLOAD_MEDIUM < PAYLOAD_LARGE
+        && PAYLOAD_LARGE < PAYLOAD_MAX
 );
 const _: () = assert!(PAYLOAD_MAX <= u16::MAX as usize);
 

@@ -4,8 +4,8 @@
 use aya_ebpf::helpers::generated::{bpf_ktime_get_ns, bpf_probe_read_user};
 use aya_ebpf::maps::ring_buf::RingBufEntry;
 use tracer_common::{
-    DataEvent, EventHeader, MAX_IOVECS, PAYLOAD_MAX, PAYLOAD_MEDIUM, PAYLOAD_SMALL, PAYLOAD_TINY,
-    SockAddr, SockInfo, config, counter, kind,
+    DataEvent, EventHeader, MAX_IOVECS, PAYLOAD_LARGE, PAYLOAD_MAX, PAYLOAD_MEDIUM, PAYLOAD_SMALL,
+    PAYLOAD_TINY, SockAddr, SockInfo, config, counter, kind,
 };
 
 use crate::maps::{EVENTS, count, setting};
@@ -108,6 +108,8 @@ pub fn data_event(origin: &Origin, bufs: &Buffers) {
             single::<PAYLOAD_SMALL>(origin, bufs, want);
         } else if want <= PAYLOAD_MEDIUM as u64 {
             single::<PAYLOAD_MEDIUM>(origin, bufs, want);
+        } else if want <= PAYLOAD_LARGE as u64 {
+            single::<PAYLOAD_LARGE>(origin, bufs, want);
         } else {
             single::<PAYLOAD_MAX>(origin, bufs, want);
         }
@@ -117,6 +119,8 @@ pub fn data_event(origin: &Origin, bufs: &Buffers) {
         sized::<PAYLOAD_SMALL, { 2 * PAYLOAD_SMALL }>(origin, bufs, want);
     } else if want <= PAYLOAD_MEDIUM as u64 {
         sized::<PAYLOAD_MEDIUM, { 2 * PAYLOAD_MEDIUM }>(origin, bufs, want);
+    } else if want <= PAYLOAD_LARGE as u64 {
+        sized::<PAYLOAD_LARGE, { 2 * PAYLOAD_LARGE }>(origin, bufs, want);
     } else {
         sized::<PAYLOAD_MAX, { 2 * PAYLOAD_MAX }>(origin, bufs, want);
     }

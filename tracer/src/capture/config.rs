@@ -75,7 +75,7 @@ impl Default for CaptureConfig {
             payload_cap: PAYLOAD_MAX as u32,
             head_bytes: 4096,
             body_bytes: 1024,
-            ring_buffer_bytes: 8 << 20,
+            ring_buffer_bytes: 4 << 20,
             scan_interval_ms: 1000,
             queue_batches: 256,
             tls: true,
