@@ -83,7 +83,6 @@ pub mod sock_flag {
     pub const TLS: u8 = 2;
 }
 
-/// `EventHeader::flags`.
 /// `Target::flags`.
 pub mod target_flag {
     /// The process has called the TLS library since it became a target (set by the TLS
@@ -92,6 +91,7 @@ pub mod target_flag {
     pub const TLS_CALLS: u8 = 1;
 }
 
+/// `EventHeader::flags`.
 pub mod event_flag {
     /// The payload is TLS plaintext, read from the TLS library rather than the socket.
     pub const TLS: u8 = 1;
@@ -212,7 +212,7 @@ pub struct Target {
     /// On connections this process made (≤ `PAYLOAD_MAX`); connections of unknown role get
     /// the larger of the two.
     pub client_cap: u16,
-    /// `target_flag` bits, set by the kernel; the agent writes 0.
+    /// `target_flag` bits, set by the kernel; the agent keeps those it finds.
     pub flags: u8,
     pub _pad: [u8; 3],
 }
