@@ -12,15 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use testbed::broker::{Broker, Ports};
-use testbed_run::{bin_dir, scratch};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use testbed_run::{bin_dir, free_port, scratch};
 
 fn config(tag: &str) -> String {
     let ids = r#"[{ from = "property", name = "correlation-id" }, { from = "header", name = "x-order-id" }, { from = "body.json", path = "orderRef" }]"#;
