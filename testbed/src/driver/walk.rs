@@ -541,9 +541,9 @@ impl OrderWalk<'_> {
             &format!("/queue/v1/topics/{topic}/deliveries/{}", self.id),
         );
         let deadline = tokio::time::Instant::now() + w.timings.delivery_deadline();
-        // What the queue process last said tells a publisher that never reported (no
-        // confirm came back) from a consumer that never got the message.
-        let mut last_seen = None;
+        // Whether the publisher's confirm came tells a publisher that never reported from a
+        // consumer that never got the message.
+        let mut confirmed = false;
         loop {
             let resp = w
                 .client
@@ -558,9 +558,9 @@ impl OrderWalk<'_> {
                 if answer.state == want {
                     return Ok(());
                 }
-                last_seen = Some(answer.state);
                 // Only a confirm may still be followed by the consumer's word.
-                if answer.state != Delivery::Confirmed {
+                confirmed = answer.state == Delivery::Confirmed;
+                if !confirmed {
                     return Err(format!(
                         "{topic} message of {}: {:?}, expected {want:?}",
                         self.id, answer.state
@@ -568,11 +568,10 @@ impl OrderWalk<'_> {
                 }
             }
             if tokio::time::Instant::now() > deadline {
-                let stuck = match last_seen {
-                    Some(state) => {
-                        format!("its publisher reported {state:?}, its consumer nothing")
-                    }
-                    None => "neither its publisher nor its consumer reported".to_owned(),
+                let stuck = if confirmed {
+                    "the broker confirmed it, its consumer reported nothing"
+                } else {
+                    "neither its publisher nor its consumer reported"
                 };
                 return Err(format!(
                     "{topic} message of {} never went through the queue ({stuck})",
