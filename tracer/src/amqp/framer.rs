@@ -318,15 +318,7 @@ impl Framer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn frame(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
-        let mut f = vec![kind];
-        f.extend_from_slice(&channel.to_be_bytes());
-        f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        f.extend_from_slice(payload);
-        f.push(FRAME_END);
-        f
-    }
+    use crate::amqp::tests::frame;
 
     fn drain(f: &mut Framer, input: &mut Bytes) -> Vec<String> {
         let mut seen = Vec::new();

@@ -226,15 +226,7 @@ fn field_value(r: &mut Reader<'_>) -> Option<FieldValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn frame(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
-        let mut f = vec![kind];
-        f.extend_from_slice(&channel.to_be_bytes());
-        f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        f.extend_from_slice(payload);
-        f.push(FRAME_END);
-        f
-    }
+    use crate::amqp::tests::frame;
 
     #[test]
     fn frames_are_recognised_by_shape() {

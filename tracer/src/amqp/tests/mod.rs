@@ -23,7 +23,8 @@ pub(crate) enum Writer {
 
 pub(crate) type Write = (Writer, Vec<u8>);
 
-fn frame(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
+/// One frame: type, channel, size, payload, end octet.
+pub(crate) fn frame(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
     let mut f = vec![kind];
     f.extend_from_slice(&channel.to_be_bytes());
     f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
